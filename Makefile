@@ -1,0 +1,47 @@
+# metersync — the two quick-start commands are `make demo` and `make test`.
+# Each creates (or reuses) a virtual environment in .venv, installs what it needs, then runs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip --disable-pip-version-check -q
+STAMP   = $(VENV)/.installed-$(1)
+
+.PHONY: demo test test-c test-python bench stress lint install clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel "Cython>=3.0"
+
+# Reinstall when the sources change: the Cython extension is built by `pip install`.
+$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml setup.py $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi')
+	$(PIP) install -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PIP) install -e ".[test,bench]"
+	touch $@
+
+install: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed-test
+	$(VENV)/bin/metersync demo
+
+# The whole suite runs twice for the codec: once per implementation (see tests/conftest.py).
+test: $(VENV)/.installed-test
+	$(PY) -c "import metersync, sys; print('metersync', metersync.__version__, 'impl', metersync.__impl__)"
+	$(PY) -m pytest -q
+
+stress: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m stress --run-stress tests/reliability
+
+bench: $(VENV)/.installed-bench
+	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-json=bench-results/benchmarks.json --benchmark-columns=min,median,mean,rounds
+	$(PY) benchmarks/summarize.py bench-results/benchmarks.json
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf build dist src/*.egg-info src/metersync/_batch.c src/metersync/*.so .pytest_cache .hypothesis

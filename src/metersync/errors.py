@@ -1,0 +1,71 @@
+"""Exception types of metersync.
+
+Every error a user can cause or meet has its own type, and its message names what was wrong
+(the tenant, the column, the value, the valid range) so that one line on stderr is enough.
+Secrets (API keys, passwords) never appear in a message.
+"""
+
+from __future__ import annotations
+
+
+class MeterSyncError(Exception):
+    """Base of every error metersync raises on purpose."""
+
+
+class ConfigError(MeterSyncError):
+    """Bad configuration or command-line input (invalid batch size, unknown tenant, ...)."""
+
+
+class UnknownTenantError(ConfigError):
+    """The tenant does not exist in the sync database."""
+
+    def __init__(self, tenant_id: int) -> None:
+        super().__init__(f"unknown tenant {tenant_id}: no row in table tenant")
+        self.tenant_id = tenant_id
+
+
+class SchemaError(MeterSyncError):
+    """The sync database's schema cannot be served (unsupported column type, missing table)."""
+
+
+class DatabaseUnavailable(MeterSyncError):
+    """The sync database could not be reached."""
+
+
+class TenantBusyError(MeterSyncError):
+    """Another worker holds this tenant's lock for the same operation."""
+
+
+class MalformedPageError(MeterSyncError):
+    """A download page failed validation; nothing of it was written and the cursor did not move."""
+
+
+class ClientSystemError(MeterSyncError):
+    """The Client System answered with an error or could not be reached.
+
+    ``status`` is the HTTP status when there was a response, else ``None``.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(ClientSystemError):
+    """401/403: the API key was refused. Never retried; the cycle stops at once."""
+
+
+class BadRequestError(ClientSystemError):
+    """400: the Client System found the request body malformed. Not retried."""
+
+
+class PayloadTooLargeError(ClientSystemError):
+    """413: the batch is larger than the Client System accepts. Not retried."""
+
+
+class RemoteUnavailableError(ClientSystemError):
+    """Retries are spent on timeouts, connection errors, 408, 429 or 5xx. Readings stay pending."""
+
+
+class InconsistentResponseError(ClientSystemError):
+    """A 200 whose counts do not add up to the number sent: the batch counts as failed."""
