@@ -1,0 +1,1 @@
+"""Pure-Python twin of the Cython core (placeholder until the codec lands)."""
