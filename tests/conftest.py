@@ -6,7 +6,7 @@ import pytest
 
 import metersync
 
-pytest_plugins = ["fix_pg"]
+pytest_plugins = ["fix_pg", "fix_server", "fix_engine", "fix_arrow"]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

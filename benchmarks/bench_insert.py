@@ -1,0 +1,208 @@
+"""Insert group: INSERT_ROWS wide readings into the migrated ``meter_reading`` (PK + queue index).
+
+Every peer writes the same rows (tenant_id + upload columns) to the same table, emptied by
+TRUNCATE before each round (untimed). Peers that need Python objects get them prepared once,
+untimed, which favours them: in a real pipeline building 2.2 M ``Decimal``s is part of the bill.
+Each timed call includes its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pytest
+from metersync.db import SyncDatabase
+
+from _support import (
+    INSERT_ROWS,
+    asyncpg_params,
+    copy_in_sql,
+    pieces,
+    python_rows,
+    run,
+    with_uuid_extension,
+)
+from conftest import wide
+from metersync.codec import copy_binary
+from metersync.embedded import as_url
+
+GROUP = "insert"
+#: Rows per COPY statement in the adapter's path (the largest valid chunk size).
+CHUNK_ROWS = 10_000
+#: Rows per multi-row INSERT statement.
+VALUES_ROWS = 1000
+FAST_ROUNDS = 3
+SLOW_ROUNDS = 1
+
+pytestmark = pytest.mark.benchmark(group=GROUP)
+
+
+@pytest.fixture(scope="module")
+def dsn(database: Callable[[str], str]) -> str:
+    return database("insert")
+
+
+@pytest.fixture(scope="module")
+def batch() -> pa.RecordBatch:
+    return wide(INSERT_ROWS)
+
+
+@pytest.fixture(scope="module")
+def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(dsn) as conn:
+        yield conn
+
+
+@pytest.fixture
+def truncate(dsn: str) -> Callable[[], None]:
+    def reset() -> None:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("TRUNCATE meter_reading")
+            admin.execute("CHECKPOINT")
+
+    return reset
+
+
+def _count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM meter_reading").fetchone()
+    conn.commit()
+    assert row is not None
+    return int(row[0])
+
+
+def _finish(benchmark: Any, conn: psycopg.Connection[Any], rows: int, **extra: Any) -> None:
+    assert _count(conn) == rows, "the peer did not insert every row"
+    benchmark.extra_info.update({"group": GROUP, "rows": rows, **extra})
+
+
+def bench_insert_metersync(benchmark, dsn, batch, conn, truncate, loop: asyncio.AbstractEventLoop):
+    """The adapter: ``SyncDatabase.insert_readings`` (binary COPY per chunk, skips duplicates)."""
+    db = run(loop, SyncDatabase.connect(dsn))
+    statements: list[int] = []
+
+    def insert() -> None:
+        before = db.statements
+        run(loop, db.insert_readings(batch, chunk_rows=CHUNK_ROWS))
+        statements.append(db.statements - before)
+
+    try:
+        benchmark.pedantic(insert, setup=truncate, rounds=FAST_ROUNDS, iterations=1)
+    finally:
+        run(loop, db.close())
+    _finish(benchmark, conn, batch.num_rows, statements=statements[-1], chunk_rows=CHUNK_ROWS)
+
+
+def bench_insert_limit_precoded_copy(benchmark, dsn, batch, conn, truncate):
+    """The limit: a COPY payload encoded beforehand, written with psycopg ``copy.write``."""
+    payload = copy_binary(batch)
+    stmt = copy_in_sql(batch.schema.names)
+
+    def insert() -> None:
+        with conn.cursor() as cur, cur.copy(stmt) as copy:
+            for piece in pieces(payload):
+                copy.write(piece)
+        conn.commit()
+
+    benchmark.pedantic(insert, setup=truncate, rounds=FAST_ROUNDS, iterations=1)
+    _finish(benchmark, conn, batch.num_rows, statements=1, payload_bytes=len(payload))
+
+
+def bench_insert_pgpq_copy(benchmark, dsn, batch, conn, truncate):
+    """pgpq's ``ArrowToPostgresBinaryEncoder`` (timed) + psycopg ``copy.write``."""
+    from pgpq import ArrowToPostgresBinaryEncoder
+
+    stmt = copy_in_sql(batch.schema.names)
+
+    def insert() -> None:
+        encoder = ArrowToPostgresBinaryEncoder(batch.schema)
+        payload = encoder.write_header() + encoder.write_batch(batch) + encoder.finish()
+        with conn.cursor() as cur, cur.copy(stmt) as copy:
+            for piece in pieces(payload):
+                copy.write(piece)
+        conn.commit()
+
+    benchmark.pedantic(insert, setup=truncate, rounds=FAST_ROUNDS, iterations=1)
+    _finish(benchmark, conn, batch.num_rows, statements=1)
+
+
+def bench_insert_adbc_ingest(benchmark, dsn, batch, conn, truncate):
+    """ADBC ``adbc_ingest(mode="append")`` from Arrow (uuid as pyarrow's uuid extension type)."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    data = with_uuid_extension(batch)
+    with adbc.connect(as_url(dsn)) as aconn:
+
+        def insert() -> None:
+            with aconn.cursor() as cur:
+                cur.adbc_ingest("meter_reading", data, mode="append")
+            aconn.commit()
+
+        benchmark.pedantic(insert, setup=truncate, rounds=FAST_ROUNDS, iterations=1)
+    _finish(benchmark, conn, batch.num_rows, statements=1)
+
+
+@pytest.fixture(scope="module")
+def rows(batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
+    return python_rows(batch)
+
+
+def bench_insert_psycopg_write_row(benchmark, dsn, batch, rows, conn, truncate):
+    """psycopg binary COPY ``copy.write_row`` from prepared tuples (UUID, datetime, Decimal)."""
+    stmt = copy_in_sql(batch.schema.names)
+    types = ["int8", "uuid", "timestamptz", "int8", "int8"] + ["numeric"] * (batch.num_columns - 5)
+
+    def insert() -> None:
+        with conn.cursor() as cur, cur.copy(stmt) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+
+    benchmark.pedantic(insert, setup=truncate, rounds=SLOW_ROUNDS, iterations=1)
+    _finish(benchmark, conn, batch.num_rows, statements=1)
+
+
+def bench_insert_asyncpg_copy_records(benchmark, dsn, batch, rows, conn, truncate, loop):
+    """asyncpg ``copy_records_to_table`` from prepared tuples."""
+    import asyncpg
+
+    aconn = run(loop, asyncpg.connect(**asyncpg_params(dsn)))
+    columns = batch.schema.names
+
+    def insert() -> None:
+        run(loop, aconn.copy_records_to_table("meter_reading", records=rows, columns=columns))
+
+    try:
+        benchmark.pedantic(insert, setup=truncate, rounds=SLOW_ROUNDS, iterations=1)
+    finally:
+        run(loop, aconn.close())
+    _finish(benchmark, conn, batch.num_rows, statements=1)
+
+
+def bench_insert_multirow_values(benchmark, dsn, batch, rows, conn, truncate):
+    """Multi-row ``INSERT ... VALUES (...), (...)`` with 1000 rows per statement."""
+    cols = ", ".join(batch.schema.names)
+    one = "(" + ", ".join(["%s"] * batch.num_columns) + ")"
+    full = f"INSERT INTO meter_reading ({cols}) VALUES " + ", ".join([one] * VALUES_ROWS)
+    chunks = [rows[i : i + VALUES_ROWS] for i in range(0, len(rows), VALUES_ROWS)]
+
+    def insert() -> None:
+        with conn.cursor() as cur:
+            for chunk in chunks:
+                query = (
+                    full
+                    if len(chunk) == VALUES_ROWS
+                    else (
+                        f"INSERT INTO meter_reading ({cols}) VALUES "
+                        + ", ".join([one] * len(chunk))
+                    )
+                )
+                cur.execute(query, [v for row in chunk for v in row])
+        conn.commit()
+
+    benchmark.pedantic(insert, setup=truncate, rounds=SLOW_ROUNDS, iterations=1)
+    _finish(benchmark, conn, batch.num_rows, statements=len(chunks))

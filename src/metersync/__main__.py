@@ -1,0 +1,8 @@
+"""``python -m metersync``: the same command line as the ``metersync`` script."""
+
+from __future__ import annotations
+
+from .cli import entrypoint
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,166 @@
+# cython: language_level=3
+"""Declarations of the Cython core: the Arrow C data interface structs (ABI-frozen, declared here
+so nothing links libarrow), the per-column descriptor the hot loops walk, and small C helpers
+(big-endian stores, 128-bit arithmetic) that Cython cannot spell directly.
+"""
+
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <stdint.h>
+
+    /* unsigned 128-bit magnitude of a decimal128 value (gcc/clang). */
+    typedef unsigned __int128 ms_u128;
+
+    static inline void ms_put16(unsigned char *p, uint16_t v) {
+        v = __builtin_bswap16(v); memcpy(p, &v, 2);
+    }
+    static inline void ms_put32(unsigned char *p, uint32_t v) {
+        v = __builtin_bswap32(v); memcpy(p, &v, 4);
+    }
+    static inline void ms_put64(unsigned char *p, uint64_t v) {
+        v = __builtin_bswap64(v); memcpy(p, &v, 8);
+    }
+    static inline uint16_t ms_get16(const unsigned char *p) {
+        uint16_t v; memcpy(&v, p, 2); return __builtin_bswap16(v);
+    }
+    static inline uint32_t ms_get32(const unsigned char *p) {
+        uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v);
+    }
+    static inline uint64_t ms_get64(const unsigned char *p) {
+        uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v);
+    }
+    static inline uint64_t ms_load64(const unsigned char *p) {
+        uint64_t v; memcpy(&v, p, 8); return v;
+    }
+    static inline void ms_store64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+
+    /* |value| of the little-endian two's complement decimal128 at p; *neg tells the sign. */
+    static inline ms_u128 ms_dec_abs(const unsigned char *p, int *neg) {
+        uint64_t lo, hi;
+        memcpy(&lo, p, 8); memcpy(&hi, p + 8, 8);
+        ms_u128 v = ((ms_u128)hi << 64) | lo;
+        *neg = (int64_t)hi < 0;
+        return *neg ? (ms_u128)0 - v : v;
+    }
+    static inline int ms_u128_fits64(ms_u128 v) { return (v >> 64) == 0; }
+    static inline uint64_t ms_u128_lo(ms_u128 v) { return (uint64_t)v; }
+    static inline ms_u128 ms_u128_from64(uint64_t v) { return (ms_u128)v; }
+    static inline ms_u128 ms_u128_pow10(int n) {
+        ms_u128 r = 1; while (n-- > 0) r *= 10; return r;
+    }
+    /* q = v / d, returns v % d (128-bit by small divisor). */
+    static inline uint32_t ms_u128_divmod(ms_u128 *v, uint32_t d) {
+        ms_u128 q = *v / d; uint32_t r = (uint32_t)(*v - q * d); *v = q; return r;
+    }
+    /* Store (neg ? -v : v) as little-endian two's complement decimal128. */
+    static inline void ms_dec_store(unsigned char *p, ms_u128 v, int neg) {
+        if (neg) v = (ms_u128)0 - v;
+        uint64_t lo = (uint64_t)v, hi = (uint64_t)(v >> 64);
+        memcpy(p, &lo, 8); memcpy(p + 8, &hi, 8);
+    }
+    /* acc = acc * m + a, 0 on overflow past 2**127 (no decimal128 holds it). */
+    static inline int ms_u128_muladd(ms_u128 *acc, uint32_t m, uint32_t a) {
+        const ms_u128 limit = ((ms_u128)1) << 127;
+        if (*acc > (limit - a) / m) return 0;
+        *acc = *acc * m + a; return 1;
+    }
+    static inline int ms_u128_ge(ms_u128 a, ms_u128 b) { return a >= b; }
+    static inline int ms_u128_is0(ms_u128 a) { return a == 0; }
+    """
+    ctypedef struct ms_u128:
+        pass
+    void ms_put16(uint8_t* p, uint16_t v) noexcept nogil
+    void ms_put32(uint8_t* p, uint32_t v) noexcept nogil
+    void ms_put64(uint8_t* p, uint64_t v) noexcept nogil
+    uint16_t ms_get16(const uint8_t* p) noexcept nogil
+    uint32_t ms_get32(const uint8_t* p) noexcept nogil
+    uint64_t ms_get64(const uint8_t* p) noexcept nogil
+    uint64_t ms_load64(const uint8_t* p) noexcept nogil
+    void ms_store64(uint8_t* p, uint64_t v) noexcept nogil
+    ms_u128 ms_dec_abs(const uint8_t* p, int* neg) noexcept nogil
+    bint ms_u128_fits64(ms_u128 v) noexcept nogil
+    uint64_t ms_u128_lo(ms_u128 v) noexcept nogil
+    ms_u128 ms_u128_from64(uint64_t v) noexcept nogil
+    ms_u128 ms_u128_pow10(int n) noexcept nogil
+    uint32_t ms_u128_divmod(ms_u128* v, uint32_t d) noexcept nogil
+    void ms_dec_store(uint8_t* p, ms_u128 v, int neg) noexcept nogil
+    bint ms_u128_muladd(ms_u128* acc, uint32_t m, uint32_t a) noexcept nogil
+    bint ms_u128_ge(ms_u128 a, ms_u128 b) noexcept nogil
+    bint ms_u128_is0(ms_u128 a) noexcept nogil
+
+
+# The Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html).
+cdef struct ArrowSchema:
+    const char* format
+    const char* name
+    const char* metadata
+    int64_t flags
+    int64_t n_children
+    ArrowSchema** children
+    ArrowSchema* dictionary
+    void (*release)(ArrowSchema*) noexcept nogil
+    void* private_data
+
+cdef struct ArrowArray:
+    int64_t length
+    int64_t null_count
+    int64_t offset
+    int64_t n_buffers
+    int64_t n_children
+    const void** buffers
+    ArrowArray** children
+    ArrowArray* dictionary
+    void (*release)(ArrowArray*) noexcept nogil
+    void* private_data
+
+
+# Column kinds: the same numbers as metersync._types.KIND_*.
+cdef enum:
+    KIND_UUID = 1
+    KIND_INT16 = 2
+    KIND_INT32 = 3
+    KIND_INT64 = 4
+    KIND_FLOAT32 = 5
+    KIND_FLOAT64 = 6
+    KIND_BOOL = 7
+    KIND_STRING = 8
+    KIND_LARGE_STRING = 9
+    KIND_DATE = 10
+    KIND_TIMESTAMP = 11
+    KIND_DECIMAL = 12
+
+# Value error codes: the same numbers as metersync._types.ERR_*.
+cdef enum:
+    ERR_NUL = 1
+    ERR_UTF8 = 2
+    ERR_FLOAT = 3
+    ERR_YEAR = 4
+    ERR_PRECISION = 5
+    ERR_RANGE = 6
+
+
+cdef struct Col:
+    # One input column as the hot loops see it: raw Arrow pointers and encoding parameters.
+    int kind
+    int scale
+    int precision
+    int max_groups          # base-10000 digits a value of this decimal can need
+    bint tz
+    int64_t offset          # index of row 0 in the child's buffers (child + parent offset)
+    const uint8_t* validity # NULL when the column has no nulls
+    const uint8_t* data     # values; offsets for strings
+    const uint8_t* chars    # string bytes
+    const char* key         # JSON '"name":'
+    Py_ssize_t key_len
+    ms_u128 limit           # 10**precision for decimals
+
+
+cdef struct Failure:
+    # First bad value found by a nogil loop (code 0: none).
+    int code
+    Py_ssize_t col
+    int64_t row

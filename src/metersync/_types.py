@@ -1,0 +1,296 @@
+"""The single Arrow <-> PostgreSQL type mapping, shared by both codec twins and the adapter.
+
+``column_plan(schema)`` validates a record batch schema once and describes each column the way
+the encoders need it (a kind code, decimal precision/scale, whether a timestamp has a zone, the
+JSON key already escaped). The Cython core mirrors the ``KIND_*`` codes in ``_batch.pxd``; a test
+asserts they agree.
+
+``pg_to_arrow`` is the other direction, for reflecting a table's columns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pyarrow as pa
+
+__all__ = [
+    "KIND_BOOL",
+    "KIND_DATE",
+    "KIND_DECIMAL",
+    "KIND_FLOAT32",
+    "KIND_FLOAT64",
+    "KIND_INT16",
+    "KIND_INT32",
+    "KIND_INT64",
+    "KIND_LARGE_STRING",
+    "KIND_STRING",
+    "KIND_TIMESTAMP",
+    "KIND_UUID",
+    "ColumnSpec",
+    "arrow_to_pg",
+    "as_batch",
+    "column_plan",
+    "decimal_max_groups",
+    "is_uuid",
+    "pg_to_arrow",
+    "value_error",
+]
+
+# Kind codes: keep in sync with the enum in _batch.pxd (tests/test_codec.py checks).
+KIND_UUID = 1
+KIND_INT16 = 2
+KIND_INT32 = 3
+KIND_INT64 = 4
+KIND_FLOAT32 = 5
+KIND_FLOAT64 = 6
+KIND_BOOL = 7
+KIND_STRING = 8
+KIND_LARGE_STRING = 9
+KIND_DATE = 10
+KIND_TIMESTAMP = 11
+KIND_DECIMAL = 12
+
+#: Largest decimal128 precision (and so the largest numeric(p, s) we map).
+MAX_PRECISION = 38
+
+_SUPPORTED = (
+    "fixed_size_binary(16) or uuid, int16/32/64, float32/64, bool, string, large_string, "
+    "date32, timestamp('us'[, tz]), decimal128(p, s) with s >= 0"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """How one column is encoded.
+
+    ``precision``/``scale`` are meaningful for decimals only; ``tz`` tells timestamptz from
+    timestamp; ``json_key`` is ``"name":`` as UTF-8 JSON, escaped like any string.
+    """
+
+    name: str
+    arrow_type: pa.DataType
+    kind: int
+    pg_type: str
+    precision: int = 0
+    scale: int = 0
+    tz: bool = False
+    json_key: bytes = b""
+
+
+def _unsupported(column: str, arrow_type: pa.DataType, why: str = "") -> TypeError:
+    detail = f" ({why})" if why else ""
+    return TypeError(
+        f"column {column!r}: Arrow type {arrow_type} has no PostgreSQL mapping{detail}; "
+        f"supported: {_SUPPORTED}"
+    )
+
+
+def is_uuid(arrow_type: pa.DataType) -> bool:
+    if isinstance(arrow_type, pa.BaseExtensionType):
+        return arrow_type.extension_name == "arrow.uuid" and arrow_type.storage_type == pa.binary(
+            16
+        )
+    return pa.types.is_fixed_size_binary(arrow_type) and arrow_type.byte_width == 16
+
+
+def as_batch(data: object) -> pa.RecordBatch:
+    """Accept a RecordBatch, a Table or any Arrow C data interface producer (polars, ...)."""
+    if isinstance(data, pa.RecordBatch):
+        return data
+    if isinstance(data, pa.Table):
+        if data.num_rows == 0:
+            return pa.RecordBatch.from_pylist([], schema=data.schema)
+        return data.combine_chunks().to_batches()[0]
+    if hasattr(data, "__arrow_c_array__"):
+        return pa.record_batch(data)
+    if hasattr(data, "__arrow_c_stream__"):
+        return as_batch(pa.table(data))
+    raise TypeError(f"expected a pyarrow RecordBatch (or an Arrow producer), got {type(data)!r}")
+
+
+def column_spec(name: str, arrow_type: pa.DataType) -> ColumnSpec:
+    """Validate one column and describe its encoding; ``TypeError`` naming it if unsupported."""
+    t = arrow_type
+    key = json.dumps(name, ensure_ascii=False).encode("utf-8") + b":"
+    if is_uuid(t):
+        return ColumnSpec(name, t, KIND_UUID, "uuid", json_key=key)
+    if isinstance(t, pa.BaseExtensionType):
+        raise _unsupported(name, t, f"extension type {t.extension_name}")
+    simple = {
+        pa.int16(): (KIND_INT16, "int2"),
+        pa.int32(): (KIND_INT32, "int4"),
+        pa.int64(): (KIND_INT64, "int8"),
+        pa.float32(): (KIND_FLOAT32, "float4"),
+        pa.float64(): (KIND_FLOAT64, "float8"),
+        pa.bool_(): (KIND_BOOL, "bool"),
+        pa.string(): (KIND_STRING, "text"),
+        pa.large_string(): (KIND_LARGE_STRING, "text"),
+        pa.date32(): (KIND_DATE, "date"),
+    }
+    if t in simple:
+        kind, pg = simple[t]
+        return ColumnSpec(name, t, kind, pg, json_key=key)
+    if pa.types.is_timestamp(t):
+        if t.unit != "us":
+            raise _unsupported(
+                name, t, f"unit {t.unit!r}: cast to timestamp('us'{', tz' if t.tz else ''}) first"
+            )
+        tz = t.tz is not None
+        return ColumnSpec(name, t, KIND_TIMESTAMP, "timestamptz" if tz else "timestamp", tz=tz,
+                          json_key=key)  # fmt: skip
+    if pa.types.is_decimal128(t):
+        if t.scale < 0:
+            raise _unsupported(name, t, "negative scale: cast to a decimal with scale >= 0")
+        return ColumnSpec(
+            name,
+            t,
+            KIND_DECIMAL,
+            f"numeric({t.precision},{t.scale})",
+            precision=t.precision,
+            scale=t.scale,
+            json_key=key,
+        )
+    if pa.types.is_decimal(t):
+        raise _unsupported(name, t, "cast to decimal128")
+    if pa.types.is_date64(t):
+        raise _unsupported(name, t, "cast to date32")
+    raise _unsupported(name, t)
+
+
+@lru_cache(maxsize=64)
+def column_plan(schema: pa.Schema) -> tuple[ColumnSpec, ...]:
+    """Validate ``schema`` and return one :class:`ColumnSpec` per field, in order.
+
+    Cached per schema: the JSON encoder runs per 1000-row slice of the same batch.
+    Raises ``TypeError`` naming the first unsupported column and its Arrow type.
+    """
+    return tuple(column_spec(field.name, field.type) for field in schema)
+
+
+# Value error codes: keep in sync with _batch.pxd. Both twins format messages from this table.
+ERR_NUL = 1
+ERR_UTF8 = 2
+ERR_FLOAT = 3
+ERR_YEAR = 4
+ERR_PRECISION = 5
+ERR_RANGE = 6
+
+ERROR_TEXT: dict[int, str] = {
+    ERR_NUL: "text contains a NUL byte, which PostgreSQL cannot store",
+    ERR_UTF8: "text is not valid UTF-8",
+    ERR_FLOAT: "float {value!r} has no JSON form (NaN and infinities are rejected)",
+    ERR_YEAR: "{pg_type} value is outside the years 1..9999 of the canonical JSON form",
+    ERR_PRECISION: "decimal value does not fit {pg_type}",
+    ERR_RANGE: "{pg_type} value is outside the range PostgreSQL can store",
+}
+
+
+def value_error(spec: ColumnSpec, row: int, code: int, value: object = None) -> ValueError:
+    """The error both twins raise for a value PostgreSQL or the JSON form cannot hold."""
+    what = ERROR_TEXT[code].format(value=value, pg_type=spec.pg_type)
+    return ValueError(f"column {spec.name!r}, row {row}: {what}")
+
+
+def arrow_to_pg(arrow_type: pa.DataType, column: str = "?") -> str:
+    """PostgreSQL type name for ``arrow_type`` (``numeric(p,s)`` with its typmod)."""
+    return column_spec(column, arrow_type).pg_type
+
+
+def decimal_max_groups(precision: int, scale: int) -> int:
+    """Most base-10000 digits a numeric of ``|value| < 10**precision`` (scaled) can need."""
+    int_digits = max(0, precision - scale)
+    return (int_digits + 3) // 4 + (scale + 3) // 4
+
+
+_PG_ALIASES: dict[str, str] = {
+    "uuid": "uuid",
+    "int2": "int2",
+    "smallint": "int2",
+    "int4": "int4",
+    "integer": "int4",
+    "int": "int4",
+    "int8": "int8",
+    "bigint": "int8",
+    "float4": "float4",
+    "real": "float4",
+    "float8": "float8",
+    "double precision": "float8",
+    "bool": "bool",
+    "boolean": "bool",
+    "text": "text",
+    "varchar": "text",
+    "character varying": "text",
+    "bpchar": "text",
+    "character": "text",
+    "char": "text",
+    "date": "date",
+    "timestamptz": "timestamptz",
+    "timestamp with time zone": "timestamptz",
+    "timestamp": "timestamp",
+    "timestamp without time zone": "timestamp",
+    "numeric": "numeric",
+    "decimal": "numeric",
+}
+
+_PG_TO_ARROW: dict[str, pa.DataType] = {
+    "uuid": pa.binary(16),
+    "int2": pa.int16(),
+    "int4": pa.int32(),
+    "int8": pa.int64(),
+    "float4": pa.float32(),
+    "float8": pa.float64(),
+    "bool": pa.bool_(),
+    "text": pa.string(),
+    "date": pa.date32(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "timestamp": pa.timestamp("us"),
+}
+
+
+def pg_to_arrow(
+    type_name: str, precision: int | None = None, scale: int | None = None, *, column: str = "?"
+) -> pa.DataType:
+    """Arrow type metersync uses for a PostgreSQL column type.
+
+    ``type_name`` is a ``pg_type.typname`` (``int8``, ``timestamptz``, ``bpchar``) or the SQL
+    spelling (``bigint``, ``timestamp with time zone``, ``character varying``); a typmod suffix
+    such as ``numeric(18,4)`` or ``varchar(20)`` is understood too. ``precision``/``scale`` are the
+    numeric typmod (e.g. ``information_schema.columns.numeric_precision/_scale``); a numeric
+    without them is refused because decimal128 needs a fixed scale. Raises ``TypeError`` naming
+    ``column`` for anything unsupported.
+    """
+    name = type_name.strip().lower()
+    if "(" in name and name.endswith(")"):
+        base, _, args = name[:-1].partition("(")
+        name = base.strip()
+        if _PG_ALIASES.get(name) == "numeric" and precision is None:
+            parts = [p.strip() for p in args.split(",")]
+            precision = int(parts[0])
+            scale = int(parts[1]) if len(parts) > 1 else 0
+    pg = _PG_ALIASES.get(name)
+    if pg is None:
+        raise TypeError(
+            f"column {column!r}: PostgreSQL type {type_name!r} is not supported by metersync "
+            f"(supported: {', '.join(sorted(set(_PG_ALIASES.values())))})"
+        )
+    if pg != "numeric":
+        return _PG_TO_ARROW[pg]
+    if precision is None:
+        raise TypeError(
+            f"column {column!r}: numeric without precision and scale cannot be mapped to a "
+            "fixed-scale decimal; declare it as numeric(p,s)"
+        )
+    scale = 0 if scale is None else scale
+    if not 1 <= precision <= MAX_PRECISION:
+        raise TypeError(
+            f"column {column!r}: numeric({precision},{scale}) exceeds the largest supported "
+            f"precision {MAX_PRECISION}"
+        )
+    if not 0 <= scale <= precision:
+        raise TypeError(
+            f"column {column!r}: numeric({precision},{scale}) needs 0 <= scale <= precision"
+        )
+    return pa.decimal128(precision, scale)

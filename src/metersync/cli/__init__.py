@@ -1,0 +1,163 @@
+"""The ``metersync`` command line (click + rich).
+
+``main(argv) -> int`` is the testable entry point (it never calls ``sys.exit``);
+``entrypoint()`` is what ``[project.scripts]`` and ``python -m metersync`` run.
+Errors become one line on stderr and an exit code from ``output.ExitCode``; ``-v`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from .. import __impl__, __version__
+from ._app import AppState, configure_logging
+from .output import EXIT_CODES_HELP, ExitCode, exit_code_for, one_line
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(
+        f"metersync {__version__} (codec implementation: {__impl__}; "
+        f"Python {sys.version.split()[0]})"
+    )
+    ctx.exit(0)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and the active codec implementation (c or python).",
+)
+@click.option("--dsn", metavar="DSN", help="Sync database (libpq DSN or URL). Env: METERSYNC_DSN.")
+@click.option("--api-url", metavar="URL", help="Client System base URL. Env: METERSYNC_API_URL.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (default: ./metersync.toml when present).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-v INFO, -vv DEBUG); tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
+@click.option("--json", "json_flag", is_flag=True, help="JSON output (same as a command's --json).")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    dsn: str | None,
+    api_url: str | None,
+    config_file: str | None,
+    verbose: int,
+    quiet: bool,
+    json_flag: bool,
+) -> None:
+    """metersync: move meter readings between a site's sync database and the Client System.
+
+    Configuration precedence: flags > environment (METERSYNC_*) > TOML file > defaults.
+    API keys come from METERSYNC_API_KEY, a prompt, or the tenant row; never from arguments.
+    """
+    state = ctx.ensure_object(AppState)
+    state.flags.update({"dsn": dsn, "api_url": api_url})
+    state.config_file = config_file
+    state.verbose = verbose
+    state.quiet = quiet
+    state.output.quiet = quiet
+    state.set_json(json_flag)
+    configure_logging(verbose, quiet, state.settings.log_level)
+
+
+def _register() -> None:
+    from . import demo, migrate, serve, status, sync, tenant
+
+    cli.add_command(migrate.migrate)
+    cli.add_command(tenant.tenant)
+    cli.add_command(sync.upload)
+    cli.add_command(sync.download)
+    cli.add_command(sync.sync)
+    cli.add_command(status.status)
+    cli.add_command(status.requeue)
+    cli.add_command(serve.serve)
+    cli.add_command(demo.demo)
+    cli.add_command(_bench_command())
+
+
+def _bench_command() -> click.Command:
+    """``metersync bench`` lives in ``cli/bench.py`` (the benchmark module's own command)."""
+    try:
+        from . import bench as bench_module
+    except ImportError as exc:
+        reason = one_line(exc)
+
+        @click.command("bench", context_settings={"ignore_unknown_options": True})
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def unavailable(args: tuple[str, ...]) -> None:
+            """Capacity-planning benchmark (not available in this installation)."""
+            raise click.ClickException(f"metersync bench is not available: {reason}")
+
+        return unavailable
+    command = getattr(bench_module, "bench", None)
+    if not isinstance(command, click.Command):
+        command = next(v for v in vars(bench_module).values() if isinstance(v, click.Command))
+    return command
+
+
+_register()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``metersync`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    state = AppState()
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = cli.main(args=args, prog_name="metersync", standalone_mode=False, obj=state)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        state.output.error(exc.format_message() + hint)
+        return ExitCode.USAGE
+    except click.Abort:
+        state.output.error("aborted")
+        return ExitCode.UNEXPECTED
+    except click.ClickException as exc:
+        state.output.error(exc.format_message())
+        return exc.exit_code
+    except Exception as exc:
+        return _report(state, exc)
+    except KeyboardInterrupt:
+        state.output.error("interrupted")
+        return 130
+    if isinstance(result, int):
+        return result
+    return ExitCode.OK
+
+
+def _report(state: AppState, exc: BaseException) -> int:
+    code = exit_code_for(exc)
+    if state.verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    if code == ExitCode.UNEXPECTED:
+        state.output.error(
+            f"unexpected {type(exc).__name__}: {one_line(exc)} (run with -v for details)"
+        )
+    else:
+        state.output.error(one_line(exc))
+    return code
+
+
+def entrypoint() -> None:
+    """Console-script entry point: ``sys.exit(main())``."""
+    sys.exit(main())
+
+
+__all__ = ["cli", "entrypoint", "main"]

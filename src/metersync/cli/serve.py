@@ -1,0 +1,131 @@
+"""``metersync serve``: run the reference Client System (for tests, demos, staging)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
+import click
+
+from ..embedded import EmbeddedPostgres
+from ..errors import ConfigError
+from ._app import AppState, check_dsn_syntax, open_db, pass_state, run
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=3001, show_default=True, type=int, help="Port (0: any free one).")
+@click.option(
+    "--dsn",
+    "server_dsn",
+    metavar="DSN",
+    envvar="METERSYNC_SERVE_DSN",
+    help="The Client System's OWN database (env METERSYNC_SERVE_DSN). "
+    "Default: an embedded PostgreSQL in a temporary directory (or --data-dir).",
+)
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="Embedded server data directory."
+)
+@click.option("--faults", "fault_spec", metavar="SPEC", help="Fault plan, e.g. 'random=0.05:503'.")
+@click.option("--max-batch", default=10_000, show_default=True, type=int, help="413 above this.")
+@click.option(
+    "--import-tenants",
+    is_flag=True,
+    help="Register the tenants and API keys of the sync database (global --dsn) on start.",
+)
+@pass_state
+def serve(
+    state: AppState,
+    host: str,
+    port: int,
+    server_dsn: str | None,
+    data_dir: str | None,
+    fault_spec: str | None,
+    max_batch: int,
+    import_tenants: bool,
+) -> int:
+    """Run the reference Client System until SIGINT/SIGTERM.
+
+    The admin API (/admin/tenants, /admin/faults, /admin/stats, /admin/readings) is guarded by
+    the token in METERSYNC_ADMIN_TOKEN when set.
+    """
+    from ..server import FaultPlan
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"invalid --port {port}: the valid range is 0..65535")
+    if max_batch < 1:
+        raise ConfigError(f"invalid --max-batch {max_batch}: must be >= 1")
+    faults = FaultPlan.from_spec(fault_spec) if fault_spec else None
+    if server_dsn:
+        check_dsn_syntax(server_dsn)
+    sync_dsn = state.require_dsn() if import_tenants else None
+    admin_token = os.environ.get("METERSYNC_ADMIN_TOKEN") or None
+
+    embedded: EmbeddedPostgres | None = None
+    if not server_dsn:
+        embedded = EmbeddedPostgres(data_dir)
+        state.output.info(f"starting embedded PostgreSQL in {embedded.data_dir} ...")
+        server_dsn = embedded.start()
+    try:
+        run(lambda: _serve(state, server_dsn, host, port, max_batch, faults, admin_token, sync_dsn))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def _serve(
+    state: AppState,
+    dsn: str,
+    host: str,
+    port: int,
+    max_batch: int,
+    faults: Any,
+    admin_token: str | None,
+    sync_dsn: str | None,
+) -> None:
+    import httpx
+
+    from ..server import ReferenceServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = ReferenceServer(
+        dsn, host, port, max_batch=max_batch, admin_token=admin_token, faults=faults
+    )
+    await server.start()
+    try:
+        if sync_dsn is not None:
+            count = 0
+            async with open_db(sync_dsn) as db:
+                tenants = list(await db.list_tenants())
+            headers = {"X-Admin-Token": admin_token} if admin_token else {}
+            async with httpx.AsyncClient(base_url=server.admin_url, headers=headers) as http:
+                for row in tenants:
+                    if not row.api_key:
+                        continue
+                    body = {"tenant_id": row.tenant_id, "api_key": row.api_key, "name": row.name}
+                    response = await http.post("/tenants", json=body)
+                    if response.status_code != 200:
+                        raise ConfigError(
+                            f"cannot register tenant {row.tenant_id}: HTTP {response.status_code}"
+                        )
+                    count += 1
+            state.output.info(f"registered {count} tenant(s) from the sync database")
+        state.output.info(
+            f"reference Client System listening on {server.base_url} "
+            f"(admin: {server.admin_url}); Ctrl-C to stop"
+        )
+        # A line on stdout for scripts that start `serve --port 0` and need the real URL.
+        click.echo(server.base_url, nl=True)
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await server.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

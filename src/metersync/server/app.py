@@ -1,0 +1,488 @@
+"""HTTP handlers of the reference Client System (aiohttp), with fault injection and stats.
+
+Routes (SPEC §7): ``GET /api/health``, ``POST /api/sync/readings/batch``,
+``GET /api/sync/readings``; admin API under ``/admin`` (tenants, faults, stats, bulk load),
+guarded by ``X-Admin-Token`` when the server has an admin token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from ..errors import ConfigError
+from .faults import BATCH_PATH, FaultInjector, FaultPlan
+from .store import Store
+from .validation import reading_label, validate_reading
+
+log = logging.getLogger("metersync.server")
+
+MAX_PAGE = 10_000
+DEFAULT_MAX_BATCH = 10_000
+# A wide reading is about 1.3 KB of JSON: 10,000 of them fit well within 64 MiB. The limit
+# applies after gzip decompression (aiohttp counts the decoded body), so no zip bomb gets in.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# How many Idempotency-Keys each server remembers (per tenant, oldest forgotten first).
+IDEMPOTENCY_MEMORY = 10_000
+BATCH_LOG_SIZE = 2_000
+
+
+def key_digest(api_key: str) -> str:
+    """SHA-256 hex digest under which an API key is stored (keys are never stored in clear)."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ServerState:
+    """Everything the handlers share: storage, limits, faults, counters."""
+
+    store: Store
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    admin_token: str | None = None
+    faults_injected: Counter[str] = field(default_factory=Counter)
+    counters: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    batch_log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BATCH_LOG_SIZE))
+    idempotency: OrderedDict[tuple[int, str], int] = field(default_factory=OrderedDict)
+    key_cache: dict[str, int] = field(default_factory=dict)
+    # Bumped by reset_stats(): a request that started before a reset is not counted after it
+    # (a delayed request of one test must not show up in the next test's stats).
+    generation: int = 0
+    injector: FaultInjector = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.set_faults(FaultPlan())
+
+    def set_faults(self, plan: FaultPlan) -> None:
+        """Replace the fault plan (its next-N counters start afresh)."""
+        self.injector = FaultInjector(plan, self.faults_injected)
+
+    def reset_stats(self) -> None:
+        """Zero the counters (not the stored rows, not the fault plan)."""
+        self.generation += 1
+        self.faults_injected.clear()
+        self.counters.clear()
+        self.statuses.clear()
+        self.batch_log.clear()
+        self.idempotency.clear()
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+class _DropConnection(Exception):
+    """Raised by a handler to close the connection without answering (after commit)."""
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"success": False, "error": message}, status, headers)
+
+
+@web.middleware
+async def _middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    state = request.app[STATE]
+    path = request.path
+    if path.startswith("/admin"):
+        token = state.admin_token
+        supplied = request.headers.get("X-Admin-Token", "")
+        if token is not None and not hmac.compare_digest(supplied.encode(), token.encode()):
+            return _error(401, "missing or wrong X-Admin-Token")
+        try:
+            return await handler(request)
+        except ConfigError as exc:
+            return _error(400, str(exc))
+    started = time.perf_counter()
+    generation = state.generation
+    injection = state.injector.before(path)
+    status = "500"  # what aiohttp answers if the handler raises something unexpected
+    try:
+        if injection.delay:
+            await asyncio.sleep(injection.delay)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                # The client gave up while we slept: do nothing, like a server that never got
+                # round to the request. (A lost answer after commit is drop_after_commit.)
+                status = "abandoned"
+                raise _DropConnection
+        if injection.status is not None:
+            headers = None
+            if injection.retry_after is not None:
+                headers = {"Retry-After": _format_seconds(injection.retry_after)}
+            response: web.StreamResponse = _error(
+                injection.status, "injected fault", headers=headers
+            )
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                response = _error(exc.status, exc.reason)
+        status = str(response.status)
+        return response
+    except _DropConnection:
+        if status != "abandoned":
+            status = "dropped"
+        if request.transport is not None:
+            request.transport.abort()
+        # aiohttp writes this into the closed transport, notices, and moves on.
+        return web.Response(status=204)
+    finally:
+        if generation == state.generation:
+            state.statuses[status] += 1
+            state.counters["requests"] += 1
+            if path == BATCH_PATH and request.method == "POST":
+                state.batch_log.append(
+                    {"idempotency_key": request.headers.get("Idempotency-Key"), "status": status}
+                )
+        log.debug(
+            "%s %s -> %s (%.1f ms)",
+            request.method,
+            path,
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
+
+
+async def _tenant_of(request: web.Request) -> int | None:
+    state = request.app[STATE]
+    key = request.headers.get("X-API-Key")
+    if not key:
+        return None
+    digest = key_digest(key)
+    tenant = state.key_cache.get(digest)
+    if tenant is None:
+        tenant = await state.store.tenant_for_key(digest)
+        if tenant is not None:
+            state.key_cache[digest] = tenant
+    return tenant
+
+
+async def _read_body(request: web.Request) -> bytes | web.Response:
+    state = request.app[STATE]
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"request body larger than {state.max_body_bytes} bytes")
+    except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. gzip that does not inflate
+        response = _error(400, f"request body cannot be decoded: {exc}")
+        # The rest of the body cannot be read either: mark it finished (else aiohttp tries to
+        # drain it after the answer and logs the same error again) and close the connection.
+        request.content.feed_eof()
+        response.force_close()
+        return response
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /api/health``: no auth."""
+    return _json({"status": "ok"})
+
+
+async def upload_batch(request: web.Request) -> web.Response:
+    """``POST /api/sync/readings/batch``."""
+    state = request.app[STATE]
+    tenant_id = await _tenant_of(request)
+    if tenant_id is None:
+        return _error(401, "missing or unknown API key")
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
+    if request.headers.get("Content-Encoding", "").lower() == "gzip":
+        state.counters["gzip_bodies"] += 1
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        memo = (tenant_id, key)
+        if memo in state.idempotency:
+            # A retry of a batch we may already have stored: re-running it is idempotent
+            # (ON CONFLICT DO NOTHING), and the counts then tell the truth (duplicates).
+            state.counters["idempotency_replays"] += 1
+            state.idempotency.move_to_end(memo)
+        state.idempotency[memo] = state.idempotency.get(memo, 0) + 1
+        while len(state.idempotency) > IDEMPOTENCY_MEMORY:
+            state.idempotency.popitem(last=False)
+    outcome = await ingest(state, tenant_id, raw, apply_faults=True)
+    if isinstance(outcome, web.Response):
+        return outcome
+    injector = state.injector
+    if injector.take("drop_after_commit"):
+        raise _DropConnection
+    if injector.take("miscount"):
+        outcome["inserted"] += 1
+    if injector.take("legacy"):
+        return _json(
+            {"success": True, "recordsProcessed": outcome["inserted"] + outcome["duplicates"]}
+        )
+    return _json(outcome)
+
+
+async def ingest(
+    state: ServerState, tenant_id: int, raw: bytes, *, apply_faults: bool
+) -> dict[str, Any] | web.Response:
+    """Validate and store an upload body; the success answer, or an error response."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _error(400, f"body is not valid JSON: {exc}")
+    readings = doc.get("readings") if isinstance(doc, dict) else None
+    if not isinstance(readings, list):
+        return _error(400, 'body must be {"readings": [reading objects]}')
+    if len(readings) > state.max_batch:
+        return _error(413, f"{len(readings)} readings in one batch; the maximum is {state.max_batch}")
+    state.counters["batches_received"] += 1
+    state.counters["readings_received"] += len(readings)
+    rejected: list[dict[str, str]] = []
+    ords: list[int] = []
+    seen: set[str] = set()
+    repeats = 0
+    for i, reading in enumerate(readings, start=1):
+        error = validate_reading(reading, tenant_id)
+        if error is None and apply_faults:
+            error = state.injector.rejection(reading)
+        if error is not None:
+            rejected.append({"meter_reading_id": reading_label(reading, i), "error": error})
+            continue
+        rid = reading["meter_reading_id"].lower()
+        if rid in seen:  # the same id twice in one batch: the second is a duplicate
+            repeats += 1
+            continue
+        seen.add(rid)
+        ords.append(i)
+    try:
+        outcomes = await state.store.insert_batch(tenant_id, raw.decode("utf-8"), ords)
+    except psycopg.DataError as exc:
+        # e.g. "\u0000" in a string, which orjson accepts and jsonb does not.
+        return _error(400, f"body cannot be stored: {exc.diag.message_primary}")
+    inserted = duplicates = 0
+    for row in outcomes:
+        if row.inserted:
+            inserted += 1
+        elif row.owner == tenant_id:
+            duplicates += 1
+        elif row.owner is None:
+            # Neither inserted nor found: only a concurrent rollback can do that. Claiming a
+            # duplicate would confirm a reading we do not hold, so the whole batch is retried.
+            return _error(503, "concurrent insert conflict; retry the batch")
+        else:
+            rejected.append(
+                {
+                    "meter_reading_id": reading_label(readings[row.ord - 1], row.ord),
+                    "error": "meter_reading_id is not available to this tenant",
+                }
+            )
+    duplicates += repeats
+    state.counters["inserted"] += inserted
+    state.counters["duplicates_seen"] += duplicates
+    state.counters["rejected"] += len(rejected)
+    return {"success": True, "inserted": inserted, "duplicates": duplicates, "rejected": rejected}
+
+
+def encode_cursor(seq: int) -> str:
+    """Opaque download cursor for "after the reading with this seq"."""
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    """The seq inside a cursor from :func:`encode_cursor`; ValueError when it is not one."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor") from None
+    prefix, _, number = text.partition(":")
+    if prefix != "seq" or not number.isdigit():
+        raise ValueError("not a cursor")
+    return int(number)
+
+
+async def download(request: web.Request) -> web.Response:
+    """``GET /api/sync/readings?limit=N&after=CURSOR``."""
+    state = request.app[STATE]
+    tenant_id = await _tenant_of(request)
+    if tenant_id is None:
+        return _error(401, "missing or unknown API key")
+    raw_limit = request.query.get("limit", "")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        return _error(400, f"limit must be an integer in 1..{MAX_PAGE}, got {raw_limit!r}")
+    limit = int(raw_limit)
+    after = request.query.get("after")
+    try:
+        after_seq = decode_cursor(after) if after else 0
+    except ValueError:
+        return _error(400, "after is not a cursor returned by this server")
+    rows = await state.store.page(tenant_id, after_seq, limit + 1)
+    more = len(rows) > limit
+    injector = state.injector
+    if injector.take("garbage_page"):
+        return _json({"readings": "not a list", "next_cursor": None})
+    if not (more and injector.take("oversize_page")):
+        rows = rows[:limit]
+    texts = [text.encode() for _, text in rows]
+    if texts and injector.take("malformed_page"):
+        first = orjson.loads(texts[0])
+        first["meter_reading_id"] = "not-a-uuid"
+        texts[0] = orjson.dumps(first)
+    cursor = encode_cursor(rows[min(limit, len(rows)) - 1][0]) if more else None
+    state.counters["readings_served"] += len(texts)
+    body = b'{"readings":[' + b",".join(texts) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
+    return web.Response(body=body, content_type="application/json")
+
+
+async def admin_tenants(request: web.Request) -> web.Response:
+    """``POST /admin/tenants`` ``{tenant_id, api_key, name}``: register or replace a tenant."""
+    state = request.app[STATE]
+    data = await _admin_json(request)
+    tenant_id, api_key, name = data.get("tenant_id"), data.get("api_key"), data.get("name")
+    if not isinstance(tenant_id, int) or isinstance(tenant_id, bool):
+        raise ConfigError("tenant_id must be an integer")
+    if not isinstance(api_key, str) or not api_key:
+        raise ConfigError("api_key must be a non-empty string")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError("name must be a string or null")
+    digest = key_digest(api_key)
+    try:
+        await state.store.upsert_tenant(tenant_id, digest, name)
+    except psycopg.errors.UniqueViolation:
+        return _error(409, "this api_key is already registered to another tenant")
+    for cached in [d for d, t in state.key_cache.items() if t == tenant_id]:
+        del state.key_cache[cached]
+    state.key_cache[digest] = tenant_id
+    return _json({"tenant_id": tenant_id, "name": name})
+
+
+async def admin_set_faults(request: web.Request) -> web.Response:
+    """``POST /admin/faults``: a plan as JSON fields or ``{"spec": "fail=3:503,..."}``."""
+    state = request.app[STATE]
+    plan = FaultPlan.from_dict(await _admin_json(request))
+    state.set_faults(plan)
+    log.info("fault plan set: %s", plan)
+    return _json(plan.to_dict())
+
+
+async def admin_clear_faults(request: web.Request) -> web.Response:
+    """``DELETE /admin/faults``: inject nothing from now on."""
+    request.app[STATE].set_faults(FaultPlan())
+    return _json(FaultPlan().to_dict())
+
+
+async def admin_stats(request: web.Request) -> web.Response:
+    """``GET /admin/stats``: rows, counters, statuses, faults injected, recent batch requests."""
+    state = request.app[STATE]
+    per_tenant = await state.store.rows_per_tenant()
+    return _json(
+        {
+            "total_rows": sum(per_tenant.values()),
+            "rows_per_tenant": {str(t): n for t, n in per_tenant.items()},
+            "requests": state.counters["requests"],
+            "batches_received": state.counters["batches_received"],
+            "readings_received": state.counters["readings_received"],
+            "inserted": state.counters["inserted"],
+            "duplicates_seen": state.counters["duplicates_seen"],
+            "rejected": state.counters["rejected"],
+            "readings_served": state.counters["readings_served"],
+            "idempotency_replays": state.counters["idempotency_replays"],
+            "gzip_bodies": state.counters["gzip_bodies"],
+            "requests_per_status": dict(state.statuses),
+            "faults_injected": dict(state.faults_injected),
+            "fault_plan": state.injector.plan.to_dict(),
+            "batch_requests": list(state.batch_log),
+        }
+    )
+
+
+async def admin_reset_stats(request: web.Request) -> web.Response:
+    """``POST /admin/stats/reset``: zero the counters (rows stay)."""
+    request.app[STATE].reset_stats()
+    return _json({"reset": True})
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    """``POST /admin/reset``: delete all tenants and readings, zero stats, clear faults."""
+    state = request.app[STATE]
+    await state.store.reset()
+    state.key_cache.clear()
+    state.reset_stats()
+    state.set_faults(FaultPlan())
+    return _json({"reset": True})
+
+
+async def admin_load_readings(request: web.Request) -> web.Response:
+    """``POST /admin/readings`` ``{"tenant_id": T, "readings": [...]}``: store readings directly."""
+    state = request.app[STATE]
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"body is not valid JSON: {exc}") from None
+    tenant_id = doc.get("tenant_id") if isinstance(doc, dict) else None
+    if not isinstance(tenant_id, int) or isinstance(tenant_id, bool):
+        raise ConfigError("tenant_id must be an integer")
+    outcome = await ingest(state, tenant_id, raw, apply_faults=False)
+    return outcome if isinstance(outcome, web.Response) else _json(outcome)
+
+
+async def _admin_json(request: web.Request) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("body must be a JSON object")
+    return data
+
+
+def create_app(
+    store: Store,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    admin_token: str | None = None,
+    faults: FaultPlan | None = None,
+) -> web.Application:
+    """Build the aiohttp application over an opened :class:`Store`."""
+    if not 1 <= max_batch:
+        raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+    state = ServerState(
+        store, max_batch=max_batch, max_body_bytes=max_body_bytes, admin_token=admin_token
+    )
+    if faults is not None:
+        state.set_faults(faults)
+    app = web.Application(middlewares=[_middleware], client_max_size=max_body_bytes)
+    app[STATE] = state
+    app.router.add_get("/api/health", health)
+    app.router.add_post("/api/sync/readings/batch", upload_batch)
+    app.router.add_get("/api/sync/readings", download)
+    app.router.add_post("/admin/tenants", admin_tenants)
+    app.router.add_post("/admin/faults", admin_set_faults)
+    app.router.add_delete("/admin/faults", admin_clear_faults)
+    app.router.add_get("/admin/stats", admin_stats)
+    app.router.add_post("/admin/stats/reset", admin_reset_stats)
+    app.router.add_post("/admin/readings", admin_load_readings)
+    app.router.add_post("/admin/reset", admin_reset)
+    return app

@@ -1,0 +1,66 @@
+"""Per-reading validation of uploaded readings (reference Client System).
+
+A bad reading is rejected on its own with an error text; the rest of the batch goes in. Values
+are checked the way PostgreSQL will read them in the insert statement, so a reading that passes
+here never makes the set-based insert fail.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# ISO 8601 extended form with an explicit offset: a naive time would be read in the server's
+# time zone, silently shifting the reading.
+_TS_RE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)$"
+)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+KEY_FIELDS = ("meter_reading_id", "created_at", "meter_id", "meter_element_id")
+
+
+def reading_label(reading: Any, index: int) -> str:
+    """The id to report a reading under: its meter_reading_id text, else its position."""
+    if isinstance(reading, dict):
+        rid = reading.get("meter_reading_id")
+        if isinstance(rid, str) and rid:
+            return rid
+    return f"<reading {index}>"
+
+
+def _is_int64(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX
+
+
+def validate_reading(reading: Any, tenant_id: int) -> str | None:
+    """Return why ``reading`` cannot be stored for ``tenant_id``, or None when it is good."""
+    if not isinstance(reading, dict):
+        return "reading is not a JSON object"
+    rid = reading.get("meter_reading_id")
+    if not isinstance(rid, str) or not _UUID_RE.match(rid):
+        return "meter_reading_id must be a UUID string"
+    created = reading.get("created_at")
+    if not isinstance(created, str) or not _TS_RE.match(created):
+        return "created_at must be an ISO 8601 timestamp with a UTC offset"
+    try:
+        datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return f"created_at {created!r} is not a valid timestamp"
+    if not _is_int64(reading.get("meter_id")):
+        return "meter_id must be a 64-bit integer"
+    element = reading.get("meter_element_id")
+    if element is not None and not _is_int64(element):
+        return "meter_element_id must be a 64-bit integer or null"
+    if "tenant_id" in reading and reading["tenant_id"] != tenant_id:
+        return "tenant_id does not match the API key's tenant"
+    for name, value in reading.items():
+        if name in KEY_FIELDS or name == "tenant_id" or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"field {name!r} must be a number or null"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"field {name!r} is out of range"
+    return None

@@ -1,0 +1,424 @@
+"""The upload cycle of one tenant: sync database → Client System (spec §4).
+
+One cycle, under the tenant's upload lock::
+
+    sizes from the tenant cache (once)
+    loop: fetch ≤ upload_batch_size oldest pending readings (Arrow)
+          → JSON body (codec) → POST with a stable Idempotency-Key
+          → ONE UPDATE marking the confirmed readings synchronized
+          → ONE UPDATE recording the individually rejected ones (if any)
+    until the queue is empty, the budget (batches, seconds) is spent, or a stop was requested.
+
+Overlap: while batch *k* is in flight, batch *k+1* is fetched and encoded. The prefetch excludes
+batch *k*'s ids explicitly (they are not marked yet) and the ids rejected earlier in the cycle
+(they are ``failed`` but still in the queue until quarantined), so no reading is ever in two
+batches of one cycle; across processes the per-tenant advisory lock does the same job.
+
+Failure rules (spec §4): a batch that fails as a whole (retries spent on timeouts, connection
+errors, 408/429/5xx, or an answer whose counts do not add up) marks nothing, does not touch
+``retry_count`` and ends the cycle with ``report.error`` set; the readings go again next cycle.
+A refused key (401/403), a 413 or a 400 raise, because only an operator can fix them. A marking
+failure after a successful POST is logged and ends the cycle; the readings go up again next
+cycle and the Client System counts them as duplicates (same Idempotency-Key too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import codec
+from ._failpoints import failpoint
+from .errors import (
+    AuthError,
+    BadRequestError,
+    ClientSystemError,
+    InconsistentResponseError,
+    PayloadTooLargeError,
+    TenantBusyError,
+)
+from .tenant_cache import TenantCache
+
+__all__ = ["MeterReadingUploadManager", "UploadReport", "idempotency_key"]
+
+log = logging.getLogger(__name__)
+
+ID_COLUMN = "meter_reading_id"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadReport:
+    """What one upload cycle did.
+
+    ``confirmed`` = readings marked synchronized (``inserted + duplicates`` as the Client System
+    counted them); ``rejected`` = readings the Client System refused one by one (marked
+    ``failed``); ``quarantined`` = of those, how many reached ``max_retries`` in this cycle;
+    ``statements`` = SQL statements the sync database saw during the cycle; ``error`` = why the
+    cycle ended early (``None`` when the queue was drained or the budget spent).
+    """
+
+    tenant_id: int
+    upload_batch_size: int = 0
+    batches: int = 0
+    readings_sent: int = 0
+    confirmed: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    quarantined: int = 0
+    statements: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def success(self) -> bool:
+        """True when the cycle ended without an error."""
+        return self.error is None
+
+    @property
+    def readings_per_second(self) -> float:
+        """Readings sent per second of the cycle."""
+        return self.readings_sent / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Result(Protocol):
+    inserted: int
+    duplicates: int
+    rejected: dict[str, str]
+
+
+def idempotency_key(tenant_id: int, ids: pa.Array) -> str:
+    """The batch's Idempotency-Key: a digest of its sorted reading ids, the same on every retry.
+
+    Sorted so that the same set of readings gets the same key whatever order a later fetch
+    returns them in (a re-send after a failed mark is then recognised by the Client System).
+    """
+    digest = hashlib.sha256(b"".join(sorted(ids.to_pylist())))
+    return f"ms1-{tenant_id}-{digest.hexdigest()[:40]}"
+
+
+class _Stop(Exception):
+    """Internal: end the cycle with ``error`` set in the report."""
+
+
+class MeterReadingUploadManager:
+    """Runs upload cycles for one tenant.
+
+    ``db`` is a :class:`~metersync.db.SyncDatabase`; ``client`` a
+    :class:`~metersync.client.ClientSystemApiClient` holding the tenant's key; ``cache`` the
+    :class:`TenantCache` the batch size comes from (read once per cycle). ``max_retries`` is the
+    number of individual rejections after which a reading is quarantined. ``max_batches`` and
+    ``max_seconds`` bound one cycle (``None``: until the queue is empty). ``overlap`` fetches
+    and encodes the next batch while the current one is in flight.
+
+    When another worker holds the tenant's upload lock, :meth:`upload` raises
+    :class:`TenantBusyError` at once without touching anything: two uploaders never send the
+    same reading at the same time, and the caller decides whether that is worth a log line.
+    """
+
+    def __init__(
+        self,
+        db: Any,
+        client: Any,
+        cache: TenantCache,
+        *,
+        tenant_id: int,
+        max_retries: int = 5,
+        max_batches: int | None = None,
+        max_seconds: float | None = None,
+        overlap: bool = True,
+    ) -> None:
+        if max_retries < 1:
+            raise ValueError(f"max_retries must be >= 1, got {max_retries}")
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
+        self._db = db
+        self._client = client
+        self._cache = cache
+        self.tenant_id = tenant_id
+        self.max_retries = max_retries
+        self.max_batches = max_batches
+        self.max_seconds = max_seconds
+        self.overlap = overlap
+        self._stop_requested = False
+        #: The report of the cycle running now or of the last one (also after it raised).
+        self.report = UploadReport(tenant_id=tenant_id)
+
+    def request_stop(self) -> None:
+        """Finish the batch in flight (POST and mark), then end the cycle. Idempotent."""
+        self._stop_requested = True
+
+    async def upload(self) -> UploadReport:
+        """Run one upload cycle and return its report (see the module docstring for failures).
+
+        Raises :class:`TenantBusyError` when another worker is uploading this tenant,
+        :class:`AuthError` (401/403), :class:`PayloadTooLargeError` (413) and
+        :class:`BadRequestError` (400) — each after releasing the lock, with no reading touched
+        by the failing batch. ``self.report`` holds the counts up to that point.
+        """
+        self._stop_requested = False
+        started = time.perf_counter()
+        statements0 = self._db.statements
+        self.report = UploadReport(tenant_id=self.tenant_id)
+        settings = await self._cache.get(self.tenant_id)
+        size = settings.batch.upload_batch_size
+        self.report = replace(self.report, upload_batch_size=size)
+        if not await self._db.try_lock_tenant(self.tenant_id, "upload"):
+            raise TenantBusyError(
+                f"tenant {self.tenant_id}: another worker holds the upload lock; cycle skipped"
+            )
+        try:
+            await self._cycle(size, started)
+        except _Stop as stop:
+            self.report = replace(self.report, error=str(stop))
+        finally:
+            try:
+                await self._db.unlock_tenant(self.tenant_id, "upload")
+            finally:
+                self.report = replace(
+                    self.report,
+                    statements=self._db.statements - statements0,
+                    seconds=time.perf_counter() - started,
+                )
+        r = self.report
+        log.log(
+            logging.WARNING if r.error else logging.INFO,
+            "tenant %s upload: %d batches, %d readings (%d inserted, %d duplicates, "
+            "%d rejected, %d quarantined), %d statements, %.3f s%s",
+            self.tenant_id,
+            r.batches,
+            r.readings_sent,
+            r.inserted,
+            r.duplicates,
+            r.rejected,
+            r.quarantined,
+            r.statements,
+            r.seconds,
+            f"; ended early: {r.error}" if r.error else "",
+        )
+        return r
+
+    # -- the cycle -----------------------------------------------------------------------------
+
+    def _budget_left(self, started: float) -> bool:
+        if self._stop_requested:
+            return False
+        if self.max_batches is not None and self.report.batches >= self.max_batches:
+            return False
+        return self.max_seconds is None or time.perf_counter() - started < self.max_seconds
+
+    async def _fetch(self, size: int, exclude: list[bytes]) -> tuple[pa.RecordBatch, bytes]:
+        batch = await self._db.fetch_unsynchronized(
+            self.tenant_id,
+            size,
+            max_retries=self.max_retries,
+            exclude=pa.array(exclude, type=pa.binary(16)) if exclude else None,
+        )
+        if batch.num_rows > size:  # a broken adapter must not make us exceed the tenant's size
+            raise RuntimeError(
+                f"fetch_unsynchronized returned {batch.num_rows} rows for a limit of {size}"
+            )
+        failpoint("upload.after_fetch")
+        body = codec.json_rows(batch) if batch.num_rows else b"[]"
+        return batch, body
+
+    async def _cycle(self, size: int, started: float) -> None:
+        rejected_ids: list[bytes] = []  # rejected in this cycle: not fetched again until next
+        batch, body = await self._fetch(size, rejected_ids)
+        while batch.num_rows and self._budget_left(started):
+            ids = batch.column(ID_COLUMN)
+            key = idempotency_key(self.tenant_id, ids)
+            failpoint("upload.before_post")
+            t_post = time.perf_counter()
+            post = asyncio.ensure_future(
+                self._client.post_batch(body, batch.num_rows, idempotency_key=key)
+            )
+            prefetch: Awaitable[tuple[pa.RecordBatch, bytes]] | None = None
+            prefetched: tuple[pa.RecordBatch, bytes] | BaseException | None = None
+            batch_no = self.report.batches + 1
+            more = self.max_batches is None or batch_no < self.max_batches
+            try:
+                if self.overlap and more:
+                    # The in-flight ids are not marked yet: exclude them from the next fetch.
+                    prefetch = self._fetch(size, rejected_ids + ids.to_pylist())
+                    try:
+                        prefetched = await prefetch
+                    except Exception as exc:  # finish the batch in flight first, then report
+                        prefetched = exc
+            except BaseException:  # cancelled: do not leave the POST running unobserved
+                post.cancel()
+                raise
+            result = await self._await_post(post, batch, body)
+            failpoint("upload.after_post")
+            await self._apply(batch, result, rejected_ids, batch_no, time.perf_counter() - t_post)
+            if isinstance(prefetched, BaseException):
+                raise _Stop(f"fetching the next batch failed: {prefetched}") from prefetched
+            if prefetched is not None:
+                batch, body = prefetched
+            elif self._budget_left(started):
+                batch, body = await self._fetch(size, rejected_ids)
+            else:
+                break
+
+    async def _await_post(
+        self, post: asyncio.Future[Any], batch: pa.RecordBatch, body: bytes
+    ) -> _Result:
+        n = batch.num_rows
+        where = f"tenant {self.tenant_id}: batch of {n} readings"
+        try:
+            return await post
+        except AuthError as exc:
+            raise AuthError(
+                f"{where}: the Client System refused the API key (HTTP {exc.status}); "
+                "upload stopped, no reading was marked. Check the tenant's api_key.",
+                status=exc.status,
+            ) from exc
+        except PayloadTooLargeError as exc:
+            raise PayloadTooLargeError(
+                f"{where} ({len(body)} bytes) is larger than the Client System accepts "
+                f"(HTTP 413); lower the tenant's upload_batch_size "
+                f"(metersync tenant set {self.tenant_id} --upload-batch-size N). "
+                "No reading was marked.",
+                status=exc.status,
+            ) from exc
+        except BadRequestError as exc:
+            raise BadRequestError(
+                f"{where}: the Client System refused the body as malformed (HTTP 400): {exc}. "
+                "No reading was marked.",
+                status=exc.status,
+            ) from exc
+        except ClientSystemError as exc:
+            # Retries spent (timeouts, connection errors, 408/429/5xx) or counts that do not
+            # add up: the whole batch failed. Nothing is marked, retry_count is not touched.
+            raise _Stop(
+                f"{where} failed as a whole ({type(exc).__name__}: {exc}); "
+                "nothing marked, the readings stay pending"
+            ) from exc
+        except httpx.HTTPError as exc:  # the client should wrap these; never mark on one
+            raise _Stop(
+                f"{where} failed as a whole ({type(exc).__name__}: {exc}); "
+                "nothing marked, the readings stay pending"
+            ) from exc
+
+    async def _apply(
+        self,
+        batch: pa.RecordBatch,
+        result: _Result,
+        rejected_ids: list[bytes],
+        batch_no: int,
+        post_seconds: float,
+    ) -> None:
+        """Mark what the Client System confirmed and record what it rejected."""
+        ids = batch.column(ID_COLUMN)
+        n = batch.num_rows
+        rejected = dict(result.rejected or {})
+        confirmed_ids = ids
+        rej_bytes: list[bytes] = []
+        if rejected:
+            try:
+                rej_bytes = [uuid.UUID(s).bytes for s in rejected]
+            except (ValueError, TypeError, AttributeError):
+                rej_bytes = []
+            sent = set(ids.to_pylist())
+            if len(rej_bytes) != len(rejected) or not set(rej_bytes) <= sent:
+                raise _Stop(
+                    f"tenant {self.tenant_id}: batch {batch_no}: the Client System rejected ids "
+                    "that were not in the batch; answer treated as failed, nothing marked"
+                ) from InconsistentResponseError("rejected ids outside the batch")
+            mask = pc.invert(pc.is_in(ids, value_set=pa.array(rej_bytes, type=pa.binary(16))))
+            confirmed_ids = pc.filter(ids, mask)
+        confirmed = len(confirmed_ids)
+        if result.inserted + result.duplicates != confirmed:
+            raise _Stop(
+                f"tenant {self.tenant_id}: batch {batch_no}: counts do not add up "
+                f"({result.inserted} inserted + {result.duplicates} duplicates + "
+                f"{len(rejected)} rejected != {n} sent); nothing marked"
+            ) from InconsistentResponseError("counts do not add up")
+        quarantined = 0
+        try:
+            if confirmed:
+                marked = await self._db.mark_synchronized(self.tenant_id, confirmed_ids)
+                failpoint("upload.after_mark")
+                if marked != confirmed:
+                    log.warning(
+                        "tenant %s: batch %d: %d readings confirmed but %d marked "
+                        "(changed meanwhile by another worker or an operator?)",
+                        self.tenant_id,
+                        batch_no,
+                        confirmed,
+                        marked,
+                    )
+            if rejected:
+                texts = [str(uuid.UUID(s)) for s in rejected]
+                quarantined = await self._mark_rejected(texts, list(rejected.values()))
+                rejected_ids.extend(rej_bytes)
+        except Exception as exc:
+            self._count(n, confirmed=0, inserted=0, duplicates=0, rejected=0, quarantined=0)
+            log.error(
+                "tenant %s: batch %d was accepted by the Client System but marking it failed "
+                "(%s: %s); its readings go up again next cycle and count as duplicates",
+                self.tenant_id,
+                batch_no,
+                type(exc).__name__,
+                exc,
+            )
+            raise _Stop(f"marking batch {batch_no} failed: {type(exc).__name__}: {exc}") from exc
+        self._count(
+            n,
+            confirmed=confirmed,
+            inserted=result.inserted,
+            duplicates=result.duplicates,
+            rejected=len(rejected),
+            quarantined=quarantined,
+        )
+        log.debug(
+            "tenant %s upload batch %d: %d sent, %d inserted, %d duplicates, %d rejected "
+            "(%d quarantined), POST %.3f s",
+            self.tenant_id,
+            batch_no,
+            n,
+            result.inserted,
+            result.duplicates,
+            len(rejected),
+            quarantined,
+            post_seconds,
+        )
+
+    async def _mark_rejected(self, ids: list[str], errors: list[str]) -> int:
+        """Record individual rejections (ONE statement); return how many are now quarantined."""
+        result = await self._db.mark_rejected(self.tenant_id, ids, errors, self.max_retries)
+        return int(getattr(result, "quarantined", 0))
+
+    def _count(
+        self,
+        n: int,
+        *,
+        confirmed: int,
+        inserted: int,
+        duplicates: int,
+        rejected: int,
+        quarantined: int,
+    ) -> None:
+        r = self.report
+        self.report = replace(
+            r,
+            batches=r.batches + 1,
+            readings_sent=r.readings_sent + n,
+            confirmed=r.confirmed + confirmed,
+            inserted=r.inserted + inserted,
+            duplicates=r.duplicates + duplicates,
+            rejected=r.rejected + rejected,
+            quarantined=r.quarantined + quarantined,
+        )

@@ -1,0 +1,97 @@
+"""The reference Client System for tests: one server per session, wiped before every test.
+
+``reference_server`` yields a :class:`ServerHandle`. The server runs in a background thread with
+its own event loop (:class:`metersync.server.ServerThread`), so sync and async tests (whatever
+their loop) can both use it; each test starts with no tenant, no reading, zeroed stats and no
+faults (``POST /admin/reset``: two TRUNCATEs, a few milliseconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fix_pg import create_database, drop_database
+
+from metersync.server import AdminClient, FaultPlan, ServerThread
+
+_tenant_ids = itertools.count(1001)
+
+
+@dataclass
+class ServerHandle:
+    """A running reference server plus admin helpers."""
+
+    thread: ServerThread
+    admin: AdminClient
+    dsn: str
+    tenants: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        """API root (ends with ``/api``)."""
+        return self.thread.base_url
+
+    @property
+    def admin_url(self) -> str:
+        """Admin API root."""
+        return self.thread.admin_url
+
+    def register_tenant(self, tenant_id: int, api_key: str, name: str | None = None) -> None:
+        """Register (or replace) a tenant with this API key."""
+        self.admin.register_tenant(tenant_id, api_key, name)
+        self.tenants[tenant_id] = api_key
+
+    def new_tenant(self) -> tuple[int, str]:
+        """Register a tenant with a fresh id and random key; returns ``(tenant_id, api_key)``."""
+        tenant_id, key = next(_tenant_ids), f"test-key-{secrets.token_hex(12)}"
+        self.register_tenant(tenant_id, key, f"tenant {tenant_id}")
+        return tenant_id, key
+
+    def set_faults(self, plan: str | FaultPlan) -> dict[str, Any]:
+        """Replace the fault plan (spec string or :class:`FaultPlan`)."""
+        return self.admin.set_faults(plan)
+
+    def clear_faults(self) -> None:
+        """Inject nothing from now on."""
+        self.admin.clear_faults()
+
+    def stats(self) -> dict[str, Any]:
+        """Server counters (``GET /admin/stats``)."""
+        return self.admin.stats()
+
+    def load_readings(self, tenant_id: int, readings: list[dict[str, Any]]) -> dict[str, Any]:
+        """Store readings for a tenant directly on the server."""
+        return self.admin.load_readings(tenant_id, readings)
+
+    def rows(self, tenant_id: int) -> int:
+        """Readings the server holds for a tenant."""
+        return int(self.stats()["rows_per_tenant"].get(str(tenant_id), 0))
+
+
+@pytest.fixture(scope="session")
+def _reference_server_session(
+    pg_admin_dsn: str,
+) -> Iterator[tuple[ServerThread, AdminClient, str]]:
+    dsn = create_database(pg_admin_dsn, "ms_cs")
+    thread = ServerThread(dsn).start()
+    try:
+        with AdminClient(thread.admin_url) as admin:
+            yield thread, admin, dsn
+    finally:
+        thread.stop()
+        drop_database(pg_admin_dsn, dsn)
+
+
+@pytest.fixture
+def reference_server(
+    _reference_server_session: tuple[ServerThread, AdminClient, str],
+) -> ServerHandle:
+    """A clean reference Client System on loopback (no tenants, readings, stats or faults)."""
+    thread, admin, dsn = _reference_server_session
+    admin.reset()
+    return ServerHandle(thread, admin, dsn)

@@ -1,0 +1,191 @@
+"""Database faults: the worker's backend is terminated in the middle of a statement, or the
+whole PostgreSQL server restarts mid-cycle. Expected: a clean error (a metersync error type, no
+raw driver exception), nothing half-written, and the next cycle of the same manager recovers.
+
+To hit "during the COPY" and "during the mark" exactly, a second session holds a table lock
+that the statement must wait for (``SHARE`` blocks INSERT/COPY FROM and UPDATE, ``ACCESS
+EXCLUSIVE`` also blocks the fetch); the test finds the waiting backend in ``pg_stat_activity``
+by its query text, terminates it, then releases the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from _harness import World, check_download, load_on_server, migrate, run
+from fix_pg import create_database
+
+from metersync.embedded import EmbeddedPostgres, with_database
+from metersync.errors import MeterSyncError
+from metersync.manager import SyncManager
+
+UP_TENANT = 31
+DL_TENANT = 32
+
+
+async def _wait_blocked(dsn: str, statement: str, timeout: float = 30.0) -> int:
+    """The pid of the backend of our database waiting on a lock in ``statement``."""
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            cur = await conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+                " AND query ILIKE %s AND pid <> pg_backend_pid()",
+                (dbname, f"%{statement}%meter_reading%"),
+            )
+            row = await cur.fetchone()
+            if row:
+                return int(row[0])
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"no backend of {dbname} ever waited in {statement!r}")
+
+
+async def _terminate_during(
+    dsn: str, lock_mode: str, statement: str, operation: Any
+) -> tuple[Any, BaseException | None]:
+    """Run ``operation()`` while a lock holds it inside ``statement``; terminate its backend."""
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await blocker.execute(f"LOCK TABLE meter_reading IN {lock_mode} MODE")
+        task = asyncio.create_task(operation())
+        pid = await _wait_blocked(dsn, statement)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            cur = await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            assert (await cur.fetchone())[0] is True
+        await blocker.rollback()
+    finally:
+        await blocker.close()
+    try:
+        return await asyncio.wait_for(task, 60), None
+    except Exception as exc:  # what the caller sees is what we judge
+        return None, exc
+
+
+def _assert_clean(result: Any, exc: BaseException | None, what: str) -> str:
+    """A metersync error (raised or in the report), never a raw driver exception."""
+    if exc is not None:
+        assert isinstance(exc, MeterSyncError), (
+            f"{what}: raw {type(exc).__module__}.{type(exc).__name__} escaped instead of a "
+            f"metersync error (DatabaseUnavailable): {exc}"
+        )
+        return f"{type(exc).__name__}: {exc}"
+    assert result is not None and result.error, f"{what}: the cycle reported success"
+    return str(result.error)
+
+
+def _manager(world: World, tenant_id: int) -> SyncManager:
+    return SyncManager(tenant_id=tenant_id, dsn=world.sync_dsn, api_url=world.api_url)
+
+
+@pytest.mark.parametrize(
+    ("lock_mode", "statement"),
+    [("SHARE", "UPDATE"), ("ACCESS EXCLUSIVE", "")],
+    ids=["during-mark", "during-fetch"],
+)
+def test_backend_terminated_during_upload(world: World, lock_mode: str, statement: str) -> None:
+    world.add_tenant(UP_TENANT, upload=25)
+    world.seed(UP_TENANT, 200)
+
+    async def scenario() -> None:
+        sm = _manager(world, UP_TENANT)
+        await sm.initialize()
+        try:
+            result, exc = await _terminate_during(
+                world.sync_dsn, lock_mode, statement, sm.upload_readings
+            )
+            message = _assert_clean(result, exc, f"terminate {statement or 'fetch'}")
+            assert "Traceback" not in message
+            states = world.check([UP_TENANT], where="after the backend was terminated")
+            s = states[UP_TENANT]
+            assert len(s.local_synced) < 200  # the cycle really was cut short
+            # The next cycle of the same manager recovers and finishes the queue.
+            report = await sm.upload_readings()
+            if report.batches and world.pending([UP_TENANT]):
+                report = await sm.upload_readings()
+            assert world.pending([UP_TENANT]) == 0, report
+        finally:
+            await sm.close()
+
+    run(scenario())
+    world.check([UP_TENANT], final=True, where="after recovery")
+
+
+def test_backend_terminated_during_download_copy(world: World) -> None:
+    world.add_tenant(DL_TENANT, download=50, upload=20)
+    load_on_server(world, DL_TENANT, 300, seed=5)
+
+    async def scenario() -> None:
+        sm = _manager(world, DL_TENANT)
+        await sm.initialize()
+        try:
+            result, exc = await _terminate_during(
+                world.sync_dsn, "SHARE", "COPY", sm.download_readings
+            )
+            _assert_clean(result, exc, "terminate COPY")
+            # The page whose COPY was cut is not there, and the cursor did not pass it.
+            assert check_download(world, DL_TENANT, where="after terminate") == 0
+            report = await sm.download_readings()
+            assert report.error is None, report
+        finally:
+            await sm.close()
+
+    run(scenario())
+    assert check_download(world, DL_TENANT, final=True, where="after recovery") == 300
+
+
+def test_postgres_restart_mid_cycle(reference_server: Any) -> None:
+    """Stop and start the (private) PostgreSQL server while an upload cycle runs."""
+    data_dir = tempfile.mkdtemp(prefix="metersync-rel-pg-")
+    pg = EmbeddedPostgres(data_dir)
+    admin_dsn = pg.start()
+    try:
+        dsn = create_database(admin_dsn, "ms_restart")
+        run(migrate(dsn))
+        world = World(dsn, reference_server)
+        world.add_tenant(UP_TENANT, upload=20)
+        world.seed(UP_TENANT, 600)
+        reference_server.set_faults("delay=0.05")
+
+        async def scenario() -> None:
+            sm = _manager(world, UP_TENANT)
+            await sm.initialize()
+            try:
+                task = asyncio.create_task(sm.upload_readings())
+                while world.pending([UP_TENANT]) > 500:  # a few batches are through
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(pg.stop)
+                await asyncio.to_thread(pg.start)
+                try:
+                    result, exc = await asyncio.wait_for(task, 120), None
+                except Exception as e:
+                    result, exc = None, e
+                _assert_clean(result, exc, "PostgreSQL restart")
+                world.check([UP_TENANT], where="after the restart")
+                assert world.pending([UP_TENANT]) > 0
+                reference_server.clear_faults()
+                # Recovery: the same manager's next cycles finish the queue.
+                for _ in range(5):
+                    with contextlib.suppress(MeterSyncError):
+                        await sm.upload_readings()
+                    if world.pending([UP_TENANT]) == 0:
+                        break
+                    await asyncio.sleep(0.5)
+                assert world.pending([UP_TENANT]) == 0, "the manager never recovered"
+            finally:
+                await sm.close()
+
+        assert with_database(pg.dsn or "", "x")  # the server came back with a DSN
+        run(scenario())
+        world.check([UP_TENANT], final=True, where="after recovery")
+    finally:
+        pg.stop()
+        with contextlib.suppress(OSError):
+            os.rmdir(data_dir)
