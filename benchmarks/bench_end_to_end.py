@@ -31,7 +31,7 @@ BATCH_SIZES = (100, 1000)
 #: Readings the naive baseline uploads per run (a timed subset of the backlog).
 NAIVE_ROWS = {
     100: int(os.environ.get("METERSYNC_BENCH_NAIVE_ROWS_100", "20000")),
-    1000: int(os.environ.get("METERSYNC_BENCH_NAIVE_ROWS_1000", "50000")),
+    1000: int(os.environ.get("METERSYNC_BENCH_NAIVE_ROWS_1000", "20000")),
 }
 
 

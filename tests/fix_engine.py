@@ -160,6 +160,8 @@ class Engine:
 
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
             cur = await conn.execute(sql, params)
+            if cur.description is None:  # a statement without a result (UPDATE, DELETE)
+                return cur.rowcount
             row = await cur.fetchone()
             return None if row is None else row[0]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fix_pg import create_database, drop_database
 
+from fix_pg import create_database, drop_database
 from metersync.server import AdminClient, FaultPlan, ServerThread
 
 _tenant_ids = itertools.count(1001)

@@ -382,6 +382,7 @@ def test_sigterm_stops_the_loop_cleanly(dsn: str, reference_server: ServerHandle
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     synced = scalar(
@@ -409,11 +410,12 @@ def test_serve_answers_health_and_stops_on_sigterm(pg_admin_dsn: str) -> None:
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api"), base_url
         assert httpx.get(base_url + "/health").json() == {"status": "ok"}
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        assert proc.returncode == 0
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
         drop_database(pg_admin_dsn, cs_dsn)
 
 

@@ -86,7 +86,8 @@ async def test_429_with_retry_after_is_honoured(engine: Engine) -> None:
     tenant = await engine.tenant(upload=50)
     await engine.seed(tenant, 12)
     engine.server.set_faults("throttle=2:0.2")
-    client = engine.client(tenant, max_retries=3)
+    # backoff_max above Retry-After: the client honours Retry-After up to backoff_max.
+    client = engine.client(tenant, max_retries=3, backoff_max=5.0)
     loop = asyncio.get_running_loop()
     started = loop.time()
     report = await engine.uploader(tenant, client=client).upload()

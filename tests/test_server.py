@@ -6,17 +6,17 @@ import asyncio
 import gzip
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import psycopg
 import pytest
-from fix_server import ServerHandle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fix_server import ServerHandle
 from metersync.errors import ClientSystemError, ConfigError
 from metersync.server import (
     AdminClient,
@@ -29,6 +29,15 @@ from metersync.server import (
 from metersync.server.app import decode_cursor, encode_cursor
 from metersync.server.faults import FaultInjector
 from metersync.server.validation import validate_reading
+
+# One plain-HTTP client for the module: each httpx.get() would build a TLS context (~0.1 s).
+HTTP = httpx.Client(verify=False, timeout=30.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_http() -> Iterator[None]:
+    yield
+    HTTP.close()
 
 
 def reading(**overrides: Any) -> dict[str, Any]:
@@ -45,19 +54,21 @@ def reading(**overrides: Any) -> dict[str, Any]:
 def post(server: ServerHandle, key: str | None, content: bytes, **headers: str) -> httpx.Response:
     if key is not None:
         headers["X-API-Key"] = key
-    return httpx.post(f"{server.base_url}/sync/readings/batch", content=content, headers=headers)
+    return HTTP.post(f"{server.base_url}/sync/readings/batch", content=content, headers=headers)
 
 
 def get(server: ServerHandle, key: str | None, query: str) -> httpx.Response:
     headers = {"X-API-Key": key} if key else {}
-    return httpx.get(f"{server.base_url}/sync/readings?{query}", headers=headers)
+    return HTTP.get(f"{server.base_url}/sync/readings?{query}", headers=headers)
 
 
 # -- fault plans --------------------------------------------------------------------------
 
 
 def test_fault_spec_parses_the_documented_example() -> None:
-    plan = FaultPlan.from_spec("fail=3:503,delay=0.2,drop_after_commit=2,rate429=0.1:1,reject=meter_id:13")
+    plan = FaultPlan.from_spec(
+        "fail=3:503,delay=0.2,drop_after_commit=2,rate429=0.1:1,reject=meter_id:13"
+    )
     assert (plan.fail_count, plan.fail_status) == (3, 503)
     assert (plan.delay, plan.delay_count) == (0.2, None)
     assert plan.drop_after_commit == 2
@@ -68,7 +79,12 @@ def test_fault_spec_parses_the_documented_example() -> None:
         "throttle=2:5,random=0.5:502,delay=1:2,miscount=1,legacy=1,malformed_page=1,"
         "oversize_page=2,garbage_page=3,path=/api/,seed=7,reject=a:b,reject=c:null"
     )
-    assert (full.throttle_count, full.retry_after, full.delay_count, full.path) == (2, 5.0, 2, "/api/")
+    assert (full.throttle_count, full.retry_after, full.delay_count, full.path) == (
+        2,
+        5.0,
+        2,
+        "/api/",
+    )
     assert (full.fail_rate, full.fail_rate_status, full.seed) == (0.5, 502, 7)
     assert len(full.reject) == 2 and full.garbage_page == 3
 
@@ -113,7 +129,9 @@ def test_fault_plan_json_round_trip(
 
 
 def test_injector_counts_and_seeded_randomness() -> None:
-    plan = FaultPlan(fail_count=2, fail_rate=0.5, fail_rate_status=502, seed=3, delay=0.1, delay_count=1)
+    plan = FaultPlan(
+        fail_count=2, fail_rate=0.5, fail_rate_status=502, seed=3, delay=0.1, delay_count=1
+    )
     runs = []
     for _ in range(2):
         injector = FaultInjector(plan)
@@ -122,7 +140,10 @@ def test_injector_counts_and_seeded_randomness() -> None:
     assert runs[0] == runs[1]  # seeded: reproducible
     assert runs[0][:2] == [503, 503]
     assert 502 in runs[0][2:] and None in runs[0][2:]
-    assert FaultInjector(FaultPlan(delay=0.1, delay_count=1)).before("/api/sync/readings/batch").delay == 0.1
+    assert (
+        FaultInjector(FaultPlan(delay=0.1, delay_count=1)).before("/api/sync/readings/batch").delay
+        == 0.1
+    )
     once = FaultInjector(FaultPlan(delay=0.1, delay_count=1))
     assert [once.before("/api/sync/readings/batch").delay for _ in range(2)] == [0.1, 0.0]
     assert once.injected == {"delay": 1}
@@ -246,7 +267,7 @@ def test_nul_character_in_a_stored_body_is_400(reference_server: ServerHandle) -
 
 
 def test_auth_and_health(reference_server: ServerHandle) -> None:
-    assert httpx.get(f"{reference_server.base_url}/health").json() == {"status": "ok"}
+    assert HTTP.get(f"{reference_server.base_url}/health").json() == {"status": "ok"}
     assert post(reference_server, None, b'{"readings":[]}').status_code == 401
     assert post(reference_server, "nobody", b'{"readings":[]}').status_code == 401
     assert get(reference_server, None, "limit=1").status_code == 401
@@ -262,7 +283,18 @@ def test_gzip_bodies(reference_server: ServerHandle) -> None:
     assert reference_server.rows(tenant_id) == 2
 
 
-@pytest.mark.parametrize("query", ["", "limit=0", "limit=10001", "limit=abc", "limit=-1", "limit=5&after=%%%", "limit=5&after=eHl6"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "limit=0",
+        "limit=10001",
+        "limit=abc",
+        "limit=-1",
+        "limit=5&after=%%%",
+        "limit=5&after=eHl6",
+    ],
+)
 def test_download_query_validation(reference_server: ServerHandle, query: str) -> None:
     _, key = reference_server.new_tenant()
     answer = get(reference_server, key, query)
@@ -293,16 +325,20 @@ def test_tenant_key_replacement_and_hashing(reference_server: ServerHandle) -> N
 
 @pytest.mark.parametrize(
     "payload",
-    [{"tenant_id": "1", "api_key": "k"}, {"tenant_id": 1, "api_key": ""}, {"tenant_id": 1, "api_key": "k", "name": 3}],
+    [
+        {"tenant_id": "1", "api_key": "k"},
+        {"tenant_id": 1, "api_key": ""},
+        {"tenant_id": 1, "api_key": "k", "name": 3},
+    ],
 )
 def test_admin_tenant_validation(reference_server: ServerHandle, payload: dict[str, Any]) -> None:
-    answer = httpx.post(f"{reference_server.admin_url}/tenants", content=orjson.dumps(payload))
+    answer = HTTP.post(f"{reference_server.admin_url}/tenants", content=orjson.dumps(payload))
     assert answer.status_code == 400
 
 
 def test_admin_faults_endpoint_validates(reference_server: ServerHandle) -> None:
     for bad in ({"spec": "nope=1"}, {"fail_count": -2}, {"unknown": 1}, [1]):
-        answer = httpx.post(f"{reference_server.admin_url}/faults", content=orjson.dumps(bad))
+        answer = HTTP.post(f"{reference_server.admin_url}/faults", content=orjson.dumps(bad))
         assert answer.status_code == 400, bad
     plan = reference_server.set_faults(FaultPlan(fail_count=1, fail_status=500))
     assert plan["fail_count"] == 1
@@ -362,7 +398,9 @@ async def test_concurrent_uploads_store_each_reading_once(reference_server: Serv
             )
             return answer.json()
 
-        answers = await asyncio.gather(*[send(key) for _ in range(6)], *[send(other_key) for _ in range(2)])
+        answers = await asyncio.gather(
+            *[send(key) for _ in range(6)], *[send(other_key) for _ in range(2)]
+        )
     for a in answers:
         assert a["inserted"] + a["duplicates"] + len(a["rejected"]) == 200
     mine, theirs = answers[:6], answers[6:]
@@ -435,13 +473,15 @@ def test_server_thread_reports_start_failure(reference_server: ServerHandle) -> 
 
 
 def test_server_thread_with_faults_and_admin_client(reference_server: ServerHandle) -> None:
-    with ServerThread(reference_server.dsn, faults=FaultPlan.from_spec("fail=1:503,path=/api/health")) as thread:
-        assert httpx.get(f"{thread.base_url}/health").status_code == 503
+    with ServerThread(
+        reference_server.dsn, faults=FaultPlan.from_spec("fail=1:503,path=/api/health")
+    ) as thread:
+        assert HTTP.get(f"{thread.base_url}/health").status_code == 503
         with AdminClient(thread.admin_url) as admin:
             assert admin.stats()["faults_injected"] == {"fail": 1}
-        assert httpx.get(f"{thread.base_url}/health").status_code == 200
+        assert HTTP.get(f"{thread.base_url}/health").status_code == 200
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{thread.base_url}/health")
+        HTTP.get(f"{thread.base_url}/health")
 
 
 async def test_serve_forever_runs_until_cancelled(reference_server: ServerHandle) -> None:

@@ -336,13 +336,10 @@ _PG_FORMAT = {
 
 def numeric_unscaled(field: memoryview, spec: ColumnSpec, reader: _Reader) -> int:
     """Unscaled integer at the column's scale from a binary numeric; ValueError if it won't fit."""
-    if len(field) < 8:
-        raise reader.fail(f"column {spec.name!r}: numeric field of {len(field)} bytes")
-    ndigits, weight, sign, _dscale = struct.unpack(">hhHh", field[:8])
+    ndigits = struct.unpack(">h", field[:2])[0] if len(field) >= 8 else -1
     if ndigits < 0 or len(field) != 8 + 2 * ndigits:
-        raise reader.fail(
-            f"column {spec.name!r}: numeric with {ndigits} digits in {len(field)} bytes"
-        )
+        raise reader.fail(f"column {spec.name!r}: malformed numeric field of {len(field)} bytes")
+    ndigits, weight, sign, _dscale = struct.unpack(">hhHh", field[:8])
     if sign not in (NUMERIC_POS, NUMERIC_NEG):
         special = {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}.get(sign, hex(sign))
         raise reader.fail(f"column {spec.name!r}: numeric {special} has no decimal128 form")

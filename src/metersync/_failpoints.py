@@ -71,7 +71,9 @@ def parse(text: str) -> dict[str, _Rule]:
         try:
             hit = int(count)
         except ValueError:
-            raise ValueError(f"{ENV_VAR}: hit count of {name!r} is not an integer: {count!r}") from None
+            raise ValueError(
+                f"{ENV_VAR}: hit count of {name!r} is not an integer: {count!r}"
+            ) from None
         if hit < 1:
             raise ValueError(f"{ENV_VAR}: hit count of {name!r} must be >= 1, got {hit}")
         action = action.strip() or "kill"
@@ -84,7 +86,9 @@ def parse(text: str) -> dict[str, _Rule]:
         elif action in ("kill", "raise"):
             rules[name] = _Rule(hit, action)
         else:
-            raise ValueError(f"{ENV_VAR}: unknown action {action!r} for {name!r} (kill|sleep=S|raise)")
+            raise ValueError(
+                f"{ENV_VAR}: unknown action {action!r} for {name!r} (kill|sleep=S|raise)"
+            )
     return rules
 
 

@@ -17,7 +17,9 @@ ENV_VAR = "METERSYNC_IMPL"
 def _select() -> tuple[ModuleType, str]:
     wanted = os.environ.get(ENV_VAR, "").strip().lower()
     if wanted not in ("", "c", "python"):
-        raise ImportError(f"{ENV_VAR}={wanted!r} is not valid: use 'c' or 'python' (or leave unset)")
+        raise ImportError(
+            f"{ENV_VAR}={wanted!r} is not valid: use 'c' or 'python' (or leave unset)"
+        )
     if wanted == "python":
         from . import _codec_py
 

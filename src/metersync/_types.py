@@ -97,18 +97,33 @@ def is_uuid(arrow_type: pa.DataType) -> bool:
 
 
 def as_batch(data: object) -> pa.RecordBatch:
-    """Accept a RecordBatch, a Table or any Arrow C data interface producer (polars, ...)."""
+    """Accept a RecordBatch, a Table or any Arrow C data interface producer (polars, ...).
+
+    ``string_view`` columns (what polars exports) are cast to ``large_string``: a copy, but the
+    only layout our encoders read is offsets + bytes.
+    """
     if isinstance(data, pa.RecordBatch):
-        return data
-    if isinstance(data, pa.Table):
+        batch = data
+    elif isinstance(data, pa.Table):
         if data.num_rows == 0:
-            return pa.RecordBatch.from_pylist([], schema=data.schema)
-        return data.combine_chunks().to_batches()[0]
-    if hasattr(data, "__arrow_c_array__"):
-        return pa.record_batch(data)
-    if hasattr(data, "__arrow_c_stream__"):
+            batch = pa.RecordBatch.from_pylist([], schema=data.schema)
+        else:
+            batch = data.combine_chunks().to_batches()[0]
+    elif hasattr(data, "__arrow_c_array__"):
+        batch = pa.record_batch(data)
+    elif hasattr(data, "__arrow_c_stream__"):
         return as_batch(pa.table(data))
-    raise TypeError(f"expected a pyarrow RecordBatch (or an Arrow producer), got {type(data)!r}")
+    else:
+        raise TypeError(
+            f"expected a pyarrow RecordBatch (or an Arrow producer), got {type(data)!r}"
+        )
+    if any(pa.types.is_string_view(f.type) for f in batch.schema):
+        columns = [
+            c.cast(pa.large_string()) if pa.types.is_string_view(c.type) else c
+            for c in batch.columns
+        ]
+        batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+    return batch
 
 
 def column_spec(name: str, arrow_type: pa.DataType) -> ColumnSpec:

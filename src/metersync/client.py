@@ -393,7 +393,7 @@ class ClientSystemApiClient:
         self._connectivity = ConnectivityState(online, changed_at, now)
 
     def start_connectivity_checks(self, interval_ms: int) -> None:
-        """Check :meth:`health` every ``interval_ms`` in a background task (needs a running loop)."""
+        """Run :meth:`health` every ``interval_ms`` in a background task (needs a running loop)."""
         if interval_ms <= 0:
             raise ConfigError(f"connectivity check interval must be > 0 ms, got {interval_ms}")
         if self._checker is not None and not self._checker.done():
@@ -404,7 +404,11 @@ class ClientSystemApiClient:
 
     async def _check_loop(self, interval: float) -> None:
         while True:
-            await self.health()
+            try:
+                await self.health()
+            except Exception:  # never let the checker die silently: count it as offline
+                log.exception("connectivity check failed unexpectedly")
+                self._record_connectivity(False)
             await asyncio.sleep(interval)
 
     async def stop_connectivity_checks(self) -> None:

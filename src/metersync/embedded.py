@@ -69,7 +69,9 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None) -> None:
         self._owns_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="metersync-pg-"))
+        self.data_dir = (
+            Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="metersync-pg-"))
+        )
         self._server = None
         self.dsn: str | None = None
 

@@ -80,7 +80,9 @@ def reading_batch(
     ids[:, 6] = (ids[:, 6] & 0x0F) | 0x40  # version 4
     ids[:, 8] = (ids[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
     start_us = int(start.timestamp() * 1_000_000)
-    created = start_us + (np.arange(n, dtype=np.int64) * int(interval_s * 1_000_000) // max(meters, 1))
+    created = start_us + (
+        np.arange(n, dtype=np.int64) * int(interval_s * 1_000_000) // max(meters, 1)
+    )
     created += rng.integers(0, 1000, size=n)  # sub-millisecond jitter keeps timestamps distinct
     arrays: list[pa.Array] = []
     names: list[str] = []

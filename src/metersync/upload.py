@@ -349,6 +349,7 @@ class MeterReadingUploadManager:
         quarantined = 0
         try:
             if confirmed:
+                failpoint("upload.before_mark")
                 marked = await self._db.mark_synchronized(self.tenant_id, confirmed_ids)
                 failpoint("upload.after_mark")
                 if marked != confirmed:

@@ -86,7 +86,11 @@ class World:
     ) -> str:
         """Create the tenant locally (with a fresh key) and on the reference server."""
         key = f"rel-key-{secrets.token_hex(16)}"
-        run(_add_tenant(self.sync_dsn, tenant_id, name or f"tenant {tenant_id}", key, upload, download))
+        run(
+            _add_tenant(
+                self.sync_dsn, tenant_id, name or f"tenant {tenant_id}", key, upload, download
+            )
+        )
         if server:
             self.server.register_tenant(tenant_id, key, name or f"tenant {tenant_id}")
         self.keys[tenant_id] = key
@@ -127,7 +131,9 @@ class World:
         server = {r[0] for r in srows}
         return TenantState(tenant_id, local, synced, half, server, len(srows), foreign)
 
-    def check(self, tenant_ids: Iterable[int], *, final: bool = False, where: str = "") -> dict[int, TenantState]:
+    def check(
+        self, tenant_ids: Iterable[int], *, final: bool = False, where: str = ""
+    ) -> dict[int, TenantState]:
         """Assert the invariants (module docstring) for the tenants; return their states."""
         states = {}
         for t in tenant_ids:
@@ -193,6 +199,16 @@ class World:
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
+        )
+
+
+def advisory_locks(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+            ).fetchone()[0]
         )
 
 
@@ -284,7 +300,7 @@ def last_json(out: str) -> dict[str, Any]:
 
 
 def load_on_server(world: World, tenant_id: int, n: int, seed: int) -> None:
-    """Store ``n`` readings on the Client System (exact JSON from the codec, no float round trip)."""
+    """Store ``n`` readings on the Client System (exact JSON from the codec, no float trip)."""
     body = codec.json_rows(reading_batch(n, seed=seed))
     raw = b'{"tenant_id":' + str(tenant_id).encode() + b',"readings":' + body + b"}"
     r = httpx.post(
@@ -298,22 +314,24 @@ def load_on_server(world: World, tenant_id: int, n: int, seed: int) -> None:
 
 
 def reference_pages(world: World, tenant_id: int, page: int) -> list[tuple[set[str], str | None]]:
-    """The server's pages as (ids, next_cursor), fetched with the tenant's own key."""
+    """The server's pages as (ids, next_cursor) for page size ``page``.
+
+    Read from the Client System's own table in its stable order (``seq``), with its own cursor
+    encoding: one query instead of paging over HTTP at every check.
+    """
+    from metersync.server.app import encode_cursor
+
+    with psycopg.connect(world.cs_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT seq, meter_reading_id::text FROM cs_meter_reading WHERE tenant_id = %s "
+            "ORDER BY seq",
+            (tenant_id,),
+        ).fetchall()
     pages: list[tuple[set[str], str | None]] = []
-    after: str | None = None
-    with httpx.Client(base_url=world.api_url, headers={"X-API-Key": world.keys[tenant_id]}) as c:
-        while True:
-            params: dict[str, str | int] = {"limit": page}
-            if after:
-                params["after"] = after
-            body = c.get("/sync/readings", params=params).json()
-            ids = {r["meter_reading_id"] for r in body["readings"]}
-            if not ids:
-                break
-            pages.append((ids, body["next_cursor"]))
-            if body["next_cursor"] is None:
-                break
-            after = body["next_cursor"]
+    for start in range(0, len(rows), page):
+        chunk = rows[start : start + page]
+        more = start + page < len(rows)
+        pages.append(({r[1] for r in chunk}, encode_cursor(chunk[-1][0]) if more else None))
     return pages
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import re
 import threading
 import time
@@ -92,7 +93,7 @@ class RecordingProxy:
                     out_headers = {
                         k: v for k, v in upstream.headers.items() if k.lower() not in _HOP
                     }
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, TimeoutError):
                 # The upstream dropped the connection (drop_after_commit): do the same.
                 status, payload, out_headers = 599, b"", {}
             if request.method == "POST" and request.path.endswith("/readings/batch"):
@@ -143,7 +144,7 @@ def overlapping_ids(flights: list[Flight]) -> list[tuple[bytes, Flight, Flight]]
         if len(fs) < 2:
             continue
         fs.sort(key=lambda f: f.started)
-        for a, b in zip(fs, fs[1:], strict=False):
+        for a, b in itertools.pairwise(fs):
             if b.started < a.ended:
                 bad.append((rid, a, b))
     return bad

@@ -86,16 +86,30 @@ async def main(argv: list[str]) -> int:
                         up = await uploaders[t].upload()
                         totals["batches"] += up.batches
                         totals["readings"] += up.readings_sent
-                        _emit({"tenant": t, "op": "upload", "batches": up.batches,
-                               "readings": up.readings_sent, "error": up.error})
+                        _emit(
+                            {
+                                "tenant": t,
+                                "op": "upload",
+                                "batches": up.batches,
+                                "readings": up.readings_sent,
+                                "error": up.error,
+                            }
+                        )
                         clean &= up.error is None
                         idle &= up.batches == 0
                     if args.mode in ("download", "sync"):
                         down = await downloaders[t].download()
                         totals["pages"] += down.pages
                         totals["downloaded"] += down.inserted
-                        _emit({"tenant": t, "op": "download", "pages": down.pages,
-                               "inserted": down.inserted, "error": down.error})
+                        _emit(
+                            {
+                                "tenant": t,
+                                "op": "download",
+                                "pages": down.pages,
+                                "inserted": down.inserted,
+                                "error": down.error,
+                            }
+                        )
                         clean &= down.error is None
                 except TenantBusyError:
                     clean = False

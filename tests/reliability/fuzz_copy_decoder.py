@@ -7,8 +7,8 @@ The contract under test: ``from_copy_binary`` either returns a record batch that
 full validation or raises ``ValueError``; anything else (another exception, an invalid batch, a
 crash) is reported by atheris with the input that caused it. ``FUZZ_KNOWN_UTF8=1`` tolerates the
 known invalid-UTF-8 finding (see the reliability report) so the run can look for others; add
-``-artifact_prefix=/tmp/`` to keep crash files out of the work tree. Seeds start from a valid stream, so
-the fuzzer begins inside the format rather than at the signature check.
+``-artifact_prefix=/tmp/`` to keep crash files out of the work tree. Inputs starting with a zero
+byte get a valid header, so the fuzzer spends its time inside the format.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ with atheris.instrument_imports():
     from metersync import _codec_py, codec
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _decoder_fuzz_child import GOOD, SCHEMA  # noqa: E402
+from _decoder_fuzz_child import GOOD, SCHEMA
 
 
 def test_one_input(data: bytes) -> None:

@@ -69,18 +69,30 @@ def _cases() -> list[tuple[str, bytes, dict[str, str]]]:
     big = "9" * 1_000_000
     return [
         ("not-json", b'{"readings": [', {}),
-        ("invalid-utf8", b'{"readings": [{"meter_reading_id": "\xff\xfe\xfd"}], "next_cursor": null}', {}),
+        (
+            "invalid-utf8",
+            b'{"readings": [{"meter_reading_id": "\xff\xfe\xfd"}], "next_cursor": null}',
+            {},
+        ),
         ("nan", page_bytes([_reading(active_energy=Decimal("NaN"))]), {}),
         ("infinity", page_bytes([_reading(active_energy=float("inf"))]), {}),
         ("top-level-array", b"[]", {}),
         ("readings-not-list", page_bytes({"a": 1}), {}),
         ("reading-not-object", page_bytes([1, 2]), {}),
-        ("missing-id", page_bytes([{k: v for k, v in _reading().items() if k != "meter_reading_id"}]), {}),
+        (
+            "missing-id",
+            page_bytes([{k: v for k, v in _reading().items() if k != "meter_reading_id"}]),
+            {},
+        ),
         ("wrong-type-meter", page_bytes([_reading(meter_id="one")]), {}),
         ("bool-meter", page_bytes([_reading(meter_id=True)]), {}),
         ("extra-field", page_bytes([_reading(surprise=1)]), {}),
         ("duplicate-ids", page_bytes([dup, dict(dup)]), {}),
-        ("numeric-too-big", page_bytes([_reading(active_energy=Decimal("100000000000000.0000"))]), {}),
+        (
+            "numeric-too-big",
+            page_bytes([_reading(active_energy=Decimal("100000000000000.0000"))]),
+            {},
+        ),
         ("numeric-too-precise", page_bytes([_reading(active_energy=Decimal("1.00001"))]), {}),
         ("huge-string", page_bytes([_reading(meter_reading_id=big)]), {}),
         ("huge-number", page_bytes([_reading(active_energy=Decimal(big))]), {}),
@@ -221,7 +233,7 @@ def test_generated_hostile_pages_end_to_end(fresh_dsn: str) -> None:
         )
         @given(mutated_pages())
         def check(case: tuple[str, list[Any], int, Any]) -> None:
-            kind, page, limit, huge = case
+            kind, page, _limit, huge = case
             if huge is not None:
                 row, field, length = huge
                 page[row][field] = "7" * length

@@ -33,8 +33,7 @@ def _failpoint_kills(world: World, hits: tuple[int, ...]) -> int:
             proc = world.spawn("download", [TENANT], failpoints=f"{point}={hit}")
             _, err = finish(proc)
             assert proc.returncode == -signal.SIGKILL, (
-                f"failpoint {point}={hit} was never reached (exit {proc.returncode})\n"
-                f"{err[-2000:]}"
+                f"failpoint {point}={hit} was never reached (exit {proc.returncode})\n{err[-2000:]}"
             )
             kills += 1
             after = check_download(world, TENANT, where=f"after SIGKILL at {point}#{hit}")
@@ -74,11 +73,11 @@ def _complete(world: World) -> int:
 
 def test_download_survives_kills_mid_page(world: World) -> None:
     world.add_tenant(TENANT, download=PAGE, upload=17)
-    load_on_server(world, TENANT, 1500, seed=1)
-    kills = _failpoint_kills(world, hits=(1, 3))
-    kills += _random_kills(world, 4, seed=1)
+    load_on_server(world, TENANT, 800, seed=1)
+    kills = _failpoint_kills(world, hits=(2,))
+    kills += _random_kills(world, 3, seed=1)
     n = _complete(world)
-    assert kills >= 10
+    assert kills >= 6
     print(f"\ndownload kills survived: {kills}; readings downloaded: {n}")
 
 

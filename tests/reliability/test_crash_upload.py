@@ -39,6 +39,8 @@ FAULT_PLANS = (
     "delay=0.3,drop_after_commit=1",
     "rate429=0.3:0.05",
     "delay=0.05,random=0.2:502",
+    "miscount=2,delay=0.02",
+    "legacy=3,delay=0.02",
     "",
 )
 
@@ -103,12 +105,14 @@ def _random_kills(world: World, tenants: list[int], kills: int, seed: int) -> in
 def test_upload_survives_kills_at_every_failpoint_and_at_random(world: World) -> None:
     tenants = _setup(world, 600)
     kills = _failpoint_kills(world, tenants, hits=(1, 3))
-    kills += _random_kills(world, tenants, 6, seed=1)
+    kills += _random_kills(world, tenants, 4, seed=1)
     stats = _complete(world, tenants)
-    assert kills >= 16
-    print(f"\nupload kills survived: {kills}; readings moved: {stats['inserted']}; "
-          f"faults injected: {stats['faults_injected']}; duplicates absorbed: "
-          f"{stats['duplicates_seen']}")
+    assert kills >= 14
+    print(
+        f"\nupload kills survived: {kills}; readings moved: {stats['inserted']}; "
+        f"faults injected: {stats['faults_injected']}; duplicates absorbed: "
+        f"{stats['duplicates_seen']}"
+    )
 
 
 @pytest.mark.stress
@@ -118,6 +122,8 @@ def test_upload_survives_kills_full(world: World) -> None:
     kills += _random_kills(world, tenants, 45, seed=7)
     stats = _complete(world, tenants)
     assert kills >= 70
-    print(f"\nupload kills survived: {kills}; readings moved: {stats['inserted']}; "
-          f"faults injected: {stats['faults_injected']}; duplicates absorbed: "
-          f"{stats['duplicates_seen']}")
+    print(
+        f"\nupload kills survived: {kills}; readings moved: {stats['inserted']}; "
+        f"faults injected: {stats['faults_injected']}; duplicates absorbed: "
+        f"{stats['duplicates_seen']}"
+    )

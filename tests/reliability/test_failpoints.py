@@ -53,7 +53,7 @@ def test_raise_action_and_other_names_untouched() -> None:
 
 
 def test_misspelt_name_is_refused() -> None:
-    with pytest.raises(ValueError, match="upload.aftr_post"):
+    with pytest.raises(ValueError, match=r"upload\.aftr_post"):
         _failpoints.parse("upload.aftr_post=1")
     with pytest.raises(ValueError, match=">= 1"):
         _failpoints.parse("upload.after_post=0")

@@ -18,22 +18,11 @@ import subprocess
 import sys
 import time
 
-import psycopg
 import pytest
-from _harness import REPO, World
+from _harness import REPO, World, advisory_locks
 from _proxy import RecordingProxy, overlapping_ids
 
 SIZES = (10, 25, 50, 100, 250, 37, 64, 500, 1000, 5000)
-
-
-def advisory_locks(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return int(
-            conn.execute(
-                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
-            ).fetchone()[0]
-        )
 
 
 def _run_load(world: World, tenants: int, per_tenant: int, *, timeout: float) -> dict[str, float]:

@@ -140,8 +140,17 @@ def test_api_key_absent_from_cli_output_and_process_arguments(world: World) -> N
     # A running sync loop: its argv (what `ps` shows everyone) must not hold the key.
     world.seed(TENANT, 50)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metersync", "-vv", "sync", "--tenant", str(TENANT),
-         "--interval", "0.5"],
+        [
+            sys.executable,
+            "-m",
+            "metersync",
+            "-vv",
+            "sync",
+            "--tenant",
+            str(TENANT),
+            "--interval",
+            "0.5",
+        ],
         env=world.worker_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -182,9 +191,24 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
         check=True,
         capture_output=True,
     )

@@ -21,8 +21,7 @@ import time
 import psutil
 import psycopg
 import pytest
-from _harness import REPO, World
-from test_load import advisory_locks
+from _harness import REPO, World, advisory_locks
 
 FAULTS = (
     "random=0.2:503,seed={i}",

@@ -95,7 +95,7 @@ def _bench_command() -> click.Command:
     """``metersync bench`` lives in ``cli/bench.py`` (the benchmark module's own command)."""
     try:
         from . import bench as bench_module
-    except ImportError as exc:
+    except Exception as exc:  # a broken optional command must not take the others down
         reason = one_line(exc)
 
         @click.command("bench", context_settings={"ignore_unknown_options": True})

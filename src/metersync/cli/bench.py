@@ -54,6 +54,7 @@ notified and pick them up on their next cycle).
 @click.option(
     "--readings",
     type=click.IntRange(min=1),
+    metavar="N",
     help="Readings per batch size [default: max(20 x size, 20000), at most 200000].",
 )
 @click.option(

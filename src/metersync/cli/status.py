@@ -164,7 +164,7 @@ def requeue(state: AppState, tenant_id: int, requeue_all: bool, max_retries: int
             if requeue_all:
                 return int(await db.requeue(tenant_id))
             ids = await db.quarantined_ids(tenant_id, retries)
-            return int(await db.requeue(tenant_id, ids)) if ids else 0
+            return int(await db.requeue(tenant_id, ids)) if len(ids) else 0
 
     count = run(go)
     if state.output.json_mode:

@@ -243,7 +243,7 @@ class Worker:
 @contextlib.asynccontextmanager
 async def _progress(worker: Worker, out: Output, *, enabled: bool) -> AsyncIterator[Any]:
     """A rich progress bar per (tenant, operation), fed from the live reports of the managers."""
-    if not enabled or out.json_mode or out.quiet:
+    if not enabled or out.json_mode or out.quiet or not out.err.is_terminal:
         yield lambda tenant_id, operation: None
         return
     progress = out.progress()
@@ -288,8 +288,12 @@ async def _progress(worker: Worker, out: Output, *, enabled: bool) -> AsyncItera
 
 
 def _pending(row: Any) -> int:
-    value = row.get("pending") if isinstance(row, dict) else getattr(row, "pending", 0)
-    return int(value or 0)
+    """Readings the next upload will try: pending plus failed-but-not-quarantined."""
+    total = 0
+    for name in ("pending", "failed"):
+        value = row.get(name) if isinstance(row, dict) else getattr(row, name, 0)
+        total += int(value or 0)
+    return total
 
 
 def summary(out: Output, results: Sequence[OperationResult], seconds: float) -> None:

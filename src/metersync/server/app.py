@@ -24,6 +24,7 @@ import psycopg
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from psycopg_pool import PoolTimeout
 
 from ..errors import ConfigError
 from .faults import BATCH_PATH, FaultInjector, FaultPlan
@@ -140,6 +141,10 @@ async def _middleware(
                 response = await handler(request)
             except web.HTTPException as exc:
                 response = _error(exc.status, exc.reason)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # The database is down or saturated: a transient failure the client retries.
+                log.warning("database unavailable: %s", exc)
+                response = _error(503, "database unavailable; retry later")
         status = str(response.status)
         return response
     except _DropConnection:
@@ -253,7 +258,9 @@ async def ingest(
     if not isinstance(readings, list):
         return _error(400, 'body must be {"readings": [reading objects]}')
     if len(readings) > state.max_batch:
-        return _error(413, f"{len(readings)} readings in one batch; the maximum is {state.max_batch}")
+        return _error(
+            413, f"{len(readings)} readings in one batch; the maximum is {state.max_batch}"
+        )
     state.counters["batches_received"] += 1
     state.counters["readings_received"] += len(readings)
     rejected: list[dict[str, str]] = []
@@ -466,7 +473,7 @@ def create_app(
     faults: FaultPlan | None = None,
 ) -> web.Application:
     """Build the aiohttp application over an opened :class:`Store`."""
-    if not 1 <= max_batch:
+    if max_batch < 1:
         raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
     state = ServerState(
         store, max_batch=max_batch, max_body_bytes=max_body_bytes, admin_token=admin_token

@@ -178,9 +178,7 @@ def _pair(value: str) -> tuple[str, str]:
     return first, second
 
 
-def _parse_entry(
-    key: str, value: str, kwargs: dict[str, Any], rejects: list[RejectRule]
-) -> None:
+def _parse_entry(key: str, value: str, kwargs: dict[str, Any], rejects: list[RejectRule]) -> None:
     if key == "fail":
         n, status = _pair(value)
         kwargs["fail_count"], kwargs["fail_status"] = int(n), int(status)

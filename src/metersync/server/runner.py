@@ -38,7 +38,7 @@ class ReferenceServer:
         pool_size: int = 8,
         shutdown_timeout: float = 2.0,
     ) -> None:
-        if not 1 <= max_batch:
+        if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         self._dsn = dsn
         self.host = host
@@ -98,9 +98,7 @@ class ReferenceServer:
                 admin_token=self._admin_token,
                 faults=self._faults,
             )
-            runner = web.AppRunner(
-                app, access_log=None, shutdown_timeout=self._shutdown_timeout
-            )
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
             await runner.setup()
             try:
                 site = web.TCPSite(runner, self.host, self.port)

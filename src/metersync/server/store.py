@@ -58,10 +58,10 @@ WITH input AS (
            (t.e->>'created_at')::timestamptz AS created_at,
            (t.e->>'meter_id')::bigint AS meter_id,
            (t.e->>'meter_element_id')::bigint AS meter_element_id,
-           t.e - 'meter_reading_id' - 'created_at' - 'meter_id' - 'meter_element_id'
-               - 'tenant_id' AS measurements
+           t.e - '{meter_reading_id,created_at,meter_id,meter_element_id,tenant_id}'::text[]
+               AS measurements
     FROM jsonb_array_elements(%(body)s::jsonb -> 'readings') WITH ORDINALITY AS t(e, ord)
-    WHERE t.ord = ANY(%(ords)s::bigint[])
+    JOIN unnest(%(ords)s::bigint[]) AS good(ord) USING (ord)
 ), ins AS (
     INSERT INTO cs_meter_reading
         (meter_reading_id, tenant_id, created_at, meter_id, meter_element_id, measurements)
@@ -83,19 +83,21 @@ SELECT meter_reading_id::text, tenant_id FROM cs_meter_reading
 WHERE meter_reading_id = ANY(%s::uuid[])
 """
 
+# The inner query picks the page first, so the costly text is built for those rows only,
+# whatever plan the inner query gets (before ANALYZE, a sort plan would build it for every row).
+# Python glues the identity fields in front of the measurements' text: half the cost of
+# re-serializing a merged jsonb per row.
 PAGE_SQL = """
-SELECT seq,
-       (jsonb_build_object(
-            'meter_reading_id', meter_reading_id,
-            'created_at', to_char(created_at AT TIME ZONE 'UTC',
-                                  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-            'meter_id', meter_id,
-            'meter_element_id', meter_element_id,
-            'tenant_id', tenant_id) || measurements)::text
-FROM cs_meter_reading
-WHERE tenant_id = %s AND seq > %s
+SELECT seq, meter_reading_id::text,
+       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       meter_id, meter_element_id, tenant_id, measurements::text
+FROM (
+    SELECT * FROM cs_meter_reading
+    WHERE tenant_id = %s AND seq > %s
+    ORDER BY seq
+    LIMIT %s
+) AS page
 ORDER BY seq
-LIMIT %s
 """
 
 ROWS_PER_TENANT_SQL = (
@@ -180,7 +182,17 @@ class Store:
         """Up to ``limit`` readings of the tenant after ``after_seq``: (seq, JSON text)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(PAGE_SQL, (tenant_id, after_seq, limit))
-            return [(int(seq), text) for seq, text in await cur.fetchall()]
+            rows = await cur.fetchall()
+        page = []
+        for seq, rid, created, meter, element, tenant, measurements in rows:
+            head = (
+                f'{{"meter_reading_id":"{rid}","created_at":"{created}","meter_id":{meter},'
+                f'"meter_element_id":{"null" if element is None else element},'
+                f'"tenant_id":{tenant}'
+            )
+            tail = "}" if measurements == "{}" else "," + measurements[1:]
+            page.append((int(seq), head + tail))
+        return page
 
     async def reset(self) -> None:
         """Delete every tenant and reading (tests: a clean server without a restart)."""
