@@ -17,12 +17,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from metersync.db import SyncDatabase
 
 import naive_baseline
 from _support import E2E_ROWS, TENANT, PeakRss, ServerProcess, run
 from conftest import copy_load, wide
 from metersync.client import ClientSystemApiClient
+from metersync.db import SyncDatabase
 from metersync.tenant_cache import TenantCache
 from metersync.upload import MeterReadingUploadManager
 

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import psycopg
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fix_server import ServerHandle
@@ -500,3 +500,54 @@ async def test_serve_forever_runs_until_cancelled(reference_server: ServerHandle
         assert not server.running
         with pytest.raises(httpx.ConnectError):
             await http.get(f"{server.base_url}/health")
+
+
+_KINDS = st.sampled_from(["new", "repeat", "stored", "foreign", "bad_id", "bad_field"])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(kinds=st.lists(_KINDS, max_size=30))
+def test_counts_always_add_up(reference_server: ServerHandle, kinds: list[str]) -> None:
+    """Any mix of new, repeated, stored, foreign and invalid readings: every reading is
+    accounted for once, and the server holds each valid id once, for its owner only."""
+    tenant_id, key = reference_server.new_tenant()
+    foreign_id, _ = reference_server.new_tenant()
+    stored, foreign = reading(), reading()
+    reference_server.load_readings(tenant_id, [stored])
+    reference_server.load_readings(foreign_id, [foreign])
+    batch: list[dict[str, Any]] = []
+    expect_inserted = expect_duplicates = 0
+    expect_rejected: list[str] = []
+    for i, kind in enumerate(kinds):
+        news = [r for r, k in zip(batch, kinds, strict=False) if k == "new"]
+        if kind == "repeat" and news:
+            batch.append(news[0])
+            expect_duplicates += 1
+        elif kind == "stored":
+            batch.append(stored)
+            expect_duplicates += 1
+        elif kind == "foreign":
+            # Its first copy is rejected by id; later copies by position (never an id twice).
+            first = foreign["meter_reading_id"] not in expect_rejected
+            batch.append({**foreign, "meter_id": 99})
+            expect_rejected.append(foreign["meter_reading_id"] if first else f"<reading {i + 1}>")
+        elif kind == "bad_id":
+            batch.append(reading(meter_reading_id=f"bad-{i}"))
+            expect_rejected.append(f"bad-{i}")
+        elif kind == "bad_field":
+            bad = reading(power="text")
+            batch.append(bad)
+            expect_rejected.append(bad["meter_reading_id"])
+        else:  # "new", or "repeat" with nothing to repeat yet
+            kinds[i] = "new"
+            batch.append(reading())
+            expect_inserted += 1
+    answer = post(reference_server, key, orjson.dumps({"readings": batch})).json()
+    rejected = [r["meter_reading_id"] for r in answer["rejected"]]
+    assert answer["inserted"] + answer["duplicates"] + len(rejected) == len(batch)
+    assert (answer["inserted"], answer["duplicates"]) == (expect_inserted, expect_duplicates)
+    assert sorted(rejected) == sorted(expect_rejected)
+    per_tenant = reference_server.stats()["rows_per_tenant"]
+    assert (per_tenant[str(tenant_id)], per_tenant[str(foreign_id)]) == (1 + expect_inserted, 1)

@@ -33,9 +33,10 @@ at 90% synchronized, PERF-NOTES). ``AND NOT is_synchronized`` keeps a repeated m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -78,6 +79,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 UUID_ARRAY_OID = 2951  # pg_type oid of uuid[]
+#: Below this many rows an insert encodes inline: a worker thread costs more than it hides.
+OVERLAP_MIN_ROWS = 2000
 MAX_ERROR_TEXT = 2000  # last_error / sync_log.error are for humans: keep them bounded
 
 
@@ -514,11 +517,9 @@ class SyncDatabase:
         statement = self.fetch_statement(
             tenant_id, limit, max_retries=max_retries, exclude=exclude, layout=layout
         )
-        chunks: list[Any] = []
         self.statements += 1
         async with self._conn.cursor() as cur, cur.copy(statement) as copy:
-            async for data in copy:
-                chunks.append(data)
+            chunks = await _read_copy(self._conn, copy)
         return codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
 
     def fetch_statement(
@@ -646,27 +647,47 @@ class SyncDatabase:
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         total = batch.num_rows
+        # The existing-id check (a primary-key probe per id, ~12% of the COPY's own time) runs
+        # on the server while a worker thread encodes the chunks (the C encoder releases the
+        # GIL): the encoding is then free, and it is only redone if the check found readings
+        # to skip.
+        check = asyncio.ensure_future(self._present_ids(batch))
+        encoded: list[bytes] | None = None
+        try:
+            if total >= OVERLAP_MIN_ROWS:
+                encoded = await asyncio.to_thread(_encode_chunks, batch, chunk_rows)
+        finally:
+            present = await check
+        if present:
+            keep = pc.invert(pc.is_in(batch.column("meter_reading_id"), value_set=present))
+            batch = batch.filter(keep)
+            encoded = None
+        chunks = (
+            encoded
+            if encoded is not None
+            else (codec.copy_binary(c) for c in codec.slices(batch, chunk_rows))
+        )
+        statement = q.copy_in(batch.schema.names)
+        count = 0
+        async with self._conn.cursor() as cur:
+            for data in chunks:
+                self.statements += 1
+                async with cur.copy(statement) as copy:
+                    await copy.write(data)
+                count += 1
+        return InsertResult(batch.num_rows, total - batch.num_rows, count)
+
+    async def _present_ids(self, batch: pa.RecordBatch) -> pa.Array:
+        """Ids of the batch already stored: one statement per tenant in the batch."""
         ids = batch.column("meter_reading_id")
         tenants = batch.column("tenant_id")
-        present: list[bytes] = []
         distinct = pc.unique(tenants).to_pylist()
+        present: list[bytes] = []
         for tenant in distinct:
             mine = ids if len(distinct) == 1 else ids.filter(pc.equal(tenants, tenant))
             cur = await self._execute(q.EXISTING_IDS, (tenant, uuid_param(mine)))
             present += [r[0].bytes for r in await cur.fetchall()]
-        if present:
-            keep = pc.invert(pc.is_in(ids, value_set=pa.array(present, type=pa.binary(16))))
-            batch = batch.filter(keep)
-        statement = q.copy_in(batch.schema.names)
-        chunks = 0
-        async with self._conn.cursor() as cur:
-            for chunk in codec.slices(batch, chunk_rows):
-                data = codec.copy_binary(chunk)
-                self.statements += 1
-                async with cur.copy(statement) as copy:
-                    await copy.write(data)
-                chunks += 1
-        return InsertResult(batch.num_rows, total - batch.num_rows, chunks)
+        return pa.array(present, type=pa.binary(16))
 
     async def get_download_cursor(self, tenant_id: int) -> str | None:
         """Where the tenant's download resumes (``None``: from the beginning)."""
@@ -743,6 +764,35 @@ class SyncDatabase:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _encode_chunks(batch: pa.RecordBatch, chunk_rows: int) -> list[bytes]:
+    return [codec.copy_binary(chunk) for chunk in codec.slices(batch, chunk_rows)]
+
+
+def _drain(copy: Any) -> Generator[Any, Any, list[Any]]:
+    """One psycopg generator that reads every COPY OUT row (libpq hands them out one by one)."""
+    chunks: list[Any] = []
+    while True:
+        data = yield from copy._read_gen()
+        if not data:
+            return chunks
+        chunks.append(data)
+
+
+async def _read_copy(conn: psycopg.AsyncConnection[Any], copy: Any) -> list[Any]:
+    """All rows of a COPY OUT.
+
+    ``async for data in copy`` goes through the event loop once per row (libpq returns COPY
+    data row by row). Driving psycopg's own per-row generator (``_read_gen``, the body of
+    ``AsyncCopy.read``) inside one ``conn.wait`` reads the same rows, with the same error
+    handling, without that round trip: a 1000-row wide page took 45 ms against 50 ms (median;
+    best 21 against 27 ms) on the loaded 2-core machine. The public path is the fallback
+    should a later psycopg drop the private name.
+    """
+    if hasattr(copy, "_read_gen"):
+        return await conn.wait(_drain(copy))
+    return [data async for data in copy]
 
 
 def _validate_size(tenant_id: int, field: str, value: object) -> None:

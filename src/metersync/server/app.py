@@ -265,8 +265,8 @@ async def ingest(
     state.counters["readings_received"] += len(readings)
     rejected: list[dict[str, str]] = []
     ords: list[int] = []
-    seen: set[str] = set()
-    repeats = 0
+    first_ord: dict[str, int] = {}  # lowercase id -> ordinal of its first valid occurrence
+    repeats: list[tuple[int, int]] = []  # (ordinal, ordinal of the first occurrence)
     for i, reading in enumerate(readings, start=1):
         error = validate_reading(reading, tenant_id)
         if error is None and apply_faults:
@@ -275,10 +275,10 @@ async def ingest(
             rejected.append({"meter_reading_id": reading_label(reading, i), "error": error})
             continue
         rid = reading["meter_reading_id"].lower()
-        if rid in seen:  # the same id twice in one batch: the second is a duplicate
-            repeats += 1
+        if rid in first_ord:  # the same id again in one batch: judged with its first copy
+            repeats.append((i, first_ord[rid]))
             continue
-        seen.add(rid)
+        first_ord[rid] = i
         ords.append(i)
     try:
         outcomes = await state.store.insert_batch(tenant_id, raw.decode("utf-8"), ords)
@@ -286,6 +286,7 @@ async def ingest(
         # e.g. "\u0000" in a string, which orjson accepts and jsonb does not.
         return _error(400, f"body cannot be stored: {exc.diag.message_primary}")
     inserted = duplicates = 0
+    stored: set[int] = set()
     for row in outcomes:
         if row.inserted:
             inserted += 1
@@ -302,7 +303,20 @@ async def ingest(
                     "error": "meter_reading_id is not available to this tenant",
                 }
             )
-    duplicates += repeats
+            continue
+        stored.add(row.ord)
+    for i, first in repeats:
+        if first in stored:
+            duplicates += 1
+        else:
+            # Listing the id twice would make the answer ambiguous; the id itself is already
+            # rejected through its first copy, so this copy is reported by its position.
+            rejected.append(
+                {
+                    "meter_reading_id": f"<reading {i}>",
+                    "error": f"repeats the rejected meter_reading_id of reading {first}",
+                }
+            )
     state.counters["inserted"] += inserted
     state.counters["duplicates_seen"] += duplicates
     state.counters["rejected"] += len(rejected)
