@@ -131,7 +131,7 @@ import asyncio, sys
 from metersync.server.runner import serve_forever
 def ready(server):
     print(server.base_url, flush=True)
-asyncio.run(serve_forever(sys.argv[1], "127.0.0.1", 0, on_ready=ready))
+asyncio.run(serve_forever(sys.stdin.readline().strip(), "127.0.0.1", 0, on_ready=ready))
 """
 
 
@@ -142,12 +142,16 @@ class ServerProcess:
         import subprocess
         import sys
 
+        # The DSN (it may hold a password) goes through stdin, never argv.
         self._proc = subprocess.Popen(
-            [sys.executable, "-W", "ignore", "-c", SERVER_SCRIPT, dsn],
+            [sys.executable, "-W", "ignore", "-c", SERVER_SCRIPT],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert self._proc.stdout is not None
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(dsn + "\n")
+        self._proc.stdin.flush()
         line = self._proc.stdout.readline().strip()
         if not line.startswith("http"):
             self._proc.kill()
@@ -173,8 +177,9 @@ class ServerProcess:
         except Exception:
             self._proc.kill()
             self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 class PeakRss:

@@ -8,9 +8,9 @@ Usage::
 The parent process starts PostgreSQL (``METERSYNC_BENCH_DSN`` or the embedded one) and the reference
 Client System (its own process), loads each backlog under its own tenant with binary COPY, then
 starts a **fresh child process** per backlog that drains it through ``MeterReadingUploadManager``
-(fetch → JSON → POST → mark, the daemon's path) and reports ``ru_maxrss``: the peak resident
-memory of the whole child, imports included. The API key reaches the child through its
-environment, never its argv (so does the DSN).
+(fetch → JSON → POST → mark, the daemon's path) and reports its peak resident memory
+(``VmHWM``, imports included; see :func:`_maxrss_mb` for why not ``ru_maxrss``). The API key
+reaches the child through its environment, never its argv (so does the DSN).
 """
 
 from __future__ import annotations
@@ -37,14 +37,24 @@ DSN_ENV = "METERSYNC_RSS_DSN"  # a DSN may hold a password: environment, not arg
 
 
 def _maxrss_mb() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process image in MiB.
+
+    ``VmHWM`` from /proc (Linux): the high-water mark of this process's own memory map. Not
+    ``ru_maxrss``: that one survives ``execve`` and so starts at the *parent's* RSS at fork time
+    (the parent holds the loaded backlog), which would overstate the child by 150 MB.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 async def _drain(dsn: str, api_url: str, api_key: str, tenant_id: int) -> dict[str, float]:
-    from metersync.db import SyncDatabase
-
     from metersync.client import ClientSystemApiClient
+    from metersync.db import SyncDatabase
     from metersync.tenant_cache import TenantCache
     from metersync.upload import MeterReadingUploadManager
 
@@ -106,7 +116,6 @@ def _load(dsn: str, tenant_id: int, readings: int) -> None:
 
 def _prepare_database(admin_dsn: str, tenants: list[tuple[int, int]]) -> tuple[str, str]:
     from metersync.db import SyncDatabase
-
     from metersync.embedded import with_database
 
     names = [f"ms_rss_{uuid.uuid4().hex[:8]}", f"ms_rss_cs_{uuid.uuid4().hex[:8]}"]

@@ -137,7 +137,7 @@ def rss_table(path: Path | None) -> tuple[list[str], list[dict[str, Any]]]:
     lines = [
         "### peak RSS draining a backlog (benchmarks/rss.py, fresh process per run)",
         "",
-        "| backlog | batch size | readings/s | peak RSS MB (ru_maxrss) | target ≤ |",
+        "| backlog | batch size | readings/s | peak RSS MB (VmHWM) | target ≤ |",
         "|---:|---:|---:|---:|---:|",
     ]
     for r in runs:

@@ -134,7 +134,9 @@ def values_for(
         edge = st.sampled_from(["", 'a"b\\c', "\n\r\t\b\f\x01\x1f\x7f", "é€😀", "'; --"])
         text = st.text(max_size=12)
         if pg_safe:
-            text = st.text(alphabet=st.characters(exclude_characters="\x00"), max_size=12)
+            text = st.text(
+                alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12
+            )
         return edge | text
     if pa.types.is_date32(type_):
         edge = st.sampled_from([0, -1, 10957, 10956, MIN_DAYS, MAX_DAYS])

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,38 @@ class Engine:
     server: ServerHandle
     clients: list[ClientSystemApiClient] = field(default_factory=list)
     keys: dict[int, str] = field(default_factory=dict)
+    _conns: dict[str, Any] = field(default_factory=dict)
+
+    async def _conn(self, dsn: str) -> Any:
+        """A persistent autocommit connection for the test's own queries (not ``db``'s)."""
+        import psycopg
+
+        conn = self._conns.get(dsn)
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            self._conns[dsn] = conn
+        return conn
+
+    async def aclose(self) -> None:
+        """Close the clients and the test's own connections."""
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self.clients.clear()
+        for conn in self._conns.values():
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._conns.clear()
+
+    @contextlib.asynccontextmanager
+    async def client_for(self, tenant_id: int, **kwargs: Any) -> AsyncIterator[Any]:
+        """Like :meth:`client`, closed when the block ends (cheap hypothesis examples)."""
+        client = self.client(tenant_id, **kwargs)
+        self.clients.remove(client)
+        try:
+            yield client
+        finally:
+            await client.aclose()
 
     async def tenant(
         self, *, upload: int | None = None, download: int | None = None, server: bool = True
@@ -156,22 +188,16 @@ class Engine:
 
     async def scalar(self, sql: str, *params: Any) -> Any:
         """One value from a query on a separate connection (does not count as our statement)."""
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-            cur = await conn.execute(sql, params)
-            if cur.description is None:  # a statement without a result (UPDATE, DELETE)
-                return cur.rowcount
-            row = await cur.fetchone()
-            return None if row is None else row[0]
+        cur = await (await self._conn(self.dsn)).execute(sql, params)
+        if cur.description is None:  # a statement without a result (UPDATE, DELETE)
+            return cur.rowcount
+        row = await cur.fetchone()
+        return None if row is None else row[0]
 
     async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """All rows of a query on a separate connection."""
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-            cur = await conn.execute(sql, params)
-            return list(await cur.fetchall())
+        cur = await (await self._conn(self.dsn)).execute(sql, params)
+        return list(await cur.fetchall())
 
     async def status_counts(self, tenant_id: int) -> dict[str, int]:
         """``{sync_status: count}`` of the tenant's readings."""
@@ -184,14 +210,11 @@ class Engine:
 
     async def server_ids(self, tenant_id: int) -> set[str]:
         """Ids the reference server holds for the tenant (read from its database)."""
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(self.server.dsn, autocommit=True) as c:
-            cur = await c.execute(
-                "SELECT meter_reading_id::text FROM cs_meter_reading WHERE tenant_id = %s",
-                (tenant_id,),
-            )
-            return {r[0] for r in await cur.fetchall()}
+        cur = await (await self._conn(self.server.dsn)).execute(
+            "SELECT meter_reading_id::text FROM cs_meter_reading WHERE tenant_id = %s",
+            (tenant_id,),
+        )
+        return {r[0] for r in await cur.fetchall()}
 
     async def local_ids(self, tenant_id: int, where: str = "true") -> set[str]:
         """Ids of the tenant's readings in the sync database matching ``where``."""
@@ -212,17 +235,5 @@ async def engine(engine_dsn: str, reference_server: ServerHandle) -> AsyncIterat
     try:
         yield eng
     finally:
-        for client in eng.clients:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        await eng.aclose()
         await db.close()
-
-
-@pytest.fixture
-def run() -> Iterator[Any]:
-    """Run a coroutine to completion from sync code (hypothesis tests)."""
-    loop = asyncio.new_event_loop()
-    try:
-        yield loop.run_until_complete
-    finally:
-        loop.close()

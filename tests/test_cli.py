@@ -77,19 +77,44 @@ def dsn(pg_admin_dsn: str) -> Iterator[str]:
 
 
 def add_tenant(
-    dsn: str, server: ServerHandle | None, *, upload: int = 100, download: int = 1000
+    dsn: str,
+    server: ServerHandle | None,
+    *,
+    upload: int = 100,
+    download: int = 1000,
+    via_cli: bool = False,
 ) -> tuple[int, str]:
-    """``metersync tenant add`` with the key in the environment; registered on the server."""
+    """A new tenant with a fresh key, registered on ``server`` when given.
+
+    ``via_cli`` goes through ``metersync tenant add`` (key in the environment); otherwise the
+    adapter adds it directly, which saves a subprocess in tests about other commands.
+    """
+    from metersync.db import SyncDatabase
+
     tenant_id = next(_tenant_ids)
     key = f"sk_cli_{secrets.token_hex(12)}"
-    proc = ms(
-        "--dsn", dsn, "tenant", "add", str(tenant_id), "--name", f"Tenant {tenant_id}",
-        "--upload-batch-size", str(upload), "--download-batch-size", str(download), "--json",
-        env={"METERSYNC_API_KEY": key},
-    )  # fmt: skip
-    doc = as_json(proc)
-    assert doc["tenant_id"] == tenant_id and doc["upload_batch_size"] == upload
-    assert key not in proc.stdout + proc.stderr
+    if via_cli:
+        proc = ms(
+            "--dsn", dsn, "tenant", "add", str(tenant_id), "--name", f"Tenant {tenant_id}",
+            "--upload-batch-size", str(upload), "--download-batch-size", str(download), "--json",
+            env={"METERSYNC_API_KEY": key},
+        )  # fmt: skip
+        doc = as_json(proc)
+        assert doc["tenant_id"] == tenant_id and doc["upload_batch_size"] == upload
+        assert key not in proc.stdout + proc.stderr
+    else:
+
+        async def go() -> None:
+            async with await SyncDatabase.connect(dsn) as db:
+                await db.add_tenant(
+                    tenant_id,
+                    f"Tenant {tenant_id}",
+                    key,
+                    upload_batch_size=upload,
+                    download_batch_size=download,
+                )
+
+        asyncio.run(go())
     if server is not None:
         server.register_tenant(tenant_id, key, f"Tenant {tenant_id}")
     return tenant_id, key
@@ -182,7 +207,7 @@ def test_migrate_again_changes_nothing(dsn: str) -> None:
 
 
 def test_tenant_add_list_show_set(dsn: str) -> None:
-    tenant_id, key = add_tenant(dsn, None, upload=250, download=3000)
+    tenant_id, key = add_tenant(dsn, None, upload=250, download=3000, via_cli=True)
     listed = as_json(ms("--dsn", dsn, "tenant", "list", "--json"))
     row = next(t for t in listed["tenants"] if t["tenant_id"] == tenant_id)
     assert row["upload_batch_size"] == 250 and row["download_batch_size"] == 3000

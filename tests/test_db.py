@@ -176,12 +176,13 @@ async def test_statement_counts(db: SyncDatabase) -> None:
 
 async def test_insert_skips_readings_already_present(db: SyncDatabase, dsn: str) -> None:
     t = await _tenant(db)
-    batch = _readings(500, t)
+    batch = _readings(2500, t)  # >= OVERLAP_MIN_ROWS: encoded while the check runs
     assert await db.insert_readings(batch.slice(0, 300), 1000) == InsertResult(300, 0, 1)
-    assert await db.insert_readings(batch, 150) == InsertResult(200, 300, 2)
-    assert await db.insert_readings(batch, 150) == InsertResult(0, 500, 0)
-    assert _sql(dsn, "SELECT count(*) FROM meter_reading WHERE tenant_id = %s", t) == [(500,)]
-    stored = await db.fetch_unsynchronized(t, 1000)
+    assert await db.insert_readings(batch.slice(0, 500), 150) == InsertResult(200, 300, 2)
+    assert await db.insert_readings(batch, 1000) == InsertResult(2000, 500, 2)
+    assert await db.insert_readings(batch, 150) == InsertResult(0, 2500, 0)
+    assert _sql(dsn, "SELECT count(*) FROM meter_reading WHERE tenant_id = %s", t) == [(2500,)]
+    stored = await db.fetch_unsynchronized(t, 10_000)
     assert stored.equals(_queue_order(batch.drop_columns(["tenant_id"])))
 
 

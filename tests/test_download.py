@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from metersync.db import SyncDatabase
 
 from fix_engine import Engine
+from metersync.db import SyncDatabase
 from metersync.errors import TenantBusyError
 
 VALUES_SQL = (
@@ -97,3 +97,40 @@ async def test_second_downloader_is_busy(engine: Engine) -> None:
             await engine.downloader(tenant).download()
         await other.unlock_tenant(tenant, "download")
     assert engine.server.stats()["readings_served"] == 0
+
+
+EXTREMES = [
+    "99999999999999.9999",
+    "-99999999999999.9999",
+    "0.0001",
+    "-0.0001",
+    "12345678901234.5678",
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ClientSystemApiClient parses pages with orjson (float64: 15-17 digits); "
+    "numeric(18,4) needs exact parsing (metersync.page.loads_page) — page_to_batch refuses "
+    "the damaged values instead of storing them",
+)
+async def test_extreme_numeric_values_round_trip_through_the_client_system(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=10, download=10)
+    await engine.seed(tenant, len(EXTREMES))
+    ids = sorted(await engine.local_ids(tenant))
+    for rid, value in zip(ids, EXTREMES, strict=True):
+        await engine.scalar(
+            "UPDATE meter_reading SET active_energy = %s::numeric WHERE meter_reading_id = %s",
+            value,
+            rid,
+        )
+    await engine.uploader(tenant).upload()
+    await engine.scalar("DELETE FROM meter_reading WHERE tenant_id = %s", tenant)
+    report = await engine.downloader(tenant).download()
+    assert report.inserted == len(EXTREMES)
+    rows = await engine.rows(
+        "SELECT meter_reading_id::text, active_energy::text FROM meter_reading "
+        "WHERE tenant_id = %s ORDER BY 1",
+        tenant,
+    )
+    assert [v for _, v in rows] == EXTREMES

@@ -8,6 +8,7 @@ readings) so that 100 of each run in well under two minutes.
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any
 
 import pytest
@@ -28,12 +29,7 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 SIZES = st.integers(min_value=1, max_value=MAX_BATCH_SIZE)
-SMALL = st.integers(min_value=1, max_value=12)
-
-
-def _recording_client(engine: Engine, tenant: int, **kwargs: Any) -> tuple[Any, RecordingTransport]:
-    transport = RecordingTransport()
-    return engine.client(tenant, transport=transport, **kwargs), transport
+SMALL = st.integers(min_value=2, max_value=12)  # 1 is covered by test_p5_size_one
 
 
 # P1 ---------------------------------------------------------------------------------------------
@@ -88,11 +84,12 @@ async def test_p2_defaults_when_unset_or_invalid(
 
 # P3 ---------------------------------------------------------------------------------------------
 @PROPERTY
-@given(n=st.integers(min_value=0, max_value=30), size=SMALL, overlap=st.booleans())
+@given(n=st.integers(min_value=0, max_value=16), size=SMALL, overlap=st.booleans())
 async def test_p3_success_sets_both_flags(engine: Engine, n: int, size: int, overlap: bool) -> None:
     tenant = await engine.tenant(upload=size)
     await engine.seed(tenant, n)
-    report = await engine.uploader(tenant, overlap=overlap).upload()
+    async with engine.client_for(tenant) as client:
+        report = await engine.uploader(tenant, client=client, overlap=overlap).upload()
     assert report.error is None
     assert report.confirmed == n
     flags = await engine.rows(
@@ -117,7 +114,8 @@ async def test_p4_failed_upload_leaves_flags_untouched(
     await engine.seed(tenant, n)
     engine.server.set_faults(fault)
     try:
-        report = await engine.uploader(tenant, client=engine.client(tenant, max_retries=0)).upload()
+        async with engine.client_for(tenant, max_retries=0) as client:
+            report = await engine.uploader(tenant, client=client).upload()
     finally:
         engine.server.clear_faults()
     assert report.error is not None
@@ -131,21 +129,22 @@ async def test_p4_failed_upload_leaves_flags_untouched(
 
 # P5 ---------------------------------------------------------------------------------------------
 @PROPERTY
-@given(n=st.integers(min_value=0, max_value=40), upload=SMALL, download=SMALL)
+@given(n=st.integers(min_value=0, max_value=16), upload=SMALL, download=SMALL)
 async def test_p5_no_operation_exceeds_its_configured_size(
     engine: Engine, n: int, upload: int, download: int
 ) -> None:
     tenant = await engine.tenant(upload=upload, download=download)
     await engine.seed(tenant, n)
-    client, seen = _recording_client(engine, tenant)
-    report = await engine.uploader(tenant, client=client).upload()
-    assert report.confirmed == n
-    assert sum(seen.posted) == n
-    assert all(1 <= c <= upload for c in seen.posted)
-    assert len(seen.posted) == math.ceil(n / upload)
-    # Wipe locally, download back: pages ask ≤ download and COPY chunks hold ≤ upload rows.
-    await engine.scalar("DELETE FROM meter_reading WHERE tenant_id = %s RETURNING 1", tenant)
-    down = await engine.downloader(tenant, client=client).download()
+    seen = RecordingTransport()
+    async with engine.client_for(tenant, transport=seen) as client:
+        report = await engine.uploader(tenant, client=client).upload()
+        assert report.confirmed == n
+        assert sum(seen.posted) == n
+        assert all(1 <= c <= upload for c in seen.posted)
+        assert len(seen.posted) == math.ceil(n / upload)
+        # Wipe locally, download back: pages ask ≤ download, COPY chunks hold ≤ upload rows.
+        await engine.scalar("DELETE FROM meter_reading WHERE tenant_id = %s", tenant)
+        down = await engine.downloader(tenant, client=client).download()
     assert down.inserted == n
     assert all(limit == download and got <= download for limit, got in seen.pages)
     page_sizes = [got for _, got in seen.pages if got > 0]
@@ -164,7 +163,7 @@ async def test_p6_one_statement_per_status_update(engine: Engine, n: int, pick: 
     marked = await engine.db.mark_synchronized(tenant, ids.slice(0, k))
     assert engine.db.statements - before == 1
     assert marked == k
-    rest = [str(__import__("uuid").UUID(bytes=b)) for b in ids.slice(k).to_pylist()]
+    rest = [str(uuid.UUID(bytes=b)) for b in ids.slice(k).to_pylist()]
     if rest:
         before = engine.db.statements
         await engine.db.mark_rejected(tenant, rest, ["bad"] * len(rest), 5)
@@ -175,13 +174,14 @@ async def test_p6_one_statement_per_status_update(engine: Engine, n: int, pick: 
 
 
 @PROPERTY
-@given(n=st.integers(min_value=0, max_value=30), size=SMALL)
+@given(n=st.integers(min_value=0, max_value=16), size=SMALL)
 async def test_p6_upload_cycle_issues_one_mark_per_batch(engine: Engine, n: int, size: int) -> None:
     tenant = await engine.tenant(upload=size)
     await engine.seed(tenant, n)
     cache = TenantCache(engine.db)
     await cache.get(tenant)  # warm: the cycle's statements are its own
-    report = await engine.uploader(tenant, cache=cache).upload()
+    async with engine.client_for(tenant) as client:
+        report = await engine.uploader(tenant, cache=cache, client=client).upload()
     batches = math.ceil(n / size)
     assert report.batches == batches
     # Per batch one fetch and one UPDATE; plus the final empty fetch, lock and unlock.
@@ -194,23 +194,24 @@ async def test_p6_upload_cycle_issues_one_mark_per_batch(engine: Engine, n: int,
 async def test_p7_sizes_come_from_the_tenant_cache(engine: Engine, first: int, second: int) -> None:
     tenant = await engine.tenant(upload=first)
     cache = TenantCache(engine.db, ttl_seconds=3600)
-    client, seen = _recording_client(engine, tenant)
-    await engine.seed(tenant, 12)
-    await engine.uploader(tenant, cache=cache, client=client).upload()
-    assert max(seen.posted) <= first and sum(seen.posted) == 12
-    # The row changes; the cache still serves the old sizes until invalidated.
-    await engine.db.set_tenant_batch_sizes(tenant, upload=second)
-    await engine.seed(tenant, 12)
-    seen.posted.clear()
-    report = await engine.uploader(tenant, cache=cache, client=client, max_batches=1).upload()
-    assert report.upload_batch_size == first
-    assert seen.posted == [min(first, 12)]
-    cache.invalidate(tenant)
-    seen.posted.clear()
-    report = await engine.uploader(tenant, cache=cache, client=client).upload()
-    assert report.upload_batch_size == second
-    assert all(c <= second for c in seen.posted)
-    assert await engine.status_counts(tenant) == {"synchronized:true": 24}
+    seen = RecordingTransport()
+    async with engine.client_for(tenant, transport=seen) as client:
+        await engine.seed(tenant, 8)
+        await engine.uploader(tenant, cache=cache, client=client).upload()
+        assert max(seen.posted) <= first and sum(seen.posted) == 8
+        # The row changes; the cache still serves the old sizes until invalidated.
+        await engine.db.set_tenant_batch_sizes(tenant, upload=second)
+        await engine.seed(tenant, 8)
+        seen.posted.clear()
+        report = await engine.uploader(tenant, cache=cache, client=client, max_batches=1).upload()
+        assert report.upload_batch_size == first
+        assert seen.posted == [min(first, 8)]
+        cache.invalidate(tenant)
+        seen.posted.clear()
+        report = await engine.uploader(tenant, cache=cache, client=client).upload()
+        assert report.upload_batch_size == second
+        assert all(c <= second for c in seen.posted)
+    assert await engine.status_counts(tenant) == {"synchronized:true": 16}
 
 
 @pytest.mark.parametrize("size", [1, MAX_BATCH_SIZE])
@@ -218,3 +219,16 @@ async def test_p1_bounds(engine: Engine, size: int) -> None:
     tenant = await engine.tenant(upload=size, download=size, server=False)
     batch = (await TenantCache(engine.db).get(tenant)).batch
     assert (batch.upload_batch_size, batch.download_batch_size) == (size, size)
+
+
+async def test_p5_size_one(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=1, download=1)
+    await engine.seed(tenant, 5)
+    seen = RecordingTransport()
+    async with engine.client_for(tenant, transport=seen) as client:
+        assert (await engine.uploader(tenant, client=client).upload()).batches == 5
+        await engine.scalar("DELETE FROM meter_reading WHERE tenant_id = %s", tenant)
+        down = await engine.downloader(tenant, client=client).download()
+    assert seen.posted == [1] * 5
+    assert all(limit == 1 and got <= 1 for limit, got in seen.pages)
+    assert (down.inserted, down.chunks) == (5, 5)

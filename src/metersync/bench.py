@@ -720,24 +720,35 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     plt = require_matplotlib()
     out = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
-    for direction, rows, color in (
-        ("upload", result.upload, "tab:blue"),
-        ("download", result.download, "tab:orange"),
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for direction, rows, color, chosen in (
+        ("upload", result.upload, "tab:blue", result.recommended_upload),
+        ("download", result.download, "tab:orange", result.recommended_download),
     ):
         if not rows:
             continue
         sizes = [r.batch_size for r in rows]
         axes[0].plot(sizes, [r.readings_per_s for r in rows], "o-", color=color, label=direction)
         axes[1].plot(sizes, [r.p95_ms for r in rows], "o-", color=color, label=direction)
+        for r in rows:  # a star on the recommended size
+            if r.batch_size == chosen:
+                axes[0].plot([chosen], [r.readings_per_s], "*", color=color, markersize=14)
+    plain = FuncFormatter(lambda value, _pos: f"{value:,.0f}" if value >= 1 else f"{value:g}")
     for ax, label in ((axes[0], "readings / s"), (axes[1], "p95 batch latency (ms)")):
         ax.set_xscale("log")
+        if ax is axes[1]:
+            ax.set_yscale("log")  # latencies span orders of magnitude
+        ax.xaxis.set_major_formatter(plain)
+        ax.yaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     if result.latency_budget_ms:
         axes[1].axhline(result.latency_budget_ms, color="grey", linestyle="--", linewidth=1)
-    axes[1].set_yscale("log")
     fig.suptitle("metersync bench: throughput and latency by batch size", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, format="png")

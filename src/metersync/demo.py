@@ -41,9 +41,9 @@ from .synthetic import reading_batch
 log = logging.getLogger(__name__)
 
 #: Faults the reference server injects with ``--faults`` (see ``metersync.server.faults``):
-#: a 3-request 502 burst, 4 % random 503s, 2 % 429s with Retry-After, 3 responses delayed past
+#: a 3-request 502 burst, 5 % random 503s, 5 % 429s with Retry-After, 3 responses delayed past
 #: the client's read timeout, 4 batches committed whose answer is lost.
-DEMO_FAULTS = "fail=3:502,random=0.04:503,rate429=0.02:0.05,delay=1.5:3,drop_after_commit=4,seed=7"
+DEMO_FAULTS = "fail=3:502,random=0.05:503,rate429=0.05:0.05,delay=1.5:3,drop_after_commit=4,seed=7"
 #: Read timeout of the demo's client when faults are on (the injected delays exceed it).
 FAULT_READ_TIMEOUT = 1.0
 #: Share of each tenant's readings that starts on the Client System (for the download path).

@@ -204,11 +204,15 @@ async def _refused(rig: Rig, body: bytes, headers: dict[str, str] | None, name: 
     return message
 
 
-@pytest.mark.parametrize(("name", "body", "headers"), CASES, ids=[c[0] for c in CASES])
-async def test_hostile_page_changes_nothing(
-    rig: Rig, name: str, body: bytes, headers: dict[str, str]
-) -> None:
-    await _refused(rig, body, headers or None, name)
+async def test_hostile_pages_change_nothing(rig: Rig) -> None:
+    """Every crafted page of CASES, one after the other against the same committed state."""
+    failures = []
+    for name, body, headers in CASES:
+        try:
+            await _refused(rig, body, headers or None, name)
+        except AssertionError as exc:
+            failures.append(f"{name}: {str(exc)[:300]}")
+    assert not failures, "\n".join(failures)
 
 
 async def test_error_names_the_problem(rig: Rig) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from metersync.errors import MalformedPageError
@@ -196,15 +196,33 @@ def test_valid_pages_convert_exactly(page: list[dict[str, Any]]) -> None:
         assert batch.column(name).to_pylist() == [r.get(name) for r in page]
 
 
-@settings(
-    max_examples=600,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+_DAMAGE_SETTINGS = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    # No shrinking: a failing page is reported as found (shrinking megabyte strings takes
+    # minutes); the message names the mutation kind.
+    "phases": [Phase.explicit, Phase.reuse, Phase.generate],
+}
+
+
+@settings(max_examples=400, **_DAMAGE_SETTINGS)
 @given(mutated_pages())
 def test_every_damaged_page_is_a_clear_error(
     case: tuple[str, list[Any], int, tuple[int, str, int] | None],
 ) -> None:
+    _check_damaged(case)
+
+
+@pytest.mark.stress
+@settings(max_examples=10_000, **_DAMAGE_SETTINGS)
+@given(mutated_pages())
+def test_every_damaged_page_is_a_clear_error_full(
+    case: tuple[str, list[Any], int, tuple[int, str, int] | None],
+) -> None:
+    _check_damaged(case)
+
+
+def _check_damaged(case: tuple[str, list[Any], int, tuple[int, str, int] | None]) -> None:
     kind, page, limit, huge = case
     if huge is not None:
         row, field, length = huge

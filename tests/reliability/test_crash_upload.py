@@ -38,6 +38,7 @@ FAULT_PLANS = (
     "random=0.3:503",
     "delay=0.3,drop_after_commit=1",
     "rate429=0.3:0.05",
+    "delay=1.3:4",  # longer than the worker's read timeout: timeouts, then retries
     "delay=0.05,random=0.2:502",
     "miscount=2,delay=0.02",
     "legacy=3,delay=0.02",

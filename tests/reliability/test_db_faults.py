@@ -249,7 +249,16 @@ def test_sync_loop_recovers_after_database_outage(world: World) -> None:
     dbname = psycopg.conninfo.conninfo_to_dict(world.sync_dsn)["dbname"]
     admin_dsn = with_database(world.sync_dsn, "postgres")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metersync", "sync", "--tenant", str(UP_TENANT), "--interval", "0.3"],
+        [
+            sys.executable,
+            "-m",
+            "metersync",
+            "sync",
+            "--tenant",
+            str(UP_TENANT),
+            "--interval",
+            "0.3",
+        ],
         env=world.worker_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import os
 import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,9 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import errors
+
+#: Console width when stdout is not a terminal.
+PIPE_WIDTH = 120
 
 
 class ExitCode(enum.IntEnum):
@@ -112,7 +116,10 @@ class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
-        self.out = Console(soft_wrap=True, highlight=False)
+        # Piped output (logs, CI, `| less`) gets a fixed width instead of rich's 80 columns,
+        # so tables stay readable; COLUMNS still wins when set.
+        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+        self.out = Console(highlight=False, width=width)
         self.err = Console(stderr=True, highlight=False)
 
     def emit_json(self, document: Any) -> None:

@@ -212,6 +212,7 @@ class Worker:
             else:
                 result.report = await manager.download_readings()
         except TenantBusyError as exc:
+            log.info("%s", exc)  # another worker has it: normal with several workers
             result.skipped = str(exc)
         except (AuthError, ConfigError) as exc:
             result.error = exc
@@ -509,6 +510,9 @@ async def _wait(worker: Worker, seconds: float) -> None:
 def _report_cycle(
     out: Output, number: int, results: Sequence[OperationResult], seconds: float
 ) -> None:
+    for r in results:
+        if r.error is not None:
+            log.error("tenant %s %s failed: %s", r.tenant_id, r.operation, r.error)
     if out.json_mode:
         # One JSON document per cycle, one per line (NDJSON) for log shippers.
         import orjson
