@@ -400,6 +400,17 @@ def test_corrupt_copy_messages(impl: ModuleType, mutate, message: str) -> None:
         impl.from_copy_binary(mutate(data), batch.schema)
 
 
+@pytest.mark.parametrize("type_", [pa.string(), pa.large_string()], ids=str)
+def test_decode_rejects_invalid_utf8(impl: ModuleType, type_: pa.DataType) -> None:
+    field = b"ok\xc3("
+    data = (
+        b"PGCOPY\n\xff\r\n\x00" + bytes(8) + b"\x00\x01" + struct.pack(">i", len(field)) + field
+        + b"\xff\xff"
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"column 'note': text is not valid UTF-8"):
+        impl.from_copy_binary(data, pa.schema([("note", type_)]))
+
+
 def _numeric_stream(ndigits: int, weight: int, sign: int, dscale: int, digits: list[int]) -> bytes:
     field = struct.pack(f">hhHh{len(digits)}H", ndigits, weight, sign, dscale, *digits)
     return (
@@ -472,6 +483,8 @@ def test_accepts_polars_and_tables(impl: ModuleType) -> None:
         ("text", None, None, pa.string()),
         ("character varying", None, None, pa.string()),
         ("varchar(20)", None, None, pa.string()),
+        ("timestamp(3) with time zone", None, None, pa.timestamp("us", tz="UTC")),
+        ("NUMERIC(5)", None, None, pa.decimal128(5, 0)),
         ("bpchar", None, None, pa.string()),
     ],
 )
@@ -486,6 +499,10 @@ def test_pg_to_arrow_refusals() -> None:
         _types.pg_to_arrow("jsonb", column="x")
     with pytest.raises(TypeError, match="precision 38"):
         _types.pg_to_arrow("numeric", 40, 2)
+    with pytest.raises(TypeError, match="scale"):
+        _types.pg_to_arrow("numeric(10,-2)")
+    with pytest.raises(TypeError, match="not supported"):
+        _types.pg_to_arrow("integer[]", column="x")
 
 
 def test_arrow_to_pg_names() -> None:

@@ -111,6 +111,37 @@ async def test_fetch_plan_is_an_index_range_scan_never_a_sort(db: SyncDatabase, 
 # ---------------------------------------------------------------------------------- marks
 
 
+async def test_id_list_statements_probe_the_primary_key_never_the_queue(
+    db: SyncDatabase, dsn: str
+) -> None:
+    """With statistics showing a short queue, or a generic plan, a mark must still not walk the
+    tenant's backlog through the queue index: only the primary key serves an id list."""
+    from metersync import sql as q
+
+    t = await _tenant(db)
+    await db.insert_readings(_readings(300, t), 300)
+    ids = [str(uuid.UUID(bytes=b)) for b in _readings(50, None).column(0).to_pylist()]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE meter_reading")
+        for mode in ("auto", "force_generic_plan"):
+            conn.execute(f"SET plan_cache_mode = {mode}")
+            for name, statement, args in (
+                ("mark", q.MARK_SYNCHRONIZED, "bigint, uuid[]"),
+                ("requeue", q.REQUEUE_IDS, "bigint, uuid[]"),
+                ("reject", q.MARK_REJECTED, "uuid[], text[], bigint, integer"),
+            ):
+                params = (ids, ["e"] * 50, t, 5) if name == "reject" else (t, ids)
+                numbered = statement
+                for i in range(1, 5):
+                    numbered = numbered.replace("%s", f"${i}", 1)
+                conn.execute(f"PREPARE {name}_{mode}({args}) AS {numbered}")
+                marks = ", ".join(f"%s::{t.strip()}" for t in args.split(","))
+                cur = psycopg.ClientCursor(conn)  # EXPLAIN EXECUTE takes no bind parameters
+                cur.execute(f"EXPLAIN EXECUTE {name}_{mode}({marks})", params)
+                plan = "\n".join(r[0] for r in cur.fetchall())
+                assert "meter_reading_pkey" in plan and "queue_idx" not in plan, plan
+
+
 async def test_marks_rejections_quarantine_and_requeue(db: SyncDatabase, dsn: str) -> None:
     t = await _tenant(db)
     await db.insert_readings(_readings(20, t), 100)

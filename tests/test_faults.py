@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 import pytest
-from metersync.db import SyncDatabase
 
 from fix_engine import Engine
+from metersync.db import SyncDatabase
 from metersync.errors import AuthError, MalformedPageError, PayloadTooLargeError, TenantBusyError
 from metersync.server import ServerThread
 from metersync.tenant_cache import TenantCache
@@ -256,10 +256,12 @@ async def test_marking_failure_resends_next_cycle(engine: Engine) -> None:
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["error"] and "marking batch 2 failed" in out["error"]
     assert out["confirmed"] == 6  # batch 1 marked, batch 2 sent but not marked
-    assert engine.server.rows(tenant) == 12
+    # Batch 3 may have been on the wire (overlap) when marking 2 failed: cancelled, unmarked.
+    assert engine.server.rows(tenant) in (12, 15)
     assert await engine.status_counts(tenant) == {"synchronized:true": 6, "pending:false": 9}
     report = await engine.uploader(tenant).upload()
-    assert (report.duplicates, report.inserted) == (6, 3)
+    assert report.duplicates >= 6
+    assert report.duplicates + report.inserted == 9
     assert engine.server.rows(tenant) == 15
     assert await engine.status_counts(tenant) == {"synchronized:true": 15}
 

@@ -586,7 +586,7 @@ def copy_binary(batch):
                     text = _check_text(col, c.nrows, i, False, &f)
                     size += text
                     per_row += 4
-                else:
+                elif col.kind in (KIND_DECIMAL, KIND_DATE, KIND_TIMESTAMP):
                     _check_copy_values(col, c.nrows, i, &f)
             if f.code:
                 _raise_failure(c, &f)
@@ -925,7 +925,7 @@ def json_rows(batch):
                 if col.kind == KIND_STRING or col.kind == KIND_LARGE_STRING:
                     text = _check_text(col, c.nrows, i, True, &f)
                     size += text
-                else:
+                elif col.kind in (KIND_FLOAT32, KIND_FLOAT64, KIND_DATE, KIND_TIMESTAMP):
                     _check_json_values(col, c.nrows, i, &f)
             if f.code:
                 _raise_failure(c, &f)
@@ -990,6 +990,7 @@ cdef enum:
     D_TIMESTAMP
     D_TRAILING
     D_TEXT_SIZE
+    D_TEXT_UTF8
 
 
 cdef struct DCol:
@@ -1198,14 +1199,17 @@ cdef bint _fill(const uint8_t* d, int64_t pos, DCol* cols, Py_ssize_t ncols, int
             elif col.kind == KIND_BOOL:
                 if p[0]:
                     col.data[r >> 3] |= 1 << (r & 7)
-            elif col.kind == KIND_STRING:
+            elif col.kind == KIND_STRING or col.kind == KIND_LARGE_STRING:
+                if not _utf8_valid(p, length):
+                    return _dfail(f, D_TEXT_UTF8, pos - length, c, 0)
+                if col.kind == KIND_LARGE_STRING:
+                    v = (<int64_t*>col.data)[r]
+                    memcpy(col.chars + v, p, length)
+                    (<int64_t*>col.data)[r + 1] = v + length
+                    continue
                 v = (<int32_t*>col.data)[r]
                 memcpy(col.chars + v, p, length)
                 (<int32_t*>col.data)[r + 1] = <int32_t>(v + length)
-            else:
-                v = (<int64_t*>col.data)[r]
-                memcpy(col.chars + v, p, length)
-                (<int64_t*>col.data)[r + 1] = v + length
     return True
 
 
@@ -1232,6 +1236,7 @@ _DECODE_TEXT = {
     D_TIMESTAMP: "column {name!r}: timestamp {value} has no Arrow form",
     D_TRAILING: "{value} bytes after the trailer",
     D_TEXT_SIZE: "column {name!r}: more text than a string array holds",
+    D_TEXT_UTF8: "column {name!r}: text is not valid UTF-8",
 }
 
 

@@ -416,6 +416,10 @@ class _ColumnBuilder:
         elif k == t.KIND_BOOL:
             self.bools.append(field[0] != 0)
         elif k in (t.KIND_STRING, t.KIND_LARGE_STRING):
+            try:
+                bytes(field).decode("utf-8")
+            except UnicodeDecodeError:
+                raise reader.fail(f"column {spec.name!r}: text is not valid UTF-8") from None
             self.data += field
             self.offsets.append(len(self.data))
         elif k == t.KIND_DECIMAL:

@@ -11,6 +11,7 @@ asserts they agree.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -277,14 +278,17 @@ def pg_to_arrow(
     without them is refused because decimal128 needs a fixed scale. Raises ``TypeError`` naming
     ``column`` for anything unsupported.
     """
-    name = type_name.strip().lower()
-    if "(" in name and name.endswith(")"):
-        base, _, args = name[:-1].partition("(")
-        name = base.strip()
-        if _PG_ALIASES.get(name) == "numeric" and precision is None:
-            parts = [p.strip() for p in args.split(",")]
-            precision = int(parts[0])
-            scale = int(parts[1]) if len(parts) > 1 else 0
+    # Split "numeric(18,4)", "varchar(20)", "timestamp(3) with time zone" into name + typmod.
+    match = re.fullmatch(
+        r"\s*([a-z0-9_ ]*?)\s*(?:\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?\))?\s*([a-z ]*?)\s*",
+        type_name.lower(),
+    )
+    if match is None:
+        raise TypeError(f"column {column!r}: PostgreSQL type {type_name!r} is not supported")
+    name = " ".join(f"{match[1]} {match[4]}".split())
+    if _PG_ALIASES.get(name) == "numeric" and precision is None and match[2] is not None:
+        precision = int(match[2])
+        scale = int(match[3]) if match[3] is not None else 0
     pg = _PG_ALIASES.get(name)
     if pg is None:
         raise TypeError(

@@ -262,14 +262,18 @@ class SyncDatabase:
         conn.adapters.register_dumper(UuidArray, _UuidArrayDumper)
 
     @classmethod
-    async def connect(cls, dsn: str, *, connect_timeout: float = 10.0) -> Self:
+    async def connect(cls, dsn: str, *, connect_timeout: float | None = None) -> Self:
         """Connect; an unreachable database raises :class:`DatabaseUnavailable` naming the
-        host and database (never the password)."""
+        host and database (never the password). ``connect_timeout`` (seconds) defaults to the
+        DSN's own, else 10."""
         where = describe_dsn(dsn)
+        extra: dict[str, Any] = {}
+        if connect_timeout is not None:
+            extra["connect_timeout"] = max(1, round(connect_timeout))
+        elif "connect_timeout" not in _params(dsn):
+            extra["connect_timeout"] = 10
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout))
-            )
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, **extra)
         except psycopg.ProgrammingError:
             raise ConfigError(f"invalid sync database DSN for {where}") from None
         except psycopg.OperationalError as exc:
@@ -809,11 +813,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _password(dsn: str) -> str | None:
+def _params(dsn: str) -> dict[str, Any]:
     try:
-        return conninfo_to_dict(dsn).get("password") or None
+        return conninfo_to_dict(dsn)
     except psycopg.Error:
-        return None
+        return {}
+
+
+def _password(dsn: str) -> str | None:
+    return _params(dsn).get("password") or None
 
 
 _FORBIDDEN = frozenset({"retry_count", "last_error", "is_synchronized", "sync_status"})

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -190,6 +191,44 @@ class DemoUI:
         return lambda completed: None
 
 
+class DemoInterrupted(Exception):
+    """Ctrl-C / SIGTERM: the demo stopped after the step in flight and cleaned up."""
+
+
+class _Stopper:
+    """Cooperative stop on SIGINT/SIGTERM: finish the batch, COPY or request in flight, then
+    unwind through the normal clean-up (cancelling mid-COPY would leave a connection busy).
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.parts: set[Any] = set()  # upload/download managers to ask for a stop
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request)
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def request(self) -> None:
+        if self.event.is_set():
+            return
+        log.warning("stop requested: finishing the step in flight, then cleaning up")
+        self.event.set()
+        for part in list(self.parts):
+            part.request_stop()
+        # The next Ctrl-C gets Python's default handler: KeyboardInterrupt, no more waiting.
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise DemoInterrupted("interrupted: everything started by the demo was shut down")
+
+
 def split_readings(total: int) -> list[tuple[DemoTenant, int, int]]:
     """Per tenant: (tenant, readings pending locally, readings preloaded on the server)."""
     if total < len(DEMO_TENANTS):
@@ -262,6 +301,8 @@ async def _run(
     from .server import AdminClient, ServerThread
 
     started = time.perf_counter()
+    stop = _Stopper()
+    stop.install()
     plan = split_readings(readings)
     keys = {t.tenant_id: f"sk_demo_{secrets.token_hex(16)}" for t, _, _ in plan}
     server = ServerThread(cs_dsn)
@@ -293,16 +334,18 @@ async def _run(
                         preloaded=preload,
                     )
                 )
-            await _generate(db, admin, plan, seed, ui)
+            await _generate(db, admin, plan, seed, ui, stop)
         await asyncio.to_thread(admin.reset_stats)
         if faults:
             await asyncio.to_thread(admin.set_faults, DEMO_FAULTS)
             ui.say(f"fault injection on: {DEMO_FAULTS}")
 
-        download_wall = await _phase(
-            "download", outcomes, keys, sync_dsn, server.base_url, faults, ui
-        )
-        upload_wall = await _phase("upload", outcomes, keys, sync_dsn, server.base_url, faults, ui)
+        stop.check()
+        url = server.base_url
+        download_wall = await _phase("download", outcomes, keys, sync_dsn, url, faults, ui, stop)
+        stop.check()
+        upload_wall = await _phase("upload", outcomes, keys, sync_dsn, url, faults, ui, stop)
+        stop.check()
 
         stats = await asyncio.to_thread(admin.stats)
         await asyncio.to_thread(admin.clear_faults)
@@ -310,6 +353,7 @@ async def _run(
     finally:
         admin.close()
         await asyncio.to_thread(server.stop)
+        stop.uninstall()
     counters = {
         k: int(stats.get(k, 0))
         for k in ("requests", "batches_received", "readings_received", "inserted",
@@ -328,7 +372,12 @@ async def _run(
 
 
 async def _generate(
-    db: Any, admin: Any, plan: list[tuple[DemoTenant, int, int]], seed: int, ui: DemoUI
+    db: Any,
+    admin: Any,
+    plan: list[tuple[DemoTenant, int, int]],
+    seed: int,
+    ui: DemoUI,
+    stop: _Stopper,
 ) -> None:
     """Insert each tenant's pending readings and bulk-load its preloaded ones on the server."""
     total = sum(local + preload for _, local, preload in plan)
@@ -337,6 +386,7 @@ async def _generate(
     for tenant, local, preload in plan:
         n = local + preload
         for chunk_no, start in enumerate(range(0, n, GENERATE_CHUNK)):
+            stop.check()
             rows = min(GENERATE_CHUNK, n - start)
             batch = reading_batch(
                 rows,
@@ -375,11 +425,15 @@ async def _phase(
     base_url: str,
     faults: bool,
     ui: DemoUI,
+    stop: _Stopper,
 ) -> float:
     """Run ``operation`` for every tenant concurrently until done; return the wall time."""
     started = time.perf_counter()
     await asyncio.gather(
-        *(_drain(operation, o, keys[o.tenant_id], sync_dsn, base_url, faults, ui) for o in outcomes)
+        *(
+            _drain(operation, o, keys[o.tenant_id], sync_dsn, base_url, faults, ui, stop)
+            for o in outcomes
+        )
     )
     return time.perf_counter() - started
 
@@ -392,6 +446,7 @@ async def _drain(
     base_url: str,
     faults: bool,
     ui: DemoUI,
+    stop: _Stopper,
 ) -> None:
     """Cycles of one operation for one tenant until nothing is left (or MAX_CYCLES)."""
     from .client import ClientSystemApiClient
@@ -415,6 +470,7 @@ async def _drain(
             part = manager.uploader if operation == "upload" else manager.downloader
             assert part is not None
             run = manager.upload_readings if operation == "upload" else manager.download_readings
+            stop.parts.add(part)
 
             async def refresh() -> None:
                 while True:
@@ -425,6 +481,8 @@ async def _drain(
             refresher = asyncio.create_task(refresh())
             try:
                 for _ in range(MAX_CYCLES):
+                    if stop.event.is_set():
+                        break
                     report = await run()
                     done += report.confirmed if operation == "upload" else report.inserted
                     cycles += 1
@@ -436,6 +494,7 @@ async def _drain(
                     elif done >= expected:
                         break
             finally:
+                stop.parts.discard(part)
                 refresher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await refresher

@@ -252,26 +252,32 @@ def copy_out(select: sql.Composable) -> sql.Composed:
     return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(select)
 
 
-# One UPDATE per batch, keyed by tenant_id; ``AND NOT is_synchronized`` makes a repeated mark
-# (crash between POST and mark, replay) write nothing and lets rowcount mean "newly marked".
-MARK_SYNCHRONIZED = """
+# One UPDATE per batch, keyed by tenant_id. ``is_synchronized IS NOT TRUE`` (the column is NOT
+# NULL, so it means NOT is_synchronized) makes a repeated mark (crash between POST and mark,
+# replay) write nothing and rowcount mean "newly marked". It is spelled so on purpose: ``NOT
+# is_synchronized`` would imply the queue index's predicate, and with statistics showing a short
+# queue (or a generic plan) PostgreSQL then picks the queue index with ``tenant_id = $1`` as its
+# only bound and walks the tenant's whole backlog for every mark. This way only the primary key
+# (one probe per id) can serve the id list (tests/test_db.py checks both plans).
+_NOT_SYNCED = "is_synchronized IS NOT TRUE"
+MARK_SYNCHRONIZED = f"""
 UPDATE meter_reading
 SET is_synchronized = true, sync_status = 'synchronized', last_error = NULL
-WHERE tenant_id = %s AND meter_reading_id = ANY(%s) AND NOT is_synchronized
+WHERE tenant_id = %s AND meter_reading_id = ANY(%s) AND {_NOT_SYNCED}
 """
 
 # One UPDATE for a batch's individual rejections; RETURNING tells how many reached quarantine.
-MARK_REJECTED = """
+MARK_REJECTED = f"""
 UPDATE meter_reading AS m
 SET sync_status = 'failed', retry_count = m.retry_count + 1, last_error = r.error
 FROM unnest(%s::uuid[], %s::text[]) AS r(id, error)
-WHERE m.tenant_id = %s AND m.meter_reading_id = r.id AND NOT m.is_synchronized
+WHERE m.tenant_id = %s AND m.meter_reading_id = r.id AND m.{_NOT_SYNCED}
 RETURNING m.retry_count >= %s
 """
 
-REQUEUE_IDS = """
+REQUEUE_IDS = f"""
 UPDATE meter_reading SET retry_count = 0, sync_status = 'pending'
-WHERE tenant_id = %s AND meter_reading_id = ANY(%s) AND NOT is_synchronized
+WHERE tenant_id = %s AND meter_reading_id = ANY(%s) AND {_NOT_SYNCED}
   AND (retry_count <> 0 OR sync_status <> 'pending')
 """
 REQUEUE_ALL = """

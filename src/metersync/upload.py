@@ -29,7 +29,6 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -105,6 +104,18 @@ def idempotency_key(tenant_id: int, ids: pa.Array) -> str:
     """
     digest = hashlib.sha256(b"".join(sorted(ids.to_pylist())))
     return f"ms1-{tenant_id}-{digest.hexdigest()[:40]}"
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A batch whose POST has started."""
+
+    batch: pa.RecordBatch
+    body: bytes
+    ids: pa.Array
+    batch_no: int
+    task: asyncio.Future[Any]
+    started: float
 
 
 class _Stop(Exception):
@@ -212,13 +223,6 @@ class MeterReadingUploadManager:
 
     # -- the cycle -----------------------------------------------------------------------------
 
-    def _budget_left(self, started: float) -> bool:
-        if self._stop_requested:
-            return False
-        if self.max_batches is not None and self.report.batches >= self.max_batches:
-            return False
-        return self.max_seconds is None or time.perf_counter() - started < self.max_seconds
-
     async def _fetch(self, size: int, exclude: list[bytes]) -> tuple[pa.RecordBatch, bytes]:
         batch = await self._db.fetch_unsynchronized(
             self.tenant_id,
@@ -234,51 +238,107 @@ class MeterReadingUploadManager:
         body = codec.json_rows(batch) if batch.num_rows else b"[]"
         return batch, body
 
-    async def _cycle(self, size: int, started: float) -> None:
-        rejected_ids: list[bytes] = []  # rejected in this cycle: not fetched again until next
-        batch, body = await self._fetch(size, rejected_ids)
-        while batch.num_rows and self._budget_left(started):
-            ids = batch.column(ID_COLUMN)
-            key = idempotency_key(self.tenant_id, ids)
-            failpoint("upload.before_post")
-            t_post = time.perf_counter()
-            post = asyncio.ensure_future(
-                self._client.post_batch(body, batch.num_rows, idempotency_key=key)
-            )
-            prefetch: Awaitable[tuple[pa.RecordBatch, bytes]] | None = None
-            prefetched: tuple[pa.RecordBatch, bytes] | BaseException | None = None
-            batch_no = self.report.batches + 1
-            more = self.max_batches is None or batch_no < self.max_batches
-            try:
-                if self.overlap and more:
-                    # The in-flight ids are not marked yet: exclude them from the next fetch.
-                    prefetch = self._fetch(size, rejected_ids + ids.to_pylist())
-                    try:
-                        prefetched = await prefetch
-                    except Exception as exc:  # finish the batch in flight first, then report
-                        prefetched = exc
-            except BaseException:  # cancelled: do not leave the POST running unobserved
-                post.cancel()
-                raise
-            result = await self._await_post(post, batch, body)
-            failpoint("upload.after_post")
-            await self._apply(batch, result, rejected_ids, batch_no, time.perf_counter() - t_post)
-            if isinstance(prefetched, BaseException):
-                raise _Stop(f"fetching the next batch failed: {prefetched}") from prefetched
-            if prefetched is not None:
-                batch, body = prefetched
-            elif self._budget_left(started):
-                batch, body = await self._fetch(size, rejected_ids)
-            else:
-                break
+    def _may_start(self, started: float, batches_started: int) -> bool:
+        """Whether another batch may be sent (stop request, batch and time budget)."""
+        if self._stop_requested:
+            return False
+        if self.max_batches is not None and batches_started >= self.max_batches:
+            return False
+        return self.max_seconds is None or time.perf_counter() - started < self.max_seconds
 
-    async def _await_post(
-        self, post: asyncio.Future[Any], batch: pa.RecordBatch, body: bytes
-    ) -> _Result:
-        n = batch.num_rows
+    def _start_post(self, batch: pa.RecordBatch, body: bytes, batch_no: int) -> _Flight:
+        ids = batch.column(ID_COLUMN)
+        key = idempotency_key(self.tenant_id, ids)
+        failpoint("upload.before_post")
+        task = asyncio.ensure_future(
+            self._client.post_batch(body, batch.num_rows, idempotency_key=key)
+        )
+        return _Flight(batch, body, ids, batch_no, task, time.perf_counter())
+
+    async def _cycle(self, size: int, started: float) -> None:
+        """The batch loop. With ``overlap``, the database work of one batch runs while the
+        next or the previous batch is on the wire::
+
+            POST k   ─────────────┐ POST k+1 ─────────────┐
+            fetch+encode k+1 ──┘  mark k ── fetch k+2 ──┘
+
+        The fetch of k+1 excludes batch k's ids (in flight, not marked yet); the POST of k+1
+        starts only after batch k's answer was checked, and batch k is marked while k+1 is
+        in flight. Without ``overlap`` every step waits for the previous one.
+        """
+        rejected_ids: list[bytes] = []  # rejected in this cycle: not fetched again until next
+        flights: list[_Flight] = []  # POSTs started and not yet settled (for cancellation)
+        try:
+            if not self._may_start(started, 0):
+                return
+            batch, body = await self._fetch(size, rejected_ids)
+            if not batch.num_rows:
+                return
+            flight: _Flight | None = self._start_post(batch, body, 1)
+            flights.append(flight)
+            while flight is not None:
+                prefetched: tuple[pa.RecordBatch, bytes] | None = None
+                prefetch_error: Exception | None = None
+                if self.overlap and self._may_start(started, flight.batch_no):
+                    try:
+                        prefetched = await self._fetch(size, rejected_ids + flight.ids.to_pylist())
+                    except Exception as exc:  # settle the batch in flight first, then stop
+                        prefetch_error = exc
+                result = await self._await_post(flight)
+                flights.remove(flight)
+                failpoint("upload.after_post")
+                confirmed_ids, rejected = self._check_answer(flight, result)
+                following: _Flight | None = None
+                if (
+                    prefetched is not None
+                    and prefetched[0].num_rows
+                    and self._may_start(started, flight.batch_no)
+                ):
+                    following = self._start_post(*prefetched, flight.batch_no + 1)
+                    flights.append(following)
+                await self._mark(flight, result, confirmed_ids, rejected, rejected_ids)
+                if prefetch_error is not None:
+                    raise _Stop(
+                        f"fetching the next batch failed: {type(prefetch_error).__name__}: "
+                        f"{prefetch_error}"
+                    ) from prefetch_error
+                if (
+                    following is None
+                    and not self.overlap
+                    and self._may_start(started, flight.batch_no)
+                ):
+                    batch, body = await self._fetch(size, rejected_ids)
+                    if batch.num_rows:
+                        following = self._start_post(batch, body, flight.batch_no + 1)
+                        flights.append(following)
+                flight = following
+        finally:
+            await self._settle_abandoned(flights)
+
+    async def _settle_abandoned(self, flights: list[_Flight]) -> None:
+        """POSTs still open when the cycle ends early (an error elsewhere): cancel them and
+        mark nothing. Their readings stay pending; if the Client System stored them anyway, the
+        next cycle's re-send is counted as duplicates and marked then."""
+        open_flights = [f for f in flights if not f.task.done()]
+        if not open_flights:
+            return
+        for flight in open_flights:
+            flight.task.cancel()
+        await asyncio.gather(*(f.task for f in open_flights), return_exceptions=True)
+        for flight in open_flights:
+            log.warning(
+                "tenant %s: batch %d was in flight when the cycle ended early; not marked, its "
+                "%d readings go again next cycle",
+                self.tenant_id,
+                flight.batch_no,
+                flight.batch.num_rows,
+            )
+
+    async def _await_post(self, flight: _Flight) -> _Result:
+        n = flight.batch.num_rows
         where = f"tenant {self.tenant_id}: batch of {n} readings"
         try:
-            return await post
+            return await flight.task
         except AuthError as exc:
             raise AuthError(
                 f"{where}: the Client System refused the API key (HTTP {exc.status}); "
@@ -287,7 +347,7 @@ class MeterReadingUploadManager:
             ) from exc
         except PayloadTooLargeError as exc:
             raise PayloadTooLargeError(
-                f"{where} ({len(body)} bytes) is larger than the Client System accepts "
+                f"{where} ({len(flight.body)} bytes) is larger than the Client System accepts "
                 f"(HTTP 413); lower the tenant's upload_batch_size "
                 f"(metersync tenant set {self.tenant_id} --upload-batch-size N). "
                 "No reading was marked.",
@@ -299,53 +359,54 @@ class MeterReadingUploadManager:
                 "No reading was marked.",
                 status=exc.status,
             ) from exc
-        except ClientSystemError as exc:
+        except (ClientSystemError, httpx.HTTPError) as exc:
             # Retries spent (timeouts, connection errors, 408/429/5xx) or counts that do not
             # add up: the whole batch failed. Nothing is marked, retry_count is not touched.
-            raise _Stop(
-                f"{where} failed as a whole ({type(exc).__name__}: {exc}); "
-                "nothing marked, the readings stay pending"
-            ) from exc
-        except httpx.HTTPError as exc:  # the client should wrap these; never mark on one
+            # (httpx errors should arrive wrapped by the client; never mark on one either way.)
             raise _Stop(
                 f"{where} failed as a whole ({type(exc).__name__}: {exc}); "
                 "nothing marked, the readings stay pending"
             ) from exc
 
-    async def _apply(
-        self,
-        batch: pa.RecordBatch,
-        result: _Result,
-        rejected_ids: list[bytes],
-        batch_no: int,
-        post_seconds: float,
-    ) -> None:
-        """Mark what the Client System confirmed and record what it rejected."""
-        ids = batch.column(ID_COLUMN)
-        n = batch.num_rows
+    def _check_answer(self, flight: _Flight, result: _Result) -> tuple[pa.Array, dict[str, str]]:
+        """The ids to mark synchronized and the rejections; ``_Stop`` if the answer is odd."""
+        ids = flight.ids
+        n = flight.batch.num_rows
         rejected = dict(result.rejected or {})
         confirmed_ids = ids
-        rej_bytes: list[bytes] = []
         if rejected:
             try:
                 rej_bytes = [uuid.UUID(s).bytes for s in rejected]
             except (ValueError, TypeError, AttributeError):
                 rej_bytes = []
-            sent = set(ids.to_pylist())
-            if len(rej_bytes) != len(rejected) or not set(rej_bytes) <= sent:
+            if len(rej_bytes) != len(rejected) or not set(rej_bytes) <= set(ids.to_pylist()):
                 raise _Stop(
-                    f"tenant {self.tenant_id}: batch {batch_no}: the Client System rejected ids "
-                    "that were not in the batch; answer treated as failed, nothing marked"
+                    f"tenant {self.tenant_id}: batch {flight.batch_no}: the Client System "
+                    "rejected ids that were not in the batch; answer treated as failed, "
+                    "nothing marked"
                 ) from InconsistentResponseError("rejected ids outside the batch")
-            mask = pc.invert(pc.is_in(ids, value_set=pa.array(rej_bytes, type=pa.binary(16))))
-            confirmed_ids = pc.filter(ids, mask)
-        confirmed = len(confirmed_ids)
-        if result.inserted + result.duplicates != confirmed:
+            value_set = pa.array(rej_bytes, type=pa.binary(16))
+            confirmed_ids = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=value_set)))
+        if result.inserted + result.duplicates != len(confirmed_ids):
             raise _Stop(
-                f"tenant {self.tenant_id}: batch {batch_no}: counts do not add up "
+                f"tenant {self.tenant_id}: batch {flight.batch_no}: counts do not add up "
                 f"({result.inserted} inserted + {result.duplicates} duplicates + "
                 f"{len(rejected)} rejected != {n} sent); nothing marked"
             ) from InconsistentResponseError("counts do not add up")
+        return confirmed_ids, rejected
+
+    async def _mark(
+        self,
+        flight: _Flight,
+        result: _Result,
+        confirmed_ids: pa.Array,
+        rejected: dict[str, str],
+        rejected_ids: list[bytes],
+    ) -> None:
+        """Mark what the Client System confirmed and record what it rejected (ONE statement
+        each)."""
+        n = flight.batch.num_rows
+        confirmed = len(confirmed_ids)
         quarantined = 0
         try:
             if confirmed:
@@ -354,28 +415,30 @@ class MeterReadingUploadManager:
                 failpoint("upload.after_mark")
                 if marked != confirmed:
                     log.warning(
-                        "tenant %s: batch %d: %d readings confirmed but %d marked "
-                        "(changed meanwhile by another worker or an operator?)",
+                        "tenant %s: batch %d: %d readings confirmed but %d newly marked "
+                        "(marked meanwhile by another worker or a previous cycle?)",
                         self.tenant_id,
-                        batch_no,
+                        flight.batch_no,
                         confirmed,
                         marked,
                     )
             if rejected:
                 texts = [str(uuid.UUID(s)) for s in rejected]
                 quarantined = await self._mark_rejected(texts, list(rejected.values()))
-                rejected_ids.extend(rej_bytes)
+                rejected_ids.extend(uuid.UUID(s).bytes for s in rejected)
         except Exception as exc:
             self._count(n, confirmed=0, inserted=0, duplicates=0, rejected=0, quarantined=0)
             log.error(
                 "tenant %s: batch %d was accepted by the Client System but marking it failed "
                 "(%s: %s); its readings go up again next cycle and count as duplicates",
                 self.tenant_id,
-                batch_no,
+                flight.batch_no,
                 type(exc).__name__,
                 exc,
             )
-            raise _Stop(f"marking batch {batch_no} failed: {type(exc).__name__}: {exc}") from exc
+            raise _Stop(
+                f"marking batch {flight.batch_no} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         self._count(
             n,
             confirmed=confirmed,
@@ -386,15 +449,15 @@ class MeterReadingUploadManager:
         )
         log.debug(
             "tenant %s upload batch %d: %d sent, %d inserted, %d duplicates, %d rejected "
-            "(%d quarantined), POST %.3f s",
+            "(%d quarantined), %.3f s since the POST started",
             self.tenant_id,
-            batch_no,
+            flight.batch_no,
             n,
             result.inserted,
             result.duplicates,
             len(rejected),
             quarantined,
-            post_seconds,
+            time.perf_counter() - flight.started,
         )
 
     async def _mark_rejected(self, ids: list[str], errors: list[str]) -> int:

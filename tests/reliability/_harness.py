@@ -212,6 +212,17 @@ def advisory_locks(dsn: str) -> int:
         )
 
 
+def sessions(dsn: str) -> int:
+    """Database sessions on ``dsn``'s database other than the caller's."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+        )
+
+
 def run(coro: Any) -> Any:
     """Run a coroutine from sync test code (no event loop is running there)."""
     return asyncio.run(coro)
@@ -275,11 +286,13 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120.0) -> tuple[str, st
     return out, err
 
 
-def sigkill(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL the worker (if still alive) and reap it."""
-    if proc.poll() is None:
+def sigkill(proc: subprocess.Popen[str]) -> bool:
+    """SIGKILL the worker and reap it; ``True`` if it was still running (a real kill)."""
+    alive = proc.poll() is None
+    if alive:
         os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
+    return alive and proc.returncode == -signal.SIGKILL
 
 
 def last_json(out: str) -> dict[str, Any]:

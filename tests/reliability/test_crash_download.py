@@ -43,16 +43,19 @@ def _failpoint_kills(world: World, hits: tuple[int, ...]) -> int:
     return kills
 
 
-def _random_kills(world: World, kills: int, seed: int) -> int:
+def _random_kills(world: World, rounds: int, seed: int) -> int:
+    """``rounds`` workers killed at a random moment; returns how many were still running."""
     rng = random.Random(seed)
-    for i in range(kills):
+    kills = 0
+    for i in range(rounds):
         world.server.set_faults(f"path=/api/sync/readings,delay=0.02,seed={i}")
         load_on_server(world, TENANT, rng.randint(20, 120), seed=10_000 + seed * 100 + i)
         proc = world.spawn("download", [TENANT])
         wait_for_line(proc, "ready")
         time.sleep(rng.uniform(0.0, 0.5))
-        sigkill(proc)
+        kills += sigkill(proc)
         check_download(world, TENANT, where=f"after random SIGKILL {i}")
+    assert kills >= 1, f"none of {rounds} workers was still running when killed"
     return kills
 
 
@@ -77,7 +80,7 @@ def test_download_survives_kills_mid_page(world: World) -> None:
     kills = _failpoint_kills(world, hits=(2,))
     kills += _random_kills(world, 3, seed=1)
     n = _complete(world)
-    assert kills >= 6
+    assert kills >= 4
     print(f"\ndownload kills survived: {kills}; readings downloaded: {n}")
 
 
@@ -88,5 +91,5 @@ def test_download_survives_kills_full(world: World) -> None:
     kills = _failpoint_kills(world, hits=(1, 2, 3, 5, 8))
     kills += _random_kills(world, 25, seed=3)
     n = _complete(world)
-    assert kills >= 40
+    assert kills >= 16
     print(f"\ndownload kills survived: {kills}; readings downloaded: {n}")

@@ -88,9 +88,11 @@ def _failpoint_kills(world: World, tenants: list[int], hits: tuple[int, ...]) ->
     return kills
 
 
-def _random_kills(world: World, tenants: list[int], kills: int, seed: int) -> int:
+def _random_kills(world: World, tenants: list[int], rounds: int, seed: int) -> int:
+    """``rounds`` workers killed at a random moment; returns how many were still running."""
     rng = random.Random(seed)
-    for i in range(kills):
+    kills = 0
+    for i in range(rounds):
         plan = FAULT_PLANS[i % len(FAULT_PLANS)]
         world.server.set_faults(f"{plan},seed={i}" if plan else f"seed={i}")
         for t in tenants:  # collectors keep writing: the queue never runs dry
@@ -98,8 +100,9 @@ def _random_kills(world: World, tenants: list[int], kills: int, seed: int) -> in
         proc = world.spawn("upload", tenants, args=["--read-timeout", "1.0"])
         wait_for_line(proc, "ready")
         time.sleep(rng.uniform(0.0, 0.6))
-        sigkill(proc)
+        kills += sigkill(proc)
         world.check(tenants, where=f"after random SIGKILL {i} (faults: {plan or 'none'})")
+    assert kills >= rounds // 2, f"only {kills} of {rounds} workers were still running"
     return kills
 
 
@@ -108,7 +111,7 @@ def test_upload_survives_kills_at_every_failpoint_and_at_random(world: World) ->
     kills = _failpoint_kills(world, tenants, hits=(1, 3))
     kills += _random_kills(world, tenants, 4, seed=1)
     stats = _complete(world, tenants)
-    assert kills >= 14
+    assert kills >= 12
     print(
         f"\nupload kills survived: {kills}; readings moved: {stats['inserted']}; "
         f"faults injected: {stats['faults_injected']}; duplicates absorbed: "
@@ -122,7 +125,7 @@ def test_upload_survives_kills_full(world: World) -> None:
     kills = _failpoint_kills(world, tenants, hits=(1, 2, 3, 5, 8))
     kills += _random_kills(world, tenants, 45, seed=7)
     stats = _complete(world, tenants)
-    assert kills >= 70
+    assert kills >= 48
     print(
         f"\nupload kills survived: {kills}; readings moved: {stats['inserted']}; "
         f"faults injected: {stats['faults_injected']}; duplicates absorbed: "

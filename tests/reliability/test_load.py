@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from _harness import REPO, World, advisory_locks
+from _harness import REPO, World, advisory_locks, sessions
 from _proxy import RecordingProxy, overlapping_ids
 
 SIZES = (10, 25, 50, 100, 250, 37, 64, 500)
@@ -110,3 +110,39 @@ def test_four_workers_eight_tenants(world: World) -> None:
 def test_four_workers_twenty_tenants_full(world: World) -> None:
     total = int(os.environ.get("METERSYNC_STRESS_READINGS", "2000000"))
     _run_load(world, 20, total // 20, timeout=7200, sizes=(100, 250, 500, 1000, 2000, 5000))
+
+
+def test_sessions_do_not_grow_with_tenants(world: World) -> None:
+    """One sync process over many tenants keeps a small, fixed number of database sessions.
+
+    Several processes share one PostgreSQL (max_connections is 100 by default): sessions that
+    grow with the tenant count (say, a LISTEN connection per tenant) cap how many tenants a
+    deployment can serve long before CPU or I/O do.
+    """
+    ids = [300 + i for i in range(20)]
+    for t in ids:
+        world.add_tenant(t, upload=50, server=True)
+        world.seed(t, 5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metersync", "-q", "sync", "--all-tenants", "--interval", "0.5"],
+        env=world.worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    peak = 0
+    try:
+        deadline = time.monotonic() + 90
+        while world.pending(ids) and time.monotonic() < deadline:
+            peak = max(peak, sessions(world.sync_dsn))
+            time.sleep(0.2)
+        for _ in range(5):  # a few more samples while it loops
+            peak = max(peak, sessions(world.sync_dsn))
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert world.pending(ids) == 0
+    assert peak <= 4, f"one sync process over {len(ids)} tenants held {peak} database sessions"

@@ -19,9 +19,8 @@ import sys
 import time
 
 import psutil
-import psycopg
 import pytest
-from _harness import REPO, World, advisory_locks
+from _harness import REPO, World, advisory_locks, sessions
 
 FAULTS = (
     "random=0.2:503,seed={i}",
@@ -32,16 +31,6 @@ FAULTS = (
     "",
 )
 TENANTS = (71, 72, 73)
-
-
-def _sessions(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return int(
-            conn.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ).fetchone()[0]
-        )
 
 
 def _soak(world: World, seconds: float) -> dict[str, float]:
@@ -58,8 +47,14 @@ def _soak(world: World, seconds: float) -> dict[str, float]:
         cwd=REPO,
     )
     ps = psutil.Process(proc.pid)
+    # The clock starts once the loop is really cycling (imports and start-up are not soak).
+    first = world.pending(TENANTS)
+    deadline = time.monotonic() + 120
+    while world.pending(TENANTS) >= first and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
     rss: list[tuple[float, int]] = []
-    sessions: list[tuple[float, int]] = []
+    session_samples: list[tuple[float, int]] = []
     started = time.monotonic()
     i = 0
     try:
@@ -70,7 +65,7 @@ def _soak(world: World, seconds: float) -> dict[str, float]:
                 world.seed(t, rng.randint(0, 40))
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             rss.append((now, ps.memory_info().rss))
-            sessions.append((now, _sessions(world.sync_dsn)))
+            session_samples.append((now, sessions(world.sync_dsn)))
             i += 1
             time.sleep(1.0)
         world.server.clear_faults()
@@ -88,15 +83,15 @@ def _soak(world: World, seconds: float) -> dict[str, float]:
     assert proc.returncode == 0, f"exit {proc.returncode} after SIGTERM: {err[-2000:]}"
     world.check(TENANTS, final=True, where="after the soak")
     assert advisory_locks(world.sync_dsn) == 0, "advisory locks left after stop"
-    assert _sessions(world.sync_dsn) == 0, "database sessions left after the worker exited"
+    assert sessions(world.sync_dsn) == 0, "database sessions left after the worker exited"
     # Warm-up: imports, connection pools, pymalloc arenas and the first full cycles under every
     # kind of fault. Growth compares the median RSS just after it with the last fifth.
     warm = seconds * 0.3
     base = [v for t, v in rss if warm <= t < seconds * 0.45] or [rss[len(rss) // 3][1]]
     tail = [v for t, v in rss if t >= seconds * 0.8] or [rss[-1][1]]
     growth = statistics.median(tail) / statistics.median(base) - 1.0
-    warm_sessions = max(v for t, v in sessions if t < warm)
-    late_sessions = max(v for t, v in sessions if t >= warm)
+    warm_sessions = max(v for t, v in session_samples if t < warm)
+    late_sessions = max(v for t, v in session_samples if t >= warm)
     assert late_sessions <= warm_sessions, (
         f"database sessions grew from {warm_sessions} to {late_sessions}: leaked connections"
     )

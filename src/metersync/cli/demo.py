@@ -13,6 +13,10 @@ from ._app import AppState, check_dsn_syntax, json_option, pass_state
 from .output import ExitCode, Output
 
 
+#: Exit code of a demo stopped by Ctrl-C or SIGTERM (the shell convention, 128 + SIGINT).
+INTERRUPTED = 130
+
+
 class _RichUI:
     """Feeds the demo's progress into one rich Progress display on stderr."""
 
@@ -66,7 +70,7 @@ def demo(
 ) -> int:
     """Two tenants, N wide readings, download + upload through the reference Client System,
     and a check that it holds every reading exactly once."""
-    from ..demo import run_demo
+    from ..demo import DemoInterrupted, run_demo
 
     if readings < 2 or readings > 50_000_000:
         raise ConfigError(f"invalid --readings {readings}: the valid range is 2..50000000")
@@ -82,10 +86,20 @@ def demo(
             logging.getLogger(name).setLevel(logging.ERROR)
     out = state.output
     ui = _RichUI(out)
-    with ui.progress:
-        result = run_demo(
-            readings, faults=faults, dsn=demo_dsn, data_dir=data_dir, keep=keep, seed=seed, ui=ui
-        )
+    try:
+        with ui.progress:
+            result = run_demo(
+                readings,
+                faults=faults,
+                dsn=demo_dsn,
+                data_dir=data_dir,
+                keep=keep,
+                seed=seed,
+                ui=ui,
+            )
+    except DemoInterrupted as exc:
+        out.error(str(exc))
+        return INTERRUPTED
     doc = result.document()
     if out.json_mode:
         out.emit_json(doc)

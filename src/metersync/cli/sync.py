@@ -313,7 +313,7 @@ def summary(out: Output, results: Sequence[OperationResult], seconds: float) -> 
             result_text = f"partial: {rep.rejected} rejected, {rep.quarantined} quarantined"
         batches = None if rep is None else (rep.batches if r.operation == "upload" else rep.pages)
         per_s = None
-        if rep is not None and rep.seconds > 0:
+        if rep is not None and rep.seconds > 0 and r.readings:
             per_s = r.readings / rep.seconds
         rows.append(
             [
