@@ -146,6 +146,8 @@ class Engine:
         kwargs.setdefault("backoff_base", 0.01)
         kwargs.setdefault("backoff_max", 0.05)
         kwargs.setdefault("max_retries", 2)
+        # Plain http on loopback: skip loading the CA bundle (~0.15 s of CPU per client).
+        kwargs.setdefault("verify", False)
         client = ClientSystemApiClient(self.server.base_url, self.keys[tenant_id], **kwargs)
         self.clients.append(client)
         return client

@@ -464,10 +464,11 @@ async def test_download_paging_order_cursor_and_isolation(reference_server: Serv
         while True:
             page = await a.get_readings(10, cursor)
             pages.append(page)
-            cursor = page.next_cursor
-            if cursor is None:
+            if page.next_cursor is None:
                 break
-        assert [len(p.readings) for p in pages] == [10, 10, 5]
+            cursor = page.next_cursor
+        # Every non-empty page carries its resume point; the empty page after the last says null.
+        assert [len(p.readings) for p in pages] == [10, 10, 5, 0]
         got = [r for p in pages for r in p.readings]
         assert [r["meter_reading_id"] for r in got] == [r["meter_reading_id"] for r in a_rows]
         assert {r["tenant_id"] for r in got} == {a_id}
@@ -484,15 +485,33 @@ async def test_download_paging_order_cursor_and_isolation(reference_server: Serv
     async with ClientSystemApiClient(reference_server.base_url, b_key) as b:
         page = await b.get_readings(10)
     assert [r["meter_reading_id"] for r in page.readings] == [r["meter_reading_id"] for r in b_rows]
-    assert page.next_cursor is None
+    assert page.next_cursor is not None
 
 
-async def test_exact_page_has_no_next_cursor(reference_server: ServerHandle) -> None:
+async def test_caught_up_client_resumes_after_its_cursor(reference_server: ServerHandle) -> None:
+    tenant_id, key = reference_server.new_tenant()
+    first = readings(3)
+    reference_server.load_readings(tenant_id, first)
+    async with ClientSystemApiClient(reference_server.base_url, key) as client:
+        page = await client.get_readings(10)
+        assert len(page.readings) == 3 and page.next_cursor is not None
+        caught_up = await client.get_readings(10, page.next_cursor)
+        assert caught_up.readings == [] and caught_up.next_cursor is None
+        later = readings(2, meter_id=9)
+        reference_server.load_readings(tenant_id, later)
+        new = await client.get_readings(10, page.next_cursor)
+    ids = [r["meter_reading_id"] for r in new.readings]
+    assert ids == [r["meter_reading_id"] for r in later]
+
+
+async def test_exact_page_then_empty_page(reference_server: ServerHandle) -> None:
     tenant_id, key = reference_server.new_tenant()
     reference_server.load_readings(tenant_id, readings(5))
     async with ClientSystemApiClient(reference_server.base_url, key) as client:
         page = await client.get_readings(5)
-    assert len(page.readings) == 5 and page.next_cursor is None
+        assert len(page.readings) == 5 and page.next_cursor is not None
+        rest = await client.get_readings(5, page.next_cursor)
+    assert rest.readings == [] and rest.next_cursor is None
 
 
 async def test_download_retries_5xx(reference_server: ServerHandle) -> None:

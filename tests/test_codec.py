@@ -82,6 +82,21 @@ def test_twins_identical_uuid_arrays(
     assert all(body[i * 20 : i * 20 + 4] == b"\x00\x00\x00\x10" for i in range(dim))
 
 
+def test_twins_identical_on_large_outputs(c_impl: ModuleType, py_impl: ModuleType) -> None:
+    """Outputs above the core's scratch-buffer size take its other allocation path."""
+    rows = 200
+    text = pa.array([f"{i:05d}" + 'é\n"' * 17_000 for i in range(rows)], pa.large_string())
+    batch = pa.RecordBatch.from_arrays(
+        [text, decimal_from_unscaled(list(range(-rows, rows, 2)), pa.decimal128(38, 6))],
+        names=["t", "n"],
+    ).slice(1)
+    copy = c_impl.copy_binary(batch)
+    assert len(copy) > 9 * 2**20
+    assert copy == py_impl.copy_binary(batch)
+    assert c_impl.json_rows(batch) == py_impl.json_rows(batch)
+    assert c_impl.from_copy_binary(copy, batch.schema).equals(batch)
+
+
 def test_uuid_array_chunked(impl: ModuleType) -> None:
     ids = [uuid.uuid4().bytes for _ in range(5)]
     chunked = pa.chunked_array([pa.array(ids[:2], pa.binary(16)), pa.array(ids[2:], pa.binary(16))])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -42,3 +43,32 @@ def test_demo_with_faults_verifies_exactly_once(pg_admin_dsn: str) -> None:
     # Lost responses after commit were absorbed by the Client System's idempotency.
     assert doc["server"]["inserted"] == doc["uploaded"]
     assert doc["upload_readings_per_s"] > 0 and doc["statements_per_100k_upload"] > 0
+
+
+def test_demo_stops_cleanly_on_sigterm(pg_admin_dsn: str) -> None:
+    import psycopg
+
+    def demo_databases() -> set[str]:
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'metersync_demo_%'"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    before = demo_databases()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+    env["METERSYNC_IMPL"] = metersync.__impl__
+    with subprocess.Popen(
+        [sys.executable, "-m", "metersync", "demo", "--readings", "500000", "--dsn", pg_admin_dsn],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait until the demo is under way
+            if "reference Client System on" in line:
+                break
+        assert len(demo_databases() - before) == 2  # sync + Client System scratch databases
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert demo_databases() == before  # both scratch databases dropped

@@ -108,12 +108,6 @@ EXTREMES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ClientSystemApiClient parses pages with orjson (float64: 15-17 digits); "
-    "numeric(18,4) needs exact parsing (metersync.page.loads_page) — page_to_batch refuses "
-    "the damaged values instead of storing them",
-)
 async def test_extreme_numeric_values_round_trip_through_the_client_system(engine: Engine) -> None:
     tenant = await engine.tenant(upload=10, download=10)
     await engine.seed(tenant, len(EXTREMES))

@@ -189,3 +189,19 @@ async def test_auto_sync_picks_up_new_readings(engine: Engine) -> None:
 
         assert await _until(all_synced)
     assert engine.server.rows(tenant) == 7
+
+
+async def test_status_reports_the_queue(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=5)
+    await engine.seed(tenant, 8)
+    async with SyncManager(
+        tenant_id=tenant, database=engine.db, api_client=engine.client(tenant), max_retries=3
+    ) as manager:
+        before = await manager.status()
+        await manager.upload_readings()
+        after = await manager.status()
+    assert before["queue"]["pending"] == 8 and before["queue"]["synchronized"] == 0
+    assert after["queue"]["pending"] == 0 and after["queue"]["synchronized"] == 8
+    assert before["last_cycle"] is None
+    assert set(after) >= {"queue", "last_cycle", "connectivity", "totals", "auto_sync"}
+    assert after["auto_sync"] is False

@@ -413,6 +413,8 @@ cdef class _Out:
         self.obj = _bytes_new(NULL, size)
         if self.obj == NULL:
             raise MemoryError()
+        if size >= SCRATCH_MAX:
+            ms_hugepage_hint(PyBytes_AS_STRING(<object>self.obj), size)
 
     cdef uint8_t* ptr(self):
         return <uint8_t*>PyBytes_AS_STRING(<object>self.obj)

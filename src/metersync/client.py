@@ -27,6 +27,7 @@ import email.utils
 import functools
 import gzip
 import ipaddress
+import json
 import logging
 import random
 import ssl
@@ -34,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -519,11 +521,17 @@ def _upload_result(response: httpx.Response, count: int, attempts: int) -> Uploa
     return UploadResult(inserted, duplicates, rejected, attempts)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
 def _download_page(response: httpx.Response) -> DownloadPage:
+    # Exact numbers, not orjson: float64 keeps 15-17 significant digits and numeric(18,4) has 18
+    # (99999999999999.9999 would come back damaged). Fractions become Decimal, integers int.
     try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedPageError(f"download page is not JSON: {exc}") from None
+        body = json.loads(response.content, parse_float=Decimal, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPageError(f"download page is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise MalformedPageError("download page is not a JSON object")
     readings, cursor = body.get("readings"), body.get("next_cursor", ...)

@@ -206,6 +206,7 @@ class DownloadManager:
                 result.skipped,
                 result.chunks,
             )
-            if page.next_cursor is None or page.next_cursor == cursor:
+            # No cursor, the same cursor, or a short page: the Client System has no more now.
+            if page.next_cursor is None or page.next_cursor == cursor or len(readings) < page_size:
                 break
             cursor = next_cursor

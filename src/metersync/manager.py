@@ -399,6 +399,8 @@ class SyncManager:
         settings = await self.cache.get(self.tenant_id)
         async with self._op_lock:
             queue = await self.db.queue_status(self.tenant_id, max_retries=self.config.max_retries)
+        if isinstance(queue, list):  # one tenant asked: one row (none if the tenant row is gone)
+            queue = queue[0] if queue else None
         last = None
         if self.last_cycle is not None:
             last = {

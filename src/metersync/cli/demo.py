@@ -12,7 +12,6 @@ from ..errors import ConfigError
 from ._app import AppState, check_dsn_syntax, json_option, pass_state
 from .output import ExitCode, Output
 
-
 #: Exit code of a demo stopped by Ctrl-C or SIGTERM (the shell convention, 128 + SIGINT).
 INTERRUPTED = 130
 

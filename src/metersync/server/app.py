@@ -367,7 +367,10 @@ async def download(request: web.Request) -> web.Response:
         first = orjson.loads(texts[0])
         first["meter_reading_id"] = "not-a-uuid"
         texts[0] = orjson.dumps(first)
-    cursor = encode_cursor(rows[min(limit, len(rows)) - 1][0]) if more else None
+    # The cursor is the resume point after the last reading served, on every non-empty page,
+    # so a client that caught up stores it and next time asks only for what is new; null
+    # means the page is empty (nothing after `after`): keep the cursor you have.
+    cursor = encode_cursor(rows[min(limit, len(rows)) - 1][0]) if rows else None
     state.counters["readings_served"] += len(texts)
     body = b'{"readings":[' + b",".join(texts) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
     return web.Response(body=body, content_type="application/json")
