@@ -58,7 +58,7 @@ class RecordingTransport(httpx.AsyncHTTPTransport):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(verify=False)  # plain http on loopback: no CA bundle to load
         self.posted: list[int] = []
         self.pages: list[tuple[int, int]] = []
 

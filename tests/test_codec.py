@@ -286,6 +286,22 @@ def test_unsupported_type_names_column_and_type(impl: ModuleType, type_: pa.Data
         impl.from_copy_binary(b"", batch.schema)
 
 
+def test_plan_cache_tells_lookalike_types_apart(impl: ModuleType) -> None:
+    """Same name, same storage format: a cached plan must not accept the unsupported twin."""
+    plain = pa.RecordBatch.from_arrays([pa.array([1, 2], pa.int32())], names=["x"])
+    assert impl.json_rows(plain) == b'[{"x":1},{"x":2}]'
+    coded = pa.RecordBatch.from_arrays([pa.array(["a", "b"]).dictionary_encode()], names=["x"])
+    with pytest.raises(TypeError, match="column 'x'"):
+        impl.json_rows(coded)
+    ids = pa.RecordBatch.from_arrays([pa.array([b"u" * 16], pa.binary(16))], names=["id"])
+    as_uuid = pa.RecordBatch.from_arrays(
+        [pa.ExtensionArray.from_storage(pa.uuid(), ids.column(0))], names=["id"]
+    )
+    assert impl.json_rows(ids) == impl.json_rows(as_uuid)
+    views = pa.RecordBatch.from_arrays([pa.array(["a", None], pa.string_view())], names=["s"])
+    assert impl.json_rows(views) == b'[{"s":"a"},{"s":null}]'
+
+
 def test_timestamp_unit_error_says_cast(impl: ModuleType) -> None:
     batch = one_column(pa.timestamp("ns", tz="UTC"), [0])
     with pytest.raises(TypeError, match=r"cast to timestamp\('us'"):

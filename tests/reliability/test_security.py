@@ -357,3 +357,56 @@ def test_tenant_cache_repr_hides_key(world: World) -> None:
 
     text = run(scenario())
     assert world.keys[TENANT] not in text
+
+
+async def test_cli_verifies_tls_and_takes_a_ca_bundle(
+    world: World, self_signed: tuple[Path, Path]
+) -> None:
+    """``metersync download`` against an https Client System with a self-signed certificate:
+    refused by default (exit 4, the key never sent), accepted with ``METERSYNC_CA_BUNDLE``."""
+    from aiohttp import web
+
+    cert, key = self_signed
+    seen_keys: list[str | None] = []
+
+    async def readings(request: web.Request) -> web.Response:
+        seen_keys.append(request.headers.get("X-API-Key"))
+        return web.json_response({"readings": [], "next_cursor": None})
+
+    await asyncio.to_thread(world.add_tenant, TENANT, upload=10, server=False)
+    app = web.Application()
+    app.router.add_get("/api/sync/readings", readings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/api"
+
+    async def cli(**env: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "metersync",
+            "download",
+            "--tenant",
+            str(TENANT),
+            env=world.worker_env(METERSYNC_API_URL=url, **env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        return proc.returncode or 0, err.decode()
+
+    try:
+        code, err = await cli()
+        assert code == 4, err[-2000:]
+        assert "certificate" in err.lower(), err[-2000:]
+        assert seen_keys == []  # the handshake failed before any request carried the key
+        code, err = await cli(METERSYNC_CA_BUNDLE=str(cert))
+        assert code == 0, err[-2000:]
+        assert seen_keys == [world.keys[TENANT]]
+    finally:
+        await runner.cleanup()
