@@ -186,8 +186,8 @@ def bench_insert_asyncpg_copy_records(benchmark, dsn, batch, rows, conn, truncat
 def bench_insert_executemany(benchmark, dsn, batch, rows, conn, truncate):
     """psycopg ``executemany`` of a one-row INSERT (pipelined), 1000 rows per call.
 
-    (A 1000-row ``VALUES`` list with ``%s`` placeholders was 8x slower still: 181 s for 50,000
-    wide rows, since psycopg re-parses a query of 45,000 parameters on every execute.)
+    (A 1000-row ``VALUES`` list with ``%s`` placeholders was slower still, 181 s for 50,000 wide
+    rows in one run, about 5x this: psycopg re-parses a 45,000-parameter query on every execute.)
     """
     cols = ", ".join(batch.schema.names)
     query = f"INSERT INTO meter_reading ({cols}) VALUES ({', '.join(['%s'] * batch.num_columns)})"

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from metersync.db import SyncDatabase
 
 from fix_engine import Engine
 from fix_pg import create_database, drop_database
+from metersync.db import SyncDatabase
 from metersync.manager import SyncManager
 
 

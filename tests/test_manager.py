@@ -6,9 +6,9 @@ import asyncio
 import logging
 
 import pytest
-from metersync.db import SyncDatabase
 
 from fix_engine import Engine
+from metersync.db import SyncDatabase
 from metersync.errors import ConfigError
 from metersync.manager import SyncConfig, SyncManager
 

@@ -6,10 +6,10 @@ import asyncio
 import logging
 
 import pytest
-from metersync.db import SyncDatabase
 
 from fix_engine import Engine
 from metersync.config import BatchConfig
+from metersync.db import SyncDatabase
 from metersync.tenant_cache import TenantCache, TenantSettings
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 
 import pyarrow as pa
 import pytest
-from metersync.db import SyncDatabase
 
 from fix_engine import Engine
+from metersync.db import SyncDatabase
 from metersync.errors import TenantBusyError
 from metersync.upload import MeterReadingUploadManager, idempotency_key
 
@@ -67,7 +68,7 @@ async def test_oldest_first(engine: Engine) -> None:
     seeded = await engine.seed(tenant, 12)
     await engine.uploader(tenant, max_batches=1).upload()
     order = seeded.sort_by([("created_at", "ascending")]).column("meter_reading_id")
-    oldest = {str(__import__("uuid").UUID(bytes=b)) for b in order.to_pylist()[:5]}
+    oldest = {str(uuid.UUID(bytes=b)) for b in order.to_pylist()[:5]}
     assert await engine.local_ids(tenant, "is_synchronized") == oldest
 
 
