@@ -1,4 +1,4 @@
-"""PostgreSQL fixtures: the embedded server (or METERSYNC_TEST_DSN) and a fresh database per test."""
+"""PostgreSQL fixtures: the embedded server (or METERSYNC_TEST_DSN), a fresh database per test."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The public surface: ``__all__`` is exactly what the daemon may import, and every name resolves."""
+"""The public surface: ``__all__`` is what the daemon may import, and every name resolves."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ EXPECTED = {
 
 def test_all_lists_the_public_api() -> None:
     assert set(metersync.__all__) == EXPECTED
+    assert set(metersync.__all__) - {"__impl__", "__version__"} == set(metersync._LAZY)
 
 
 def test_every_public_name_resolves_to_a_documented_object() -> None:

@@ -27,7 +27,18 @@ _LAZY: dict[str, str] = {
     "TenantCache": "metersync.tenant_cache",
 }
 
-__all__ = ["__impl__", "__version__", *sorted(_LAZY)]
+__all__ = [
+    "BatchConfig",
+    "ClientSystemApiClient",
+    "DownloadManager",
+    "MeterReadingUploadManager",
+    "SyncConfig",
+    "SyncDatabase",
+    "SyncManager",
+    "TenantCache",
+    "__impl__",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .client import ClientSystemApiClient
