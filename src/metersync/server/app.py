@@ -28,7 +28,8 @@ from psycopg_pool import PoolTimeout
 
 from ..errors import ConfigError
 from .faults import BATCH_PATH, FaultInjector, FaultPlan
-from .store import Store
+from .bodies import BodyError, UploadBody
+from .store import StagedReading, Store
 from .validation import reading_label, validate_reading
 
 log = logging.getLogger("metersync.server")
@@ -251,12 +252,10 @@ async def ingest(
 ) -> dict[str, Any] | web.Response:
     """Validate and store an upload body; the success answer, or an error response."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return _error(400, f"body is not valid JSON: {exc}")
-    readings = doc.get("readings") if isinstance(doc, dict) else None
-    if not isinstance(readings, list):
-        return _error(400, 'body must be {"readings": [reading objects]}')
+        body = UploadBody(raw)
+    except BodyError as exc:
+        return _error(400, str(exc))
+    readings = body.readings
     if len(readings) > state.max_batch:
         return _error(
             413, f"{len(readings)} readings in one batch; the maximum is {state.max_batch}"
@@ -264,11 +263,12 @@ async def ingest(
     state.counters["batches_received"] += 1
     state.counters["readings_received"] += len(readings)
     rejected: list[dict[str, str]] = []
-    ords: list[int] = []
+    staged: list[StagedReading] = []
     first_ord: dict[str, int] = {}  # lowercase id -> ordinal of its first valid occurrence
     repeats: list[tuple[int, int]] = []  # (ordinal, ordinal of the first occurrence)
     for i, reading in enumerate(readings, start=1):
-        error = validate_reading(reading, tenant_id)
+        # orjson parsed the values: its floats are finite (it refuses NaN and infinities).
+        error = validate_reading(reading, tenant_id, finite=True)
         if error is None and apply_faults:
             error = state.injector.rejection(reading)
         if error is not None:
@@ -279,12 +279,17 @@ async def ingest(
             repeats.append((i, first_ord[rid]))
             continue
         first_ord[rid] = i
-        ords.append(i)
-    try:
-        outcomes = await state.store.insert_batch(tenant_id, raw.decode("utf-8"), ords)
-    except psycopg.DataError as exc:
-        # e.g. "\u0000" in a string, which orjson accepts and jsonb does not.
-        return _error(400, f"body cannot be stored: {exc.diag.message_primary}")
+        staged.append(
+            StagedReading(
+                i,
+                rid,
+                reading["created_at"],
+                reading["meter_id"],
+                reading.get("meter_element_id"),
+                body.measurements_text(i - 1),
+            )
+        )
+    outcomes = await state.store.insert_batch(tenant_id, staged)
     inserted = duplicates = 0
     stored: set[int] = set()
     for row in outcomes:

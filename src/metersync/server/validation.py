@@ -40,8 +40,16 @@ def _is_int64(value: Any) -> bool:
     )
 
 
-def validate_reading(reading: Any, tenant_id: int) -> str | None:
-    """Return why ``reading`` cannot be stored for ``tenant_id``, or None when it is good."""
+# Value types a good reading may hold: the two identity strings, numbers, null.
+_GOOD_TYPES = frozenset({str, int, float, type(None)})
+
+
+def validate_reading(reading: Any, tenant_id: int, *, finite: bool = False) -> str | None:
+    """Return why ``reading`` cannot be stored for ``tenant_id``, or None when it is good.
+
+    ``finite=True`` says the floats are known to be finite (orjson refuses NaN and infinities),
+    which lets a good reading be passed by C-level type checks instead of a per-field loop.
+    """
     if not isinstance(reading, dict):
         return "reading is not a JSON object"
     rid = reading.get("meter_reading_id")
@@ -61,7 +69,13 @@ def validate_reading(reading: Any, tenant_id: int) -> str | None:
         return "meter_element_id must be a 64-bit integer or null"
     if "tenant_id" in reading and reading["tenant_id"] != tenant_id:
         return "tenant_id does not match the API key's tenant"
-    # Hot loop (40+ fields per reading): exact type checks first; bool is not a number here.
+    if finite:
+        # 40+ fields per reading: map() keeps the type scan in C. Exactly two strings (the id
+        # and the timestamp, checked above); bool is not in the set (it is not a number).
+        types = list(map(type, reading.values()))
+        if types.count(str) == 2 and _GOOD_TYPES.issuperset(types):
+            return None
+    # Exact type checks first; bool is not a number here.
     for name, value in reading.items():
         kind = type(value)
         if kind is float:
