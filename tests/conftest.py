@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
 
 import metersync
@@ -26,3 +29,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "stress" in item.keywords:
             item.add_marker(skip)
+
+
+_LOGGERS = ("", "metersync", "httpx", "httpcore", "aiohttp.access", "asyncio")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo logging set-up done by in-process CLI calls (``main()`` configures the root logger).
+
+    Without this, a test that runs the CLI in-process leaves a handler on a closed stream and
+    the ``metersync`` logger at WARNING, and later tests' ``caplog`` misses DEBUG/INFO records.
+    """
+    saved = {
+        name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers))
+        for name in _LOGGERS
+    }
+    yield
+    for name, (level, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)

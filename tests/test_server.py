@@ -208,8 +208,9 @@ def test_numbers_keep_their_text_and_shape_round_trips(reference_server: ServerH
     answer = post(reference_server, key, raw)
     assert answer.json() == {"success": True, "inserted": 1, "duplicates": 0, "rejected": []}
     page = get(reference_server, key, "limit=10")
-    assert b'"active_energy": 12.5000' in page.content
-    assert b'"power": -0.0010' in page.content
+    # The measurements come back as the text that went up (compact here), digits and all.
+    assert b'"active_energy":12.5000' in page.content
+    assert b'"power":-0.0010' in page.content
     (got,) = page.json()["readings"]
     assert got == {
         "meter_reading_id": rid,
@@ -258,12 +259,82 @@ def test_non_object_readings_rejected_individually(reference_server: ServerHandl
     ]
 
 
-def test_nul_character_in_a_stored_body_is_400(reference_server: ServerHandle) -> None:
+def test_nul_escapes_are_kept_as_text(reference_server: ServerHandle) -> None:
+    # Readings are stored as JSON text (not jsonb, which refuses \u0000): a NUL escape in a
+    # key, or elsewhere in the body, is no reason to refuse a good reading.
     _, key = reference_server.new_tenant()
-    good = reading(label_text_ignored=None)
-    raw = orjson.dumps({"readings": [good], "note": "\u0000"})
+    good = reading(**{"x\u0000": 7.2500})
+    raw = orjson.dumps({"readings": [good], "note": "\u0000"}).replace(b"7.25", b"7.2500")
     answer = post(reference_server, key, raw)
-    assert answer.status_code == 400 and "cannot be stored" in answer.json()["error"]
+    assert answer.json() == {"success": True, "inserted": 1, "duplicates": 0, "rejected": []}
+    page = get(reference_server, key, "limit=10")
+    assert b'"x\\u0000":7.2500' in page.content
+    assert page.json()["readings"][0]["x\u0000"] == 7.25
+
+
+_NUMBERS = b'"a":12.5000,"b":-0.0010,"c":99999999999999.9999,"d":null,"e":1E+2'
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "canonical",  # identity members first, compact: the fast path
+        "pretty",  # whitespace between tokens
+        "reordered",  # identity members after the measurements
+        "escaped_key",  # a key with an escape in it
+        "brace_in_string",  # a rejected reading with "}" inside a string
+        "nested",  # a rejected reading holding an object
+        "extra_key",  # another top-level key after the readings
+    ],
+)
+def test_exact_number_text_whatever_the_body_shape(
+    reference_server: ServerHandle, shape: str
+) -> None:
+    tenant_id, key = reference_server.new_tenant()
+    rid = str(uuid.uuid4())
+    ident = (
+        b'"meter_reading_id":"' + rid.encode() + b'","created_at":"2025-03-01T12:00:00Z",'
+        b'"meter_id":5,"meter_element_id":null'
+    )
+    good = b"{" + ident + b"," + _NUMBERS + b"}"
+    others: list[bytes] = []
+    tail = b""
+    if shape == "pretty":
+        good = b'{\n  "meter_reading_id" : "' + rid.encode() + b'",\t"created_at": '
+        good += b'"2025-03-01T12:00:00Z", "meter_id": 5, "meter_element_id": null, '
+        good += _NUMBERS.replace(b",", b" ,\r\n ") + b"\n}"
+    elif shape == "reordered":
+        good = b"{" + _NUMBERS + b"," + ident + b',"tenant_id":' + str(tenant_id).encode() + b"}"
+    elif shape == "escaped_key":
+        good = b"{" + ident + b',"f\\u00e9e":1.10,' + _NUMBERS + b"}"
+    elif shape == "brace_in_string":
+        others = [b'{"meter_reading_id":"},{","power":1}']
+    elif shape == "nested":
+        others = [b'{"meter_reading_id":"' + str(uuid.uuid4()).encode() + b'","x":{"y":1}}']
+    elif shape == "extra_key":
+        tail = b',"note":{"z":2}'
+    raw = b'{"readings":[' + b",".join([*others, good]) + b"]" + tail + b"}"
+    if shape == "pretty":
+        raw = b'{ "readings" : [ ' + good + b" ] }\n"
+    answer = post(reference_server, key, raw).json()
+    assert (answer["inserted"], answer["duplicates"], len(answer["rejected"])) == (
+        1,
+        0,
+        len(others),
+    )
+    page = get(reference_server, key, "limit=10")
+    for text in (b'"a":12.5000', b'"b":-0.0010', b'"c":99999999999999.9999', b'"e":1E+2'):
+        assert text in page.content.replace(b" ", b"")
+    (got,) = page.json()["readings"]
+    assert got["meter_reading_id"] == rid and got["created_at"] == "2025-03-01T12:00:00.000000Z"
+    assert (got["meter_id"], got["meter_element_id"], got["tenant_id"]) == (5, None, tenant_id)
+    assert (got["a"], got["d"], got["e"]) == (12.5, None, 100.0)
+    assert got.get("f\u00e9e", 1.1) == 1.1
+    expected_keys = {"meter_reading_id", "created_at", "meter_id", "meter_element_id"}
+    expected_keys |= {"tenant_id", "a", "b", "c", "d", "e"}
+    if shape == "escaped_key":
+        expected_keys.add("f\u00e9e")
+    assert set(got) == expected_keys
 
 
 def test_auth_and_health(reference_server: ServerHandle) -> None:

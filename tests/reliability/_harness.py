@@ -307,8 +307,8 @@ def last_json(out: str) -> dict[str, Any]:
 #
 # The Client System's pages are stable (ordered by its sequence), so the test pages through them
 # itself with the same page size and knows every valid (cursor, rows) pair: no cursor with no
-# row, or the cursor after page k with exactly the rows of pages 1..k — plus, since a last page
-# comes without a next cursor, the cursor after page n-1 with all rows. Anything else is a page
+# row, or the cursor after page k with exactly the rows of pages 1..k (and, should a last page
+# come without a cursor, the cursor after page n-1 with all rows). Anything else is a page
 # written without its cursor or a cursor moved past rows that were not committed.
 
 
@@ -340,12 +340,12 @@ def reference_pages(world: World, tenant_id: int, page: int) -> list[tuple[set[s
             "ORDER BY seq",
             (tenant_id,),
         ).fetchall()
-    pages: list[tuple[set[str], str | None]] = []
-    for start in range(0, len(rows), page):
-        chunk = rows[start : start + page]
-        more = start + page < len(rows)
-        pages.append(({r[1] for r in chunk}, encode_cursor(chunk[-1][0]) if more else None))
-    return pages
+    # Every non-empty page carries the resume point after its last reading (the contract since
+    # the Client System stopped answering null on a last page).
+    return [
+        ({r[1] for r in rows[s : s + page]}, encode_cursor(rows[s : s + page][-1][0]))
+        for s in range(0, len(rows), page)
+    ]
 
 
 def check_download(world: World, tenant_id: int, *, final: bool = False, where: str = "") -> int:

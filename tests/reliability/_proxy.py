@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import itertools
 import re
 import threading
@@ -85,7 +86,8 @@ class RecordingProxy:
                 async with session.request(
                     request.method,
                     self._origin + request.path_qs,
-                    data=body if body else None,
+                    # BytesIO: aiohttp warns (an error under pytest) on raw bytes > 1 MiB.
+                    data=io.BytesIO(body) if body else None,
                     headers=headers,
                 ) as upstream:
                     payload = await upstream.read()
@@ -116,7 +118,13 @@ class RecordingProxy:
                 if request.transport is not None:
                     request.transport.abort()
                 return web.Response(status=502)
-            return web.Response(status=status, body=payload, headers=out_headers)
+            # Streamed: web.Response(body=<bytes over 1 MiB>) warns, an error under pytest.
+            response = web.StreamResponse(status=status, headers=out_headers)
+            response.content_length = len(payload)
+            await response.prepare(request)
+            await response.write(payload)
+            await response.write_eof()
+            return response
 
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", forward)

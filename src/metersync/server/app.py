@@ -27,8 +27,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from psycopg_pool import PoolTimeout
 
 from ..errors import ConfigError
-from .faults import BATCH_PATH, FaultInjector, FaultPlan
 from .bodies import BodyError, UploadBody
+from .faults import BATCH_PATH, FaultInjector, FaultPlan
 from .store import StagedReading, Store
 from .validation import reading_label, validate_reading
 

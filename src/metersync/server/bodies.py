@@ -4,10 +4,9 @@ The server stores each reading's measurements as the JSON text the client sent (
 stays ``12.5000``: a float64 or a re-serialization would not keep it) and validates the values
 orjson parsed. Most bodies are the client's compact form, ``{"readings":[{...},{...}]}`` with
 flat objects whose identity members come first: for those the body is cut into per-reading
-texts with ``bytes.find`` and each text parsed on its own (no whole-body parse). Anything else
-takes the general path: orjson parses the whole body, and the exact text of a reading comes
-from re-slicing (checked against the parsed value) or, failing that, from Python's ``json``
-with number hooks, which hands back every number as written.
+texts with ``bytes.find`` (about a tenth of what parsing costs). Anything else takes a slower
+path: texts cut from the body are checked against the parsed values one by one or, failing
+that, Python's ``json`` with number hooks hands back every number as written.
 """
 
 from __future__ import annotations
@@ -25,12 +24,11 @@ _OPEN, _CLOSE, _COMMA = 0x7B, 0x7D, 0x2C  # '{', '}', ','
 # then everything after them. Values are matched loosely here: validation judges them.
 _PREFIX_RE = re.compile(
     rb'\{"meter_reading_id":"[^"\\]*","created_at":"[^"\\]*","meter_id":-?\d+,'
-    rb'"meter_element_id":(?:-?\d+|null)(?:,"tenant_id":-?\d+)?([,}])'
+    rb'"meter_element_id":(?:-?\d+|null)(,"tenant_id":-?\d+)?([,}])'
 )
 IDENTITY_FIELDS = frozenset(
     {"meter_reading_id", "created_at", "meter_id", "meter_element_id", "tenant_id"}
 )
-_IDENTITY_KEYS = tuple(f'"{name}"'.encode() for name in sorted(IDENTITY_FIELDS))
 
 
 class BodyError(ValueError):
@@ -70,19 +68,24 @@ def _split_objects(raw: bytes, pos: int, end: int | None) -> tuple[list[bytes], 
         pos = nxt + 1
 
 
-def _measurements_from_prefix(text: bytes) -> bytes | None:
-    """The measurements' text of a reading in canonical member order, else None."""
+def _measurements_from_prefix(text: bytes, reading: dict[str, Any]) -> bytes | None:
+    """The measurements' text of a valid reading whose identity members come first (the
+    client's order), else None."""
     match = _PREFIX_RE.match(text)
     if match is None:
         return None
-    if match.group(1) == b"}":
-        return b"{}"
-    rest = text[match.end() :]
-    if b"\\" in rest:  # an escaped key could spell an identity name: slow path
+    with_tenant = match.group(1) is not None
+    if with_tenant != ("tenant_id" in reading):  # tenant_id further on: slow path
         return None
-    for key in _IDENTITY_KEYS:
-        if key in rest:  # a repeated identity member (or a key merely containing one): slow path
-            return None
+    in_prefix = 5 if with_tenant else 4
+    if match.group(2) == b"}":
+        return b"{}" if len(reading) == in_prefix else None
+    rest = text[match.end() :]
+    # A valid reading's other values are numbers or null, so every '"' left belongs to a key.
+    # Without escapes, as many keys as the reading has members left means no key repeats, so
+    # no identity member hides among them: the text holds exactly the measurements.
+    if b"\\" in rest or rest.count(b'"') != 2 * (len(reading) - in_prefix):
+        return None
     return b"{" + rest
 
 
@@ -114,26 +117,23 @@ class UploadBody:
         self.readings: list[Any] = self._parse()
 
     def _parse(self) -> list[Any]:
-        raw = self._raw.rstrip()
-        if raw.startswith(_HEAD) and raw.endswith(b"]}"):
-            split = _split_objects(raw, len(_HEAD), len(raw) - 2)
-            if split is not None:
-                try:
-                    # The body is exactly these objects in the envelope: parsing each one
-                    # parses (and validates) the whole body.
-                    readings = [orjson.loads(t) for t in split[0]]
-                except orjson.JSONDecodeError:
-                    pass  # a cut inside a string, or bad JSON: the general path says which
-                else:
-                    self.texts = split[0]
-                    return readings
+        raw = self._raw
         try:
-            doc = orjson.loads(self._raw)
+            doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise BodyError(f"body is not valid JSON: {exc}") from None
         readings = doc.get("readings") if isinstance(doc, dict) else None
         if not isinstance(readings, list):
             raise BodyError('body must be {"readings": [reading objects]}')
+        body = raw.rstrip()
+        if body.startswith(_HEAD) and body.endswith(b"]}"):
+            # The client's form: one key, its array spans the body. A text ends at the first
+            # "}" after its "{", never past its reading's own end, so the texts cut each
+            # reading into one or more pieces; as many texts as readings means one each.
+            split = _split_objects(body, len(_HEAD), len(body) - 2)
+            if split is not None and len(split[0]) == len(readings):
+                self.texts = split[0]
+                return readings
         self.texts = self._aligned_texts(readings)
         return readings
 
@@ -157,7 +157,7 @@ class UploadBody:
         """The JSON text of reading ``index``'s measurements (every non-identity member), with
         every number exactly as uploaded. Only for readings that passed validation."""
         if self.texts is not None:
-            fast = _measurements_from_prefix(self.texts[index])
+            fast = _measurements_from_prefix(self.texts[index], self.readings[index])
             if fast is not None:
                 return fast
             return _render_exact(_exact_loads(self.texts[index]))

@@ -10,8 +10,11 @@ exact texts; a batch is one COPY into a per-connection temp table and one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
@@ -66,7 +69,7 @@ CREATE TEMP TABLE IF NOT EXISTS cs_staging (
 
 COPY_STAGING_SQL = (
     "COPY cs_staging (ord, meter_reading_id, created_at, meter_id, meter_element_id,"
-    " measurements) FROM STDIN"
+    " measurements) FROM STDIN (FORMAT binary)"
 )
 
 UPSERT_TENANT_SQL = """
@@ -116,42 +119,58 @@ ROWS_PER_TENANT_SQL = (
 )
 
 
-@dataclass(frozen=True)
-class StagedReading:
+class StagedReading(NamedTuple):
     """A validated reading ready for the batch insert (``ord`` is its 1-based position)."""
 
     ord: int
     meter_reading_id: str
-    created_at: str
+    created_at: str  # ISO 8601 with an offset (validated)
     meter_id: int
     meter_element_id: int | None
     measurements: bytes  # JSON object text, numbers as uploaded
 
 
-def _copy_text(value: bytes) -> bytes:
-    """``value`` escaped for COPY's text format (JSON text holds no other control bytes)."""
-    return (
-        value.replace(b"\\", b"\\\\")
-        .replace(b"\n", b"\\n")
-        .replace(b"\r", b"\\r")
-        .replace(b"\t", b"\\t")
-    )
+# Binary COPY: PostgreSQL reads lengths and fixed-width values instead of scanning every byte
+# of the ~1.2 KB text per reading for delimiters and escapes (about half the COPY time).
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+# Field count (6), then length and value of ord, meter_reading_id, created_at, meter_id.
+_ROW_HEAD = struct.Struct("!hiii16siqiq")
+_INT8_FIELD = struct.Struct("!iq")
+_LENGTH = struct.Struct("!i")
+_NULL_FIELD = b"\xff\xff\xff\xff"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def copy_data(rows: Sequence[StagedReading]) -> bytes:
-    """The COPY text-format stream of ``rows`` for :data:`COPY_STAGING_SQL`."""
-    return b"".join(
-        b"%d\t%s\t%s\t%d\t%s\t%s\n"
-        % (
-            r.ord,
-            r.meter_reading_id.encode(),
-            r.created_at.encode(),
-            r.meter_id,
-            b"\\N" if r.meter_element_id is None else b"%d" % r.meter_element_id,
-            _copy_text(r.measurements),
+def copy_rows(rows: Iterable[StagedReading]) -> bytes:
+    """The binary COPY tuples of ``rows`` (no header or trailer)."""
+    out = []
+    for r in rows:
+        created = datetime.fromisoformat(r.created_at.replace("Z", "+00:00"))
+        out.append(
+            _ROW_HEAD.pack(
+                6,
+                4,
+                r.ord,
+                16,
+                bytes.fromhex(r.meter_reading_id.replace("-", "")),
+                8,
+                (created - _PG_EPOCH) // _MICROSECOND,
+                8,
+                r.meter_id,
+            )
         )
-        for r in rows
-    )
+        element = r.meter_element_id
+        out.append(_NULL_FIELD if element is None else _INT8_FIELD.pack(8, element))
+        out.append(_LENGTH.pack(len(r.measurements)))
+        out.append(r.measurements)
+    return b"".join(out)
+
+
+def copy_data(rows: Iterable[StagedReading]) -> bytes:
+    """The whole binary COPY stream of ``rows`` for :data:`COPY_STAGING_SQL`."""
+    return _COPY_HEADER + copy_rows(rows) + _COPY_TRAILER
 
 
 async def _configure(conn: AsyncConnection) -> None:
@@ -207,10 +226,9 @@ class Store:
             row = await cur.fetchone()
         return None if row is None else int(row[0])
 
-    async def insert_batch(
-        self, tenant_id: int, rows: Sequence[StagedReading]
-    ) -> list[RowOutcome]:
-        """Insert ``rows`` for ``tenant_id`` (distinct ids): COPY, then one INSERT ... SELECT."""
+    async def insert_batch(self, tenant_id: int, rows: Sequence[StagedReading]) -> list[RowOutcome]:
+        """Insert ``rows`` (distinct lowercase ids) for ``tenant_id``: one binary COPY into the
+        staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
         if not rows:
             return []
         async with self._pool.connection() as conn, conn.transaction():
@@ -219,19 +237,17 @@ class Store:
                 await copy.write(copy_data(rows))
             await cur.execute(INSERT_BATCH_SQL, (tenant_id,))
             inserted = {rid for (rid,) in await cur.fetchall()}
-            missed = [r.meter_reading_id for r in rows if r.meter_reading_id.lower() not in inserted]
+            missed = [r.meter_reading_id for r in rows if r.meter_reading_id not in inserted]
             owners: dict[str, int] = {}
             if missed:
                 await cur.execute(OWNERS_SQL, (missed,))
                 owners = {rid: int(t) for rid, t in await cur.fetchall()}
-        outcomes = []
-        for r in rows:
-            rid = r.meter_reading_id.lower()
-            if rid in inserted:
-                outcomes.append(RowOutcome(r.ord, True, None))
-            else:
-                outcomes.append(RowOutcome(r.ord, False, owners.get(rid)))
-        return outcomes
+        return [
+            RowOutcome(r.ord, True, None)
+            if r.meter_reading_id in inserted
+            else RowOutcome(r.ord, False, owners.get(r.meter_reading_id))
+            for r in rows
+        ]
 
     async def page(self, tenant_id: int, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` readings of the tenant after ``after_seq``: (seq, JSON text)."""
