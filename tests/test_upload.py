@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from typing import Any
 
+import orjson
 import pyarrow as pa
 import pytest
 
 from fix_engine import Engine
+from metersync.client import ClientSystemApiClient
 from metersync.db import SyncDatabase
 from metersync.errors import TenantBusyError
 from metersync.upload import MeterReadingUploadManager, idempotency_key
@@ -134,3 +137,166 @@ def test_arguments_are_checked() -> None:
         MeterReadingUploadManager(None, None, None, tenant_id=1, max_retries=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_batches"):
         MeterReadingUploadManager(None, None, None, tenant_id=1, max_batches=0)  # type: ignore[arg-type]
+
+
+class _WatchingClient:
+    """The real client, watched: records every batch's ids, the sets in flight at once, and
+    the ids of every batch the Client System answered successfully.
+
+    Raises at once if a POST starts carrying an id that another POST in flight carries.
+    ``on_post(n)`` runs just before the n-th POST (1-based) goes out.
+    """
+
+    def __init__(self, client: ClientSystemApiClient, on_post: Any = None) -> None:
+        self._client = client
+        self._on_post = on_post
+        self.batches: list[set[str]] = []
+        self.in_flight: list[set[str]] = []
+        self.most_in_flight = 0
+        self.answered: set[str] = set()
+
+    async def post_batch(self, readings_json: bytes, count: int, *, idempotency_key: str) -> Any:
+        ids = {row["meter_reading_id"] for row in orjson.loads(readings_json)}
+        assert len(ids) == count
+        for other in self.in_flight:
+            assert not ids & other, "a reading is in two batches in flight at once"
+        self.batches.append(ids)
+        if self._on_post is not None:
+            self._on_post(len(self.batches))
+        self.in_flight.append(ids)
+        self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        try:
+            result = await self._client.post_batch(
+                readings_json, count, idempotency_key=idempotency_key
+            )
+        finally:
+            self.in_flight.remove(ids)
+        self.answered |= ids
+        return result
+
+
+@pytest.mark.parametrize("in_flight", [2, 3])
+async def test_concurrent_posts_deliver_each_reading_once(engine: Engine, in_flight: int) -> None:
+    tenant = await engine.tenant(upload=6)
+    await engine.seed(tenant, 80)
+    # Slow answers make sure the window really fills up.
+    engine.server.set_faults("delay=0.03")
+    client = _WatchingClient(engine.client(tenant))
+    report = await engine.uploader(tenant, client=client, max_in_flight=in_flight).upload()
+    assert report.error is None
+    assert client.most_in_flight == in_flight
+    assert (report.batches, report.readings_sent, report.confirmed) == (14, 80, 80)
+    assert (report.inserted, report.duplicates, report.rejected) == (80, 0, 0)
+    # Each reading in exactly one batch, each batch received once, all of them marked.
+    sent = [i for ids in client.batches for i in ids]
+    assert len(sent) == len(set(sent)) == 80
+    stats = engine.server.stats()
+    assert (stats["batches_received"], stats["readings_received"]) == (14, 80)
+    assert await engine.status_counts(tenant) == {"synchronized:true": 80}
+    assert await engine.server_ids(tenant) == await engine.local_ids(tenant) == set(sent)
+    # Still one fetch and one mark per batch (+ the empty fetch, lock/unlock, the cache).
+    assert report.statements <= 2 * 14 + 10
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+async def test_budget_bounds_batches_started_with_concurrent_posts(
+    engine: Engine, in_flight: int
+) -> None:
+    tenant = await engine.tenant(upload=4)
+    await engine.seed(tenant, 40)
+    client = _WatchingClient(engine.client(tenant))
+    uploader = engine.uploader(tenant, client=client, max_batches=3, max_in_flight=in_flight)
+    report = await uploader.upload()
+    assert (report.batches, report.readings_sent, report.error) == (3, 12, None)
+    assert len(client.batches) == 3
+    assert await engine.status_counts(tenant) == {"synchronized:true": 12, "pending:false": 28}
+
+
+@pytest.mark.parametrize("in_flight", [2, 3])
+async def test_stop_request_settles_and_marks_the_flights_in_the_air(
+    engine: Engine, in_flight: int
+) -> None:
+    tenant = await engine.tenant(upload=5)
+    await engine.seed(tenant, 60)
+    engine.server.set_faults("delay=0.03")
+    uploader: MeterReadingUploadManager
+
+    def stop_at(n: int) -> None:
+        if n == 2:
+            uploader.request_stop()
+
+    client = _WatchingClient(engine.client(tenant), on_post=stop_at)
+    uploader = engine.uploader(tenant, client=client, max_in_flight=in_flight)
+    report = await uploader.upload()
+    assert report.error is None
+    # The POST during which the stop came still goes out; nothing starts after it.
+    assert len(client.batches) == report.batches == 2
+    sent = client.batches[0] | client.batches[1]
+    assert await engine.local_ids(tenant, "is_synchronized") == sent
+    assert await engine.status_counts(tenant) == {"synchronized:true": 10, "pending:false": 50}
+
+
+@pytest.mark.parametrize("in_flight", [2, 3])
+async def test_failure_mid_cycle_marks_only_confirmed_readings(
+    engine: Engine, in_flight: int
+) -> None:
+    tenant = await engine.tenant(upload=5)
+    await engine.seed(tenant, 60)
+    engine.server.set_faults("delay=0.02")
+
+    def fail_from(n: int) -> None:
+        if n == 4:  # the 4th POST and everything after it fail beyond the client's retries
+            engine.server.set_faults("fail=1000:503")
+
+    client = _WatchingClient(engine.client(tenant), on_post=fail_from)
+    report = await engine.uploader(tenant, client=client, max_in_flight=in_flight).upload()
+    assert report.error is not None and "failed as a whole" in report.error
+    synced = await engine.local_ids(tenant, "is_synchronized")
+    failed_batch = client.batches[3]
+    # Marked: only readings whose batch the Client System answered (and so stored).
+    assert synced <= client.answered
+    assert synced <= await engine.server_ids(tenant)
+    assert not synced & failed_batch
+    assert client.batches[0] <= synced  # the first batch was answered before the fault
+    assert report.confirmed == report.inserted == len(synced)
+    assert await engine.status_counts(tenant) == {
+        "synchronized:true": len(synced),
+        "pending:false": 60 - len(synced),
+    }
+    # The next cycle sends the rest; whatever the server stored unmarked counts as duplicates.
+    engine.server.clear_faults()
+    again = await engine.uploader(tenant, max_in_flight=in_flight).upload()
+    assert again.error is None
+    assert again.confirmed == 60 - len(synced)
+    assert await engine.status_counts(tenant) == {"synchronized:true": 60}
+    assert await engine.server_ids(tenant) == await engine.local_ids(tenant)
+
+
+@pytest.mark.parametrize("in_flight", [2, 3])
+async def test_rejections_are_excluded_within_the_cycle(engine: Engine, in_flight: int) -> None:
+    tenant = await engine.tenant(upload=7)
+    seeded = await engine.seed(tenant, 50, meters=5)
+    meter = seeded.column("meter_id")[0].as_py()
+    bad = sum(1 for m in seeded.column("meter_id").to_pylist() if m == meter)
+    assert 0 < bad < 50
+    engine.server.set_faults(f"reject=meter_id:{meter},delay=0.02")
+    client = _WatchingClient(engine.client(tenant))
+    report = await engine.uploader(
+        tenant, client=client, max_retries=3, max_in_flight=in_flight
+    ).upload()
+    assert report.error is None
+    assert (report.rejected, report.confirmed, report.quarantined) == (bad, 50 - bad, 0)
+    # Every reading sent exactly once in the cycle, rejected ones included.
+    sent = [i for ids in client.batches for i in ids]
+    assert len(sent) == len(set(sent)) == 50
+    assert engine.server.stats()["readings_received"] == 50
+    assert await engine.status_counts(tenant) == {
+        "synchronized:true": 50 - bad,
+        "failed:false": bad,
+    }
+
+
+def test_max_in_flight_is_checked() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_in_flight"):
+            MeterReadingUploadManager(None, None, None, tenant_id=1, max_in_flight=bad)  # type: ignore[arg-type]

@@ -57,6 +57,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from . import codec
 from . import sql as q
+from ._failpoints import failpoint
 from ._types import as_batch, is_uuid
 from .config import (
     DEFAULT_DOWNLOAD_BATCH_SIZE,
@@ -650,6 +651,7 @@ class SyncDatabase:
                 if prepared.num_rows
                 else InsertResult(0, 0, 0)
             )
+            failpoint("download.before_commit")
             await self._execute(q.UPSERT_CURSOR, (tenant_id, next_cursor))
         return result
 

@@ -55,6 +55,8 @@ class SyncConfig:
     max_seconds_per_cycle: float | None = None
     max_pages_per_cycle: int | None = None
     overlap: bool = True
+    #: POSTs of the tenant in flight at once during an upload (``MeterReadingUploadManager``).
+    max_in_flight: int = 2
 
     def __post_init__(self) -> None:
         if self.tenant_id is None or isinstance(self.tenant_id, bool):
@@ -69,6 +71,8 @@ class SyncConfig:
             )
         if self.max_retries < 1:
             raise ConfigError(f"SyncConfig: max_retries must be >= 1, got {self.max_retries}")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"SyncConfig: max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.connectivity_check_interval_ms <= 0:
             raise ConfigError(
                 "SyncConfig: connectivity_check_interval_ms must be > 0, "
@@ -190,6 +194,7 @@ class SyncManager:
                 max_batches=cfg.max_batches_per_cycle,
                 max_seconds=cfg.max_seconds_per_cycle,
                 overlap=cfg.overlap,
+                max_in_flight=cfg.max_in_flight,
             )
             self.downloader = DownloadManager(
                 self.db,

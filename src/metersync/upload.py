@@ -9,10 +9,14 @@ One cycle, under the tenant's upload lock::
           → ONE UPDATE recording the individually rejected ones (if any)
     until the queue is empty, the budget (batches, seconds) is spent, or a stop was requested.
 
-Overlap: while batch *k* is in flight, batch *k+1* is fetched and encoded. The prefetch excludes
-batch *k*'s ids explicitly (they are not marked yet) and the ids rejected earlier in the cycle
-(they are ``failed`` but still in the queue until quarantined), so no reading is ever in two
-batches of one cycle; across processes the per-tenant advisory lock does the same job.
+Overlap and the in-flight window: up to ``max_in_flight`` POSTs of one tenant are on the wire at
+once (default 2: the reference Client System spends ~40 % of a request in PostgreSQL, so two
+requests overlap well). The oldest flight is always settled first (FIFO), and while POSTs are in
+flight the next batch is fetched and encoded and the settled one is marked. Every fetch excludes
+the ids rejected earlier in the cycle (``failed`` but still in the queue until quarantined) and
+the ids of every batch in flight or answered but not yet marked, so no reading is ever in two
+batches of one cycle; across processes the per-tenant advisory lock does the same job. A reading
+is marked only after the answer to the batch that carried it confirmed it.
 
 Failure rules (spec §4): a batch that fails as a whole (retries spent on timeouts, connection
 errors, 408/429/5xx, or an answer whose counts do not add up) marks nothing, does not touch
@@ -20,6 +24,11 @@ errors, 408/429/5xx, or an answer whose counts do not add up) marks nothing, doe
 A refused key (401/403), a 413 or a 400 raise, because only an operator can fix them. A marking
 failure after a successful POST is logged and ends the cycle; the readings go up again next
 cycle and the Client System counts them as duplicates (same Idempotency-Key too).
+
+When the cycle ends early on such an error, the *other* POSTs still in flight are cancelled and
+marked nothing (even if the Client System stored them: the next cycle's re-send is counted as
+duplicates and marked then). A stop request, a spent budget or a failed fetch only stop new
+POSTs: the flights already started are awaited and marked one by one, oldest first.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -129,8 +139,10 @@ class MeterReadingUploadManager:
     :class:`~metersync.client.ClientSystemApiClient` holding the tenant's key; ``cache`` the
     :class:`TenantCache` the batch size comes from (read once per cycle). ``max_retries`` is the
     number of individual rejections after which a reading is quarantined. ``max_batches`` and
-    ``max_seconds`` bound one cycle (``None``: until the queue is empty). ``overlap`` fetches
-    and encodes the next batch while the current one is in flight.
+    ``max_seconds`` bound the number of batches one cycle starts (``None``: until the queue is
+    empty). ``overlap`` fetches, encodes and marks while POSTs are in flight, with up to
+    ``max_in_flight`` POSTs on the wire at once (1: one at a time); without ``overlap`` every
+    step waits for the previous one and ``max_in_flight`` does not matter.
 
     When another worker holds the tenant's upload lock, :meth:`upload` raises
     :class:`TenantBusyError` at once without touching anything: two uploaders never send the
@@ -148,6 +160,7 @@ class MeterReadingUploadManager:
         max_batches: int | None = None,
         max_seconds: float | None = None,
         overlap: bool = True,
+        max_in_flight: int = 2,
     ) -> None:
         if max_retries < 1:
             raise ValueError(f"max_retries must be >= 1, got {max_retries}")
@@ -155,6 +168,12 @@ class MeterReadingUploadManager:
             raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
+        if (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         self._db = db
         self._client = client
         self._cache = cache
@@ -163,12 +182,15 @@ class MeterReadingUploadManager:
         self.max_batches = max_batches
         self.max_seconds = max_seconds
         self.overlap = overlap
+        self.max_in_flight = max_in_flight
         self._stop_requested = False
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = UploadReport(tenant_id=tenant_id)
 
     def request_stop(self) -> None:
-        """Finish the batch in flight (POST and mark), then end the cycle. Idempotent."""
+        """Start no new batch; finish those in flight (POST and mark), then end the cycle.
+
+        Idempotent."""
         self._stop_requested = True
 
     async def upload(self) -> UploadReport:
@@ -256,64 +278,93 @@ class MeterReadingUploadManager:
         return _Flight(batch, body, ids, batch_no, task, time.perf_counter())
 
     async def _cycle(self, size: int, started: float) -> None:
-        """The batch loop. With ``overlap``, the database work of one batch runs while the
-        next or the previous batch is on the wire::
+        """The batch loop around a FIFO window of at most ``W`` POSTs: 1 until the first
+        answer of the cycle was good, then ``N = max_in_flight``.
 
-            POST k   ─────────────┐ POST k+1 ─────────────┐
-            fetch+encode k+1 ──┘  mark k ── fetch k+2 ──┘
+        ::
 
-        The fetch of k+1 excludes batch k's ids (in flight, not marked yet); the POST of k+1
-        starts only after batch k's answer was checked, and batch k is marked while k+1 is
-        in flight. Without ``overlap`` every step waits for the previous one.
+            fill:    while < W in flight and may start: fetch (excluding) → start POST
+            overlap: fetch+encode the next batch while the window is on the wire
+            settle:  await the OLDEST POST → check its answer
+            refill:  start the prefetched batch (the wire stays busy) → mark the oldest
+
+            N=2:  POST k   ───────────┐ POST k+2 ────────────
+                  POST k+1 ──────────────────────┐
+                  fetch k+2 ──┘  mark k ── fetch k+3 ──┘ mark k+1 ...
+
+        Every fetch excludes the ids in the window and those rejected in this cycle; the only
+        answered-but-unmarked batch is the oldest, between its settle and its mark, and no fetch
+        runs then (the refill uses a batch fetched while it was still in the window). Without
+        ``overlap``: N=1, no prefetch, so fetch → POST → mark strictly one after the other.
         """
+        # One POST until the Client System has answered one batch of this cycle well: a wrong
+        # key, a 413 or a 400 then costs a single request, as with one POST at a time.
+        width = 1
         rejected_ids: list[bytes] = []  # rejected in this cycle: not fetched again until next
-        flights: list[_Flight] = []  # POSTs started and not yet settled (for cancellation)
-        try:
-            if not self._may_start(started, 0):
-                return
-            batch, body = await self._fetch(size, rejected_ids)
+        window: deque[_Flight] = deque()  # POSTs started and not yet settled, oldest first
+        count = 0  # batches started (the batch budget)
+        drained = False  # a fetch came back empty: the queue (minus exclusions) is done
+        fetch_error: Exception | None = None  # stops new POSTs; raised once the window is done
+
+        def may_start() -> bool:
+            return not drained and fetch_error is None and self._may_start(started, count)
+
+        async def fetch() -> tuple[pa.RecordBatch, bytes] | None:
+            """The next batch to send, or ``None`` when there is none (or the fetch failed
+            while POSTs are in flight: those are settled first, then the cycle stops)."""
+            nonlocal drained, fetch_error
+            exclude = rejected_ids + [i for f in window for i in f.ids.to_pylist()]
+            try:
+                batch, body = await self._fetch(size, exclude)
+            except Exception as exc:
+                if not window:
+                    raise
+                log.warning(
+                    "tenant %s: fetching the next batch failed (%s: %s); settling the %d "
+                    "batches in flight, then ending the cycle",
+                    self.tenant_id,
+                    type(exc).__name__,
+                    exc,
+                    len(window),
+                )
+                fetch_error = exc
+                return None
             if not batch.num_rows:
-                return
-            flight: _Flight | None = self._start_post(batch, body, 1)
-            flights.append(flight)
-            while flight is not None:
-                prefetched: tuple[pa.RecordBatch, bytes] | None = None
-                prefetch_error: Exception | None = None
-                if self.overlap and self._may_start(started, flight.batch_no):
-                    try:
-                        prefetched = await self._fetch(size, rejected_ids + flight.ids.to_pylist())
-                    except Exception as exc:  # settle the batch in flight first, then stop
-                        prefetch_error = exc
-                result = await self._await_post(flight)
-                flights.remove(flight)
+                drained = True
+                return None
+            return batch, body
+
+        def start(prepared: tuple[pa.RecordBatch, bytes]) -> None:
+            nonlocal count
+            count += 1
+            window.append(self._start_post(*prepared, count))
+
+        try:
+            while True:
+                while len(window) < width and may_start():  # fill
+                    prepared = await fetch()
+                    # Asked again: a stop or the time budget may have come during the fetch.
+                    if prepared is not None and may_start():
+                        start(prepared)
+                if not window:
+                    break
+                prefetched = await fetch() if self.overlap and may_start() else None
+                oldest = window[0]
+                result = await self._await_post(oldest)
+                window.popleft()
                 failpoint("upload.after_post")
-                confirmed_ids, rejected = self._check_answer(flight, result)
-                following: _Flight | None = None
-                if (
-                    prefetched is not None
-                    and prefetched[0].num_rows
-                    and self._may_start(started, flight.batch_no)
-                ):
-                    following = self._start_post(*prefetched, flight.batch_no + 1)
-                    flights.append(following)
-                await self._mark(flight, result, confirmed_ids, rejected, rejected_ids)
-                if prefetch_error is not None:
-                    raise _Stop(
-                        f"fetching the next batch failed: {type(prefetch_error).__name__}: "
-                        f"{prefetch_error}"
-                    ) from prefetch_error
-                if (
-                    following is None
-                    and not self.overlap
-                    and self._may_start(started, flight.batch_no)
-                ):
-                    batch, body = await self._fetch(size, rejected_ids)
-                    if batch.num_rows:
-                        following = self._start_post(batch, body, flight.batch_no + 1)
-                        flights.append(following)
-                flight = following
+                confirmed_ids, rejected = self._check_answer(oldest, result)
+                if self.overlap:
+                    width = self.max_in_flight  # the key and the body shape work: open up
+                if prefetched is not None and self._may_start(started, count):
+                    start(prefetched)  # before marking, so the wire stays busy
+                await self._mark(oldest, result, confirmed_ids, rejected, rejected_ids)
+            if fetch_error is not None:
+                raise _Stop(
+                    f"fetching the next batch failed: {type(fetch_error).__name__}: {fetch_error}"
+                ) from fetch_error
         finally:
-            await self._settle_abandoned(flights)
+            await self._settle_abandoned(list(window))
 
     async def _settle_abandoned(self, flights: list[_Flight]) -> None:
         """POSTs still open when the cycle ends early (an error elsewhere): cancel them and
