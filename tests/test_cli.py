@@ -448,3 +448,11 @@ def test_serve_rejects_a_bad_fault_spec() -> None:
     proc = ms("serve", "--faults", "explode=3")
     assert proc.returncode == 2
     assert "explode" in one_error_line(proc)
+
+
+def test_ca_bundle_flag_must_name_an_existing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    proc = ms("--ca-bundle", str(missing), "status")
+    assert proc.returncode == 2
+    assert "no-such-ca.pem" in proc.stderr and "does not exist" in proc.stderr
+    assert "--ca-bundle" in ms("--help").stdout

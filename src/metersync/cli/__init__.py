@@ -43,6 +43,12 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option("--dsn", metavar="DSN", help="Sync database (libpq DSN or URL). Env: METERSYNC_DSN.")
 @click.option("--api-url", metavar="URL", help="Client System base URL. Env: METERSYNC_API_URL.")
 @click.option(
+    "--ca-bundle",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Extra CA file to trust for an https Client System (verification stays on). "
+    "Env: METERSYNC_CA_BUNDLE.",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
@@ -56,6 +62,7 @@ def cli(
     ctx: click.Context,
     dsn: str | None,
     api_url: str | None,
+    ca_bundle: str | None,
     config_file: str | None,
     verbose: int,
     quiet: bool,
@@ -67,7 +74,7 @@ def cli(
     API keys come from METERSYNC_API_KEY, a prompt, or the tenant row; never from arguments.
     """
     state = ctx.ensure_object(AppState)
-    state.flags.update({"dsn": dsn, "api_url": api_url})
+    state.flags.update({"dsn": dsn, "api_url": api_url, "ca_bundle": ca_bundle})
     state.config_file = config_file
     state.verbose = verbose
     state.quiet = quiet
