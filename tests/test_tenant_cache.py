@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import psycopg
 import pytest
 
 from fix_engine import Engine
 from metersync.config import BatchConfig
 from metersync.db import SyncDatabase
-from metersync.tenant_cache import TenantCache, TenantSettings
+from metersync.errors import DatabaseUnavailable
+from metersync.manager import SyncManager
+from metersync.tenant_cache import NOTIFY_CHANNEL, TenantCache, TenantSettings
 
 
 async def _eventually(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -115,6 +118,58 @@ async def test_listen_to_a_bad_dsn_fails_clearly(engine: Engine) -> None:
     bad = engine.dsn.replace("dbname=", "dbname=no_such_db_") if "dbname=" in engine.dsn else None
     if bad is None:
         bad = engine.dsn.rsplit("/", 1)[0] + "/no_such_db_xyz"
-    with pytest.raises(Exception, match="no_such_db"):
+    with pytest.raises(DatabaseUnavailable, match="no_such_db") as info:
         await cache.listen(bad, timeout=10)
+    assert "listener cannot connect" in str(info.value)
+    assert not cache.listening
+
+
+async def _listeners(dsn: str) -> int:
+    """Sessions of this database whose last statement was our LISTEN."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query = %s",
+            (f"LISTEN {NOTIFY_CHANNEL}",),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_managers_sharing_a_cache_share_its_one_listener(engine: Engine) -> None:
+    """The CLI's --all-tenants worker: one cache, one LISTEN connection, however many tenants."""
+    tenants = [await engine.tenant(upload=5 + i) for i in range(3)]
+    before = await _listeners(engine.dsn)
+    cache = TenantCache(engine.db, ttl_seconds=3600)
+    await cache.listen(engine.dsn)
+    try:
+        managers = [
+            SyncManager(
+                tenant_id=t,
+                dsn=engine.dsn,
+                database=engine.db,
+                cache=cache,
+                api_client=engine.client(t),
+            )
+            for t in tenants
+        ]
+        for manager in managers:
+            await manager.initialize()
+            assert manager.cache is cache
+        assert await _listeners(engine.dsn) == before + 1
+        assert all(cache.cached(t) for t in tenants)
+        # A NOTIFY heard on the one connection reaches the tenant's manager.
+        async with await SyncDatabase.connect(engine.dsn) as other:
+            await other.set_tenant_batch_sizes(tenants[1], upload=50)
+        assert await _eventually(lambda: not cache.cached(tenants[1]))
+        assert (await managers[1].cache.get(tenants[1])).batch.upload_batch_size == 50
+        # Closing a manager leaves the shared listener to its owner.
+        await managers[0].close()
+        assert cache.listening
+        for manager in managers[1:]:
+            await manager.close()
+        assert cache.listening
+    finally:
+        await cache.stop_listening()
     assert not cache.listening

@@ -446,6 +446,12 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    """Server-sent text echoed into an error, cut to ``limit`` characters (errors are logged and
+    stored in sync_log: a hostile answer must not become a 100 KB message)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} chars)"
+
+
 def _error_text(response: httpx.Response) -> str:
     """The server's error message, if it sent one in the usual shape (short)."""
     try:
@@ -492,7 +498,7 @@ def _upload_result(response: httpx.Response, count: int, attempts: int) -> Uploa
         # The old server: all or nothing.
         processed = body["recordsProcessed"]
         if not _is_count(processed) or processed != count:
-            raise bad(f"recordsProcessed={processed!r} for {count} sent")
+            raise bad(f"recordsProcessed={_clip(repr(processed))} for {count} sent")
         return UploadResult(processed, 0, {}, attempts)
     inserted, duplicates, rejected_list = (
         body.get("inserted"),
@@ -531,7 +537,7 @@ def _download_page(response: httpx.Response) -> DownloadPage:
     try:
         body = json.loads(response.content, parse_float=Decimal, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedPageError(f"download page is not valid JSON: {exc}") from None
+        raise MalformedPageError(f"download page is not valid JSON: {_clip(str(exc))}") from None
     if not isinstance(body, dict):
         raise MalformedPageError("download page is not a JSON object")
     readings, cursor = body.get("readings"), body.get("next_cursor", ...)

@@ -60,6 +60,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+# Values and names from a page are echoed into errors that are logged and stored in sync_log:
+# a hostile page must not turn into a 100 KB message, so each echo is clipped.
+_MAX_ECHO = 80
+# At most this many unknown field names are listed in one error.
+_MAX_NAMES = 5
+
+
+def _clip(text: str) -> str:
+    """``text`` cut to :data:`_MAX_ECHO` characters, with an ellipsis and the full length."""
+    if len(text) <= _MAX_ECHO:
+        return text
+    return f"{text[:_MAX_ECHO]}... ({len(text):,} chars)"
+
+
+def _show(v: Any) -> str:
+    """A page value as an error echoes it: ``repr`` for strings, ``str`` otherwise, clipped."""
+    if type(v) is str:
+        if len(v) <= _MAX_ECHO:
+            return repr(v)
+        # Slice before repr: a megabyte string is not copied into a second megabyte.
+        return f"{v[:_MAX_ECHO]!r}... ({len(v):,} chars)"
+    if type(v) is int and v.bit_length() > 256:
+        # str() of a huge int raises ValueError past sys.get_int_max_str_digits().
+        return f"<integer of {v.bit_length():,} bits>"
+    try:
+        return _clip(str(v))
+    except ValueError:  # e.g. a huge int nested in a list
+        return f"<{type(v).__name__}>"
+
+
 def loads_page(raw: bytes | str) -> dict[str, Any]:
     """Parse a JSON document with exact numbers (``Decimal`` for fractions, ``int`` for integers).
 
@@ -85,11 +115,11 @@ def _convert_uuid(values: Sequence[Any], _: pa.DataType) -> pa.Array:
         # Only the canonical 8-4-4-4-12 form: uuid.UUID would also take braces, urn: prefixes
         # and bare hex, which the contract does not allow.
         if len(v) != 36 or v[8] != "-" or v[13] != "-" or v[18] != "-" or v[23] != "-":
-            raise _Problem(i, f"not a UUID: {v[:60]!r}")
+            raise _Problem(i, f"not a UUID: {_show(v)}")
         try:
             out.append(uuid.UUID(v).bytes)
         except ValueError:
-            raise _Problem(i, f"not a UUID: {v!r}") from None
+            raise _Problem(i, f"not a UUID: {_show(v)}") from None
     return pa.array(out, type=pa.binary(16))
 
 
@@ -99,13 +129,13 @@ def _parse_datetime(i: int, v: Any, *, aware: bool) -> dt.datetime:
     try:
         parsed = dt.datetime.fromisoformat(v)
     except ValueError:
-        raise _Problem(i, f"not an ISO-8601 timestamp: {v[:60]!r}") from None
+        raise _Problem(i, f"not an ISO-8601 timestamp: {_show(v)}") from None
     if len(v) < 16 or v[10] not in "Tt ":
-        raise _Problem(i, f"not an ISO-8601 timestamp with a time: {v[:60]!r}")
+        raise _Problem(i, f"not an ISO-8601 timestamp with a time: {_show(v)}")
     if aware and parsed.tzinfo is None:
-        raise _Problem(i, f"timestamp without a UTC offset or Z: {v!r}")
+        raise _Problem(i, f"timestamp without a UTC offset or Z: {_show(v)}")
     if not aware and parsed.tzinfo is not None:
-        raise _Problem(i, f"timestamp with an offset for a column without time zone: {v!r}")
+        raise _Problem(i, f"timestamp with an offset for a column without time zone: {_show(v)}")
     return parsed
 
 
@@ -127,7 +157,7 @@ def _convert_date(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
         try:
             out.append(dt.date.fromisoformat(v))
         except ValueError:
-            raise _Problem(i, f"not a date: {v!r}") from None
+            raise _Problem(i, f"not a date: {_show(v)}") from None
     return pa.array(out, type=type_)
 
 
@@ -139,7 +169,7 @@ def _convert_int(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
         if type(v) is not int:
             raise _Problem(i, f"expected an integer, got {_describe(v)}")
         if not low <= v <= high:
-            raise _Problem(i, f"integer {v} out of range for {type_} [{low}, {high}]")
+            raise _Problem(i, f"integer {_show(v)} out of range for {type_} [{low}, {high}]")
     return pa.array(values, type=type_)
 
 
@@ -156,28 +186,28 @@ def _convert_float(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
             try:
                 f = float(v)
             except OverflowError:
-                raise _Problem(i, f"number {v} out of range for {type_}") from None
+                raise _Problem(i, f"number {_show(v)} out of range for {type_}") from None
         else:
             raise _Problem(i, f"expected a number, got {_describe(v)}")
         if not math.isfinite(f):
-            raise _Problem(i, f"number {v} is not finite")
+            raise _Problem(i, f"number {_show(v)} is not finite")
         out.append(f)
     return pa.array(out, type=type_)
 
 
 def _decimal_problem(d: Decimal, precision: int, scale: int) -> str | None:
     if not d.is_finite():
-        return f"{d} is not a finite number"
+        return f"{_show(d)} is not a finite number"
     if d.is_zero():
         return None
     normalized = d.normalize()
     exponent = normalized.as_tuple().exponent
     assert isinstance(exponent, int)  # finite, checked above
     if -exponent > scale:
-        return f"{d} has more than {scale} decimal places (numeric({precision},{scale}))"
+        return f"{_show(d)} has more than {scale} decimal places (numeric({precision},{scale}))"
     if normalized.adjusted() + 1 > precision - scale:
         return (
-            f"{d} is out of range for numeric({precision},{scale}) "
+            f"{_show(d)} is out of range for numeric({precision},{scale}) "
             f"(at most {precision - scale} digits before the point)"
         )
     return None
@@ -204,7 +234,9 @@ def _convert_decimal(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
             problem = _decimal_problem(Decimal(v), precision, scale)
             if problem:
                 raise _Problem(i, problem) from None
-        raise _Problem(0, f"not convertible to numeric({precision},{scale}): {exc}") from None
+        raise _Problem(
+            0, f"not convertible to numeric({precision},{scale}): {_clip(str(exc))}"
+        ) from None
 
 
 def _exact_float(i: int, f: float) -> Decimal:
@@ -271,9 +303,9 @@ def _describe(v: Any) -> str:
     if isinstance(v, bool):
         return f"boolean {str(v).lower()}"
     if isinstance(v, str):
-        return f"string {v[:40]!r}"
+        return f"string {_show(v)}"
     if isinstance(v, int | float | Decimal):
-        return f"number {v}"
+        return f"number {_show(v)}"
     if isinstance(v, dict):
         return "an object"
     if isinstance(v, list):
@@ -285,7 +317,7 @@ def _id_of(reading: Any) -> str:
     if isinstance(reading, dict):
         rid = reading.get("meter_reading_id")
         if isinstance(rid, str):
-            return f" (id {rid[:40]})"
+            return f" (id {_clip(rid)})"
     return ""
 
 
@@ -329,7 +361,10 @@ def page_to_batch(
             raise MalformedPageError(f"{prefix}: reading {i} is {_describe(r)}, not an object")
         keys = r.keys()
         if not keys <= allowed:
-            unknown = ", ".join(map(repr, sorted(keys - allowed)))
+            extra = sorted(keys - allowed, key=repr)  # keys need not be str (nor comparable)
+            unknown = ", ".join(_show(k) for k in extra[:_MAX_NAMES])
+            if len(extra) > _MAX_NAMES:
+                unknown += f" and {len(extra) - _MAX_NAMES:,} more"
             raise MalformedPageError(
                 f"{prefix}: reading {i}{_id_of(r)}: unknown field(s) {unknown} "
                 "(not a column of meter_reading)"
@@ -344,7 +379,7 @@ def page_to_batch(
             theirs = r["tenant_id"]
             if type(theirs) is not int or theirs != tenant_id:
                 raise MalformedPageError(
-                    f"{prefix}: reading {i}{_id_of(r)} belongs to tenant {theirs!r}, not to "
+                    f"{prefix}: reading {i}{_id_of(r)} belongs to tenant {_show(theirs)}, not to "
                     f"{tenant_id}; the page was refused"
                 )
 

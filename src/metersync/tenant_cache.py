@@ -26,6 +26,8 @@ from typing import Protocol
 import psycopg
 
 from .config import BatchConfig
+from .db import describe_dsn
+from .errors import DatabaseUnavailable
 
 __all__ = ["NOTIFY_CHANNEL", "TenantCache", "TenantSettings"]
 
@@ -190,7 +192,15 @@ class TenantCache:
                 self._listening.clear()
                 if first:
                     if not ready.done():
-                        ready.set_exception(exc)
+                        # A clear error naming the database (never its password), like every
+                        # other connection failure of the sync database.
+                        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                        ready.set_exception(
+                            DatabaseUnavailable(
+                                f"tenant cache listener cannot connect to the sync database "
+                                f"{describe_dsn(dsn)}: {type(exc).__name__}: {first_line}"
+                            )
+                        )
                     return
                 log.warning(
                     "tenant cache listener lost its connection (%s); retrying in %.1f s, "
