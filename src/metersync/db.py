@@ -40,13 +40,15 @@ the tenant has (a non-partial index took 0.3-0.5 s per page at 90% synchronized,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import psycopg
 import pyarrow as pa
@@ -252,55 +254,113 @@ def describe_dsn(dsn: str) -> str:
 
 # ---------------------------------------------------------------------------------- adapter
 
+#: Server-side ends of a session: admin shutdown, crash shutdown, cannot connect now.
+_SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _operation(
+    method: Callable[Concatenate[SyncDatabase, _P], Awaitable[_R]],
+) -> Callable[Concatenate[SyncDatabase, _P], Coroutine[Any, Any, _R]]:
+    """A public operation of :class:`SyncDatabase`: reopen a lost connection before it, and
+    turn a connection lost during it into :class:`DatabaseUnavailable` (the driver error is
+    chained as ``__cause__``). Other database errors pass unchanged."""
+
+    @functools.wraps(method)
+    async def run(self: SyncDatabase, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        await self._ensure_connection()
+        try:
+            return await method(self, *args, **kwargs)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not self._connection_lost(exc):
+                raise
+            raise self._unavailable(exc) from exc
+
+    return run
+
+
+async def _open_connection(dsn: str, options: dict[str, Any]) -> psycopg.AsyncConnection[Any]:
+    """A new autocommit connection; failures as :class:`ConfigError` (bad DSN) or
+    :class:`DatabaseUnavailable` naming host and database, never the password."""
+    where = describe_dsn(dsn)
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **options)
+    except psycopg.ProgrammingError:
+        raise ConfigError(f"invalid sync database DSN for {where}") from None
+    except (psycopg.OperationalError, OSError) as exc:
+        reason = _first_line(exc)
+        password = _password(dsn)
+        if password:
+            reason = reason.replace(password, "***")
+        raise DatabaseUnavailable(
+            f"cannot connect to the sync database {where}: {reason}"
+        ) from None
+
+
+def _setup(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any]:
+    """The session setup of every connection (the first and each reconnect)."""
+    conn.adapters.register_dumper(UuidArray, _UuidArrayDumper)
+    return conn
+
 
 class SyncDatabase:
     """The sync database, through one psycopg ``AsyncConnection`` (autocommit).
 
     Open with ``await SyncDatabase.connect(dsn)``; close with :meth:`close` or ``async with``.
     Not safe for concurrent use by several tasks (one connection): give each worker its own.
+
+    A lost connection (terminated backend, server restart, network) fails the operation it
+    interrupts with :class:`DatabaseUnavailable` (a transaction in progress is rolled back by
+    the server: nothing half-written), and the next operation opens a new connection with the
+    same DSN. Never in the middle of a transaction: a half-done unit of work is not retried.
+    Session advisory locks (:meth:`try_lock_tenant`) end with the lost session.
     """
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], dsn_description: str) -> None:
-        self._conn = conn
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        dsn_description: str,
+        *,
+        dsn: str | None = None,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._conn = _setup(conn)
         self._where = dsn_description
+        # Kept for reconnecting only; never shown (it may hold the password).
+        self._dsn = dsn
+        self._connect_options = dict(connect_options or {})
         self._layout: TableLayout | None = None
         self._locks: set[tuple[str, int]] = set()
+        self._closed = False  # close() was called: no reconnecting
+        self._in_transaction = False
         self.statements = 0
-        conn.adapters.register_dumper(UuidArray, _UuidArrayDumper)
+        self.reconnects = 0  # connections reopened after one was lost (status, tests)
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float | None = None) -> Self:
         """Connect; an unreachable database raises :class:`DatabaseUnavailable` naming the
         host and database (never the password). ``connect_timeout`` (seconds) defaults to the
         DSN's own, else 10."""
-        where = describe_dsn(dsn)
-        extra: dict[str, Any] = {}
+        options: dict[str, Any] = {}
         if connect_timeout is not None:
-            extra["connect_timeout"] = max(1, round(connect_timeout))
+            options["connect_timeout"] = max(1, round(connect_timeout))
         elif "connect_timeout" not in _params(dsn):
-            extra["connect_timeout"] = 10
-        try:
-            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, **extra)
-        except psycopg.ProgrammingError:
-            raise ConfigError(f"invalid sync database DSN for {where}") from None
-        except psycopg.OperationalError as exc:
-            reason = _first_line(exc)
-            password = _password(dsn)
-            if password:
-                reason = reason.replace(password, "***")
-            raise DatabaseUnavailable(
-                f"cannot connect to the sync database {where}: {reason}"
-            ) from None
-        return cls(conn, where)
+            options["connect_timeout"] = 10
+        conn = await _open_connection(dsn, options)
+        return cls(conn, describe_dsn(dsn), dsn=dsn, connect_options=options)
 
     async def close(self) -> None:
         """Close the connection (session advisory locks are released with it)."""
+        self._closed = True
         self._locks.clear()
         await self._conn.close()
 
     @property
     def closed(self) -> bool:
-        return self._conn.closed
+        """True once :meth:`close` was called (a lost connection is reopened, not closed)."""
+        return self._closed
 
     async def __aenter__(self) -> Self:
         return self
@@ -318,6 +378,63 @@ class SyncDatabase:
 
     # -- plumbing ------------------------------------------------------------------------------
 
+    async def _ensure_connection(self) -> None:
+        """Before an operation: reopen the connection if the previous one was lost."""
+        if self._closed:
+            raise DatabaseUnavailable(
+                f"the connection to the sync database {self._where} was closed"
+            )
+        if not self._conn.closed:
+            return
+        if self._in_transaction:  # never resume half a unit of work on a new session
+            raise DatabaseUnavailable(
+                f"lost the connection to the sync database {self._where} during a transaction; "
+                "it was rolled back"
+            )
+        if self._dsn is None:
+            raise DatabaseUnavailable(
+                f"lost the connection to the sync database {self._where} (no DSN to reconnect)"
+            )
+        lost_locks = sorted(self._locks)
+        self._locks.clear()  # advisory locks end with their session
+        conn = await _open_connection(self._dsn, self._connect_options)
+        self._conn = _setup(conn)
+        self.reconnects += 1
+        log.info(
+            "reconnected to the sync database %s%s",
+            self._where,
+            f" (advisory locks lost with the old session: {lost_locks})" if lost_locks else "",
+        )
+
+    def _connection_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection itself failed (not just the statement)."""
+        if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        if self._conn.closed:  # psycopg closes a connection whose socket or session is gone
+            return True
+        state = getattr(exc, "sqlstate", None) or ""
+        return state.startswith("08") or state in _SHUTDOWN_STATES
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        reason = _first_line(exc)
+        password = _password(self._dsn) if self._dsn else None
+        if password:
+            reason = reason.replace(password, "***")
+        return DatabaseUnavailable(
+            f"lost the connection to the sync database {self._where}: {reason} "
+            "(a transaction in progress was rolled back; the next operation reconnects)"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """``conn.transaction()``, remembered so that no reconnect happens inside it."""
+        self._in_transaction = True
+        try:
+            async with self._conn.transaction():
+                yield
+        finally:
+            self._in_transaction = False
+
     async def _execute(self, query: Any, params: Any = None) -> psycopg.AsyncCursor[Any]:
         """Run one statement (counted) and return its cursor."""
         self.statements += 1
@@ -332,18 +449,20 @@ class SyncDatabase:
 
     # -- schema --------------------------------------------------------------------------------
 
+    @_operation
     async def migrate(self) -> list[str]:
         """Create or upgrade the schema (spec §2); return the actions applied.
 
         One transaction under an advisory lock; idempotent (a second run returns ``[]``).
         """
-        async with self._conn.transaction():
+        async with self._transaction():
             actions = await migrate(self._execute)
         self._layout = None
         for action in actions:
             log.info("migrate: %s", action)
         return actions
 
+    @_operation
     async def layout(self, *, refresh: bool = False) -> TableLayout:
         """The reflected layout of ``meter_reading`` (read once, then cached).
 
@@ -355,6 +474,7 @@ class SyncDatabase:
 
     # -- tenants -------------------------------------------------------------------------------
 
+    @_operation
     async def get_tenant(self, tenant_id: int) -> TenantRow | None:
         """The tenant's row, or ``None``."""
         try:
@@ -366,6 +486,7 @@ class SyncDatabase:
         row = await cur.fetchone()
         return None if row is None else TenantRow(*row)
 
+    @_operation
     async def list_tenants(self) -> list[TenantRow]:
         """All tenants, by id."""
         try:
@@ -376,6 +497,7 @@ class SyncDatabase:
             ) from None
         return [TenantRow(*row) for row in await cur.fetchall()]
 
+    @_operation
     async def add_tenant(
         self,
         tenant_id: int,
@@ -397,7 +519,7 @@ class SyncDatabase:
         _validate_size(tenant_id, "upload_batch_size", upload)
         _validate_size(tenant_id, "download_batch_size", download)
         try:
-            async with self._conn.transaction():
+            async with self._transaction():
                 cur = await self._execute(
                     q.ADD_TENANT, (tenant_id, name, api_key, download, upload)
                 )
@@ -408,6 +530,7 @@ class SyncDatabase:
         assert row is not None
         return TenantRow(*row)
 
+    @_operation
     async def set_tenant_batch_sizes(
         self, tenant_id: int, *, upload: int | None = None, download: int | None = None
     ) -> TenantRow:
@@ -421,7 +544,7 @@ class SyncDatabase:
             _validate_size(tenant_id, "upload_batch_size", upload)
         if download is not None:
             _validate_size(tenant_id, "download_batch_size", download)
-        async with self._conn.transaction():
+        async with self._transaction():
             cur = await self._execute(q.SET_TENANT_SIZES, (upload, download, tenant_id))
             row = await cur.fetchone()
             if row is None:
@@ -435,12 +558,14 @@ class SyncDatabase:
         )
         return TenantRow(*row)
 
+    @_operation
     async def get_tenant_batch_config(self, tenant_id: int) -> BatchConfig:
         """The tenant's batch sizes with the spec §3 rules.
 
         A stored value <= 0 or > 10000: ERROR naming tenant, column and value, that field's
         default. Tenant row missing, columns missing (schema not migrated) or the lookup
-        failing: WARNING, defaults. Never raises for a database problem.
+        failing: WARNING, defaults. Raises only :class:`DatabaseUnavailable` (the connection
+        was lost), never for another database problem.
         """
         _check_tenant_id(tenant_id)
         defaults = {
@@ -450,6 +575,8 @@ class SyncDatabase:
         try:
             data = await self._scalar(q.TENANT_BATCH_ROW, (tenant_id,))
         except psycopg.Error as exc:
+            if self._connection_lost(exc):
+                raise  # DatabaseUnavailable (``_operation``): defaults cannot help there
             log.warning(
                 "tenant %s: loading the batch sizes failed (%s: %s); using the defaults "
                 "download_batch_size=%d upload_batch_size=%d",
@@ -513,6 +640,7 @@ class SyncDatabase:
 
     # -- upload --------------------------------------------------------------------------------
 
+    @_operation
     async def fetch_unsynchronized(
         self,
         tenant_id: int,
@@ -561,6 +689,7 @@ class SyncDatabase:
         select = q.queue_select(layout.upload_columns, tenant_id, limit, max_retries, literal)
         return q.copy_out(select) if copy else select
 
+    @_operation
     async def mark_synchronized(
         self, tenant_id: int, ids: pa.Array | pa.ChunkedArray | Sequence[Any]
     ) -> int:
@@ -574,6 +703,7 @@ class SyncDatabase:
         cur = await self._execute(q.MARK_SYNCHRONIZED, (tenant_id, param))
         return cur.rowcount
 
+    @_operation
     async def mark_rejected(
         self,
         tenant_id: int,
@@ -598,6 +728,7 @@ class SyncDatabase:
         flags = await cur.fetchall()
         return RejectResult(len(flags), sum(1 for (f,) in flags if f))
 
+    @_operation
     async def requeue(
         self, tenant_id: int, ids: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None
     ) -> int:
@@ -613,6 +744,7 @@ class SyncDatabase:
             cur = await self._execute(q.REQUEUE_IDS, (tenant_id, param))
         return cur.rowcount
 
+    @_operation
     async def quarantined_ids(self, tenant_id: int, max_retries: int = 5) -> pa.Array:
         """Ids of the tenant's quarantined readings (oldest first), ``fixed_size_binary(16)``."""
         _check_tenant_id(tenant_id)
@@ -621,6 +753,7 @@ class SyncDatabase:
 
     # -- insert / download ---------------------------------------------------------------------
 
+    @_operation
     async def insert_readings(
         self, batch: pa.RecordBatch, chunk_rows: int, *, synchronized: bool = False
     ) -> InsertResult:
@@ -634,9 +767,10 @@ class SyncDatabase:
         prepared = _prepare_insert(batch, layout, None, synchronized)
         if prepared.num_rows == 0:
             return InsertResult(0, 0, 0)
-        async with self._conn.transaction():
+        async with self._transaction():
             return await self._insert(prepared, chunk_rows)
 
+    @_operation
     async def store_download_page(
         self, tenant_id: int, batch: pa.RecordBatch, chunk_rows: int, next_cursor: str | None
     ) -> InsertResult:
@@ -645,7 +779,7 @@ class SyncDatabase:
         _check_tenant_id(tenant_id)
         layout = await self.layout()
         prepared = _prepare_insert(batch, layout, tenant_id, True)
-        async with self._conn.transaction():
+        async with self._transaction():
             result = (
                 await self._insert(prepared, chunk_rows)
                 if prepared.num_rows
@@ -701,12 +835,14 @@ class SyncDatabase:
             present += [r[0].bytes for r in await cur.fetchall()]
         return pa.array(present, type=pa.binary(16))
 
+    @_operation
     async def get_download_cursor(self, tenant_id: int) -> str | None:
         """Where the tenant's download resumes (``None``: from the beginning)."""
         return await self._scalar(q.GET_CURSOR, (_check_tenant_id(tenant_id),))
 
     # -- locks ---------------------------------------------------------------------------------
 
+    @_operation
     async def try_lock_tenant(self, tenant_id: int, operation: str) -> bool:
         """Take the tenant's lock for ``operation`` (session advisory lock, released by
         :meth:`unlock_tenant` or when the connection ends). ``False`` if anyone holds it,
@@ -722,14 +858,27 @@ class SyncDatabase:
         return got
 
     async def unlock_tenant(self, tenant_id: int, operation: str) -> bool:
-        """Release a lock taken by :meth:`try_lock_tenant`; ``False`` if it was not held."""
+        """Release a lock taken by :meth:`try_lock_tenant`; ``False`` if it was not held.
+
+        Never reconnects and never raises for a lost connection (``False``): the lock ended
+        with its session, and the caller's own error (often that same lost connection) must
+        not be masked by one from its cleanup."""
         if (operation, tenant_id) not in self._locks:
             return False
         self._locks.discard((operation, tenant_id))
-        return bool(await self._scalar(q.UNLOCK, (q.lock_key(operation, tenant_id),)))
+        if self._closed or self._conn.closed:
+            return False
+        try:
+            return bool(await self._scalar(q.UNLOCK, (q.lock_key(operation, tenant_id),)))
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not self._connection_lost(exc):
+                raise
+            log.debug("tenant %s: %s lock ended with the lost connection", tenant_id, operation)
+            return False
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
+    @_operation
     async def write_sync_log(
         self,
         tenant_id: int,
@@ -757,11 +906,13 @@ class SyncDatabase:
             ),
         )
 
+    @_operation
     async def recent_cycles(self, tenant_id: int, limit: int = 10) -> list[CycleRow]:
         """The tenant's last ``limit`` cycles, newest first."""
         cur = await self._execute(q.RECENT_CYCLES, (_check_tenant_id(tenant_id), limit))
         return [CycleRow(*row) for row in await cur.fetchall()]
 
+    @_operation
     async def queue_status(
         self, tenant_id: int | None = None, max_retries: int = 5
     ) -> list[QueueStatus]:

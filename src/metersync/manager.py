@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from .download import DownloadManager, DownloadReport
-from .errors import ConfigError, MeterSyncError, TenantBusyError
+from .errors import ConfigError, DatabaseUnavailable, MeterSyncError, TenantBusyError
 from .tenant_cache import TenantCache
 from .upload import MeterReadingUploadManager, UploadReport
 
@@ -51,6 +51,11 @@ class SyncConfig:
     connectivity_check_interval_ms: int = 30_000
     batch_size: int | None = None
     cache_ttl_seconds: float = 60.0
+    #: A :class:`TenantCache` shared by several managers of one process (the CLI's
+    #: ``--all-tenants`` worker): its owner starts and stops its one LISTEN connection, the
+    #: manager neither listens nor stops it, and ``cache_ttl_seconds`` is then unused. ``None``
+    #: (the default): the manager builds its own cache and listens on ``dsn`` when given.
+    cache: TenantCache | None = None
     max_batches_per_cycle: int | None = None
     max_seconds_per_cycle: float | None = None
     max_pages_per_cycle: int | None = None
@@ -122,7 +127,8 @@ class SyncManager:
         self.tenant_id: int = config.tenant_id  # type: ignore[assignment]  # checked by SyncConfig
         self.db: Any = config.database
         self.client: Any = config.api_client
-        self.cache: TenantCache | None = None
+        self.cache: TenantCache | None = config.cache
+        self._own_cache = config.cache is None
         self.uploader: MeterReadingUploadManager | None = None
         self.downloader: DownloadManager | None = None
         self._own_db = config.database is None
@@ -164,9 +170,11 @@ class SyncManager:
             self.db = await SyncDatabase.connect(cfg.dsn)
         try:
             await self.db.layout()
-            self.cache = TenantCache(self.db, ttl_seconds=cfg.cache_ttl_seconds)
-            if cfg.dsn:
-                await self.cache.listen(cfg.dsn)
+            if self._own_cache:
+                self.cache = TenantCache(self.db, ttl_seconds=cfg.cache_ttl_seconds)
+                if cfg.dsn:
+                    await self.cache.listen(cfg.dsn)
+            assert self.cache is not None
             settings = await self.cache.get(self.tenant_id)
             batch = settings.batch
             log.info(
@@ -217,7 +225,7 @@ class SyncManager:
         self._initialized = False
 
     async def _release(self) -> None:
-        if self.cache is not None:
+        if self.cache is not None and self._own_cache:
             await self.cache.stop_listening()
         if self._own_client and self.client is not None:
             with contextlib.suppress(Exception):
@@ -325,6 +333,16 @@ class SyncManager:
                 success=error is None,
                 error=error,
             )
+        except DatabaseUnavailable as log_exc:
+            # The operation failed already; whoever handles that failure reports the outage
+            # (once per cycle), so this is not a second line for the same cause.
+            log.log(
+                logging.DEBUG if error is not None else logging.ERROR,
+                "tenant %s: writing the sync_log row of the %s failed: %s",
+                self.tenant_id,
+                operation,
+                log_exc,
+            )
         except Exception as log_exc:  # bookkeeping must not hide the operation's own outcome
             log.error(
                 "tenant %s: writing the sync_log row of the %s failed: %s",
@@ -387,6 +405,16 @@ class SyncManager:
                 await self.run_cycle()
             except TenantBusyError as exc:
                 log.info("%s", exc)
+            except DatabaseUnavailable as exc:
+                # One line per cycle while the database is away; the next cycle reconnects.
+                log.warning(
+                    "tenant %s: sync database unavailable, cycle skipped (next in %g s): %s",
+                    self.tenant_id,
+                    interval,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+                self.last_error = f"{type(exc).__name__}: {exc}"
             except MeterSyncError as exc:
                 log.error("tenant %s: sync cycle failed: %s", self.tenant_id, exc)
             except Exception as exc:  # keep the daemon alive; the next cycle tries again

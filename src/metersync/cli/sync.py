@@ -2,7 +2,8 @@
 
 Each tenant gets a :class:`~metersync.manager.SyncManager` sharing one database connection
 (cycles of one process run one after the other, so one connection is enough and per-tenant
-advisory locks stay cheap); each manager listens for batch-size changes (NOTIFY) on its own.
+advisory locks stay cheap) and one tenant cache whose single LISTEN connection hears batch-size
+changes (NOTIFY) for all of them: sessions do not grow with the tenant count.
 SIGINT/SIGTERM set a stop event and ask the running manager to finish the batch in flight (POST
 and mark), then the command exits 0.
 """
@@ -85,8 +86,9 @@ class OperationResult:
 def exit_code_of(results: Sequence[OperationResult]) -> ExitCode:
     """The exit code of a one-shot run: the most serious problem of any operation.
 
-    3 a key was refused; 6 the database failed; 2 bad input; 4 the Client System was
-    unavailable (retries spent); 5 partial (readings rejected or quarantined, other errors).
+    3 a key was refused; 6 the database failed (also a cycle that ended early on it); 2 bad
+    input; 4 the Client System was unavailable (retries spent); 5 partial (readings rejected or
+    quarantined, other errors).
     """
     codes = set()
     for r in results:
@@ -95,8 +97,12 @@ def exit_code_of(results: Sequence[OperationResult]) -> ExitCode:
         if r.error is not None:
             codes.add(exit_code_for(r.error))
         elif r.report is not None and r.report.error:
-            remote = any(word in r.report.error for word in _REMOTE_MARKERS)
-            codes.add(ExitCode.REMOTE if remote else ExitCode.PARTIAL)
+            if _DATABASE_MARKER in r.report.error:
+                codes.add(ExitCode.DATABASE)
+            elif any(word in r.report.error for word in _REMOTE_MARKERS):
+                codes.add(ExitCode.REMOTE)
+            else:
+                codes.add(ExitCode.PARTIAL)
         else:
             codes.add(ExitCode.PARTIAL)
     for code in _PRIORITY:
@@ -108,6 +114,8 @@ def exit_code_of(results: Sequence[OperationResult]) -> ExitCode:
 # The upload/download reports carry the cause as text ("... failed as a whole
 # (RemoteUnavailableError: ...)"): these names mean the Client System could not be reached.
 _REMOTE_MARKERS = ("RemoteUnavailableError", "ConnectError", "TimeoutException", "ReadTimeout")
+# ... and this one that the sync database went away mid-cycle (a failed mark or fetch).
+_DATABASE_MARKER = DatabaseUnavailable.__name__
 _PRIORITY = (
     ExitCode.AUTH,
     ExitCode.DATABASE,
@@ -126,6 +134,7 @@ class Worker:
         self.settings = state.settings
         self.requested = list(tenant_ids) if tenant_ids is not None else None
         self.db: Any = None
+        self.cache: Any = None  # one TenantCache (one LISTEN connection) for every manager
         self.managers: dict[int, Any] = {}
         self.stop_event = asyncio.Event()
 
@@ -133,6 +142,7 @@ class Worker:
         """Connect, check the tenants exist and have keys, initialize their managers."""
         from ..client import ClientSystemApiClient
         from ..manager import SyncConfig, SyncManager
+        from ..tenant_cache import TenantCache
 
         dsn = self.state.require_dsn()
         self._db_cm = open_db(dsn)
@@ -149,6 +159,8 @@ class Worker:
                 if row is None:
                     raise UnknownTenantError(tid)
                 rows.append(row)
+        self.cache = TenantCache(self.db)
+        await self.cache.listen(dsn)
         s = self.settings
         for row in rows:
             if not row.api_key:
@@ -166,8 +178,8 @@ class Worker:
             manager = SyncManager(
                 SyncConfig(
                     tenant_id=row.tenant_id,
-                    dsn=dsn,  # only for LISTEN: the connection is shared
                     database=self.db,
+                    cache=self.cache,  # shared: the managers open no LISTEN of their own
                     api_client=client,
                     max_retries=max(s.max_retries, 1),
                 )
@@ -187,6 +199,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await manager.client.aclose()
         self.managers.clear()
+        if self.cache is not None:
+            with contextlib.suppress(Exception):
+                await self.cache.stop_listening()
+            self.cache = None
         if self.db is not None:
             with contextlib.suppress(Exception):
                 await self._db_cm.__aexit__(None, None, None)
@@ -481,14 +497,15 @@ def _loop(state: AppState, tenants: list[int] | None) -> int:
                 try:
                     results = await worker.cycle(["upload", "download"], out, progress=False)
                 except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                    log.error("sync database error, reconnecting next cycle: %s", exc)
-                    await worker.close()
-                    results = []
+                    # One line per cycle while the database is away; the connection is
+                    # reopened by the next cycle's first statement (SyncDatabase reconnects).
+                    log.warning(
+                        "sync database unavailable, cycle skipped (next in %g s): %s",
+                        interval,
+                        exc,
+                        exc_info=state.verbose >= 1,
+                    )
                     await _wait(worker, interval)
-                    if worker.stop_event.is_set():
-                        break
-                    with contextlib.suppress(psycopg.OperationalError, DatabaseUnavailable):
-                        await worker.open()
                     continue
                 cycles += 1
                 _report_cycle(out, cycles, results, time.perf_counter() - started)
