@@ -397,3 +397,31 @@ async def test_ids_in_any_form(db: SyncDatabase) -> None:
     with pytest.raises(ValueError, match="not-a-uuid"):
         await db.mark_synchronized(t, ["not-a-uuid"])
     assert pc.sum(pc.is_in(batch.column("meter_reading_id"), pa.array(raw))).as_py() == 4
+
+
+# ---------------------------------------------------------------------------------- outages
+
+
+async def test_lost_connection_is_database_unavailable_then_reconnects(dsn: str) -> None:
+    async with await SyncDatabase.connect(dsn) as db:
+        tenant_id = await _tenant(db)
+        await db.insert_readings(_readings(5, tenant_id), 5)
+        assert await db.try_lock_tenant(tenant_id, "upload")
+        cur = await db._conn.execute("SELECT pg_backend_pid()")
+        pid = await cur.fetchone()
+        assert pid is not None
+        _sql(dsn, "SELECT pg_terminate_backend(%s)", pid[0])
+        # The call that meets the dead session fails clearly, naming the database, no password.
+        with pytest.raises(DatabaseUnavailable) as info:
+            await db.fetch_unsynchronized(tenant_id, 10)
+        assert psycopg.conninfo.conninfo_to_dict(dsn)["dbname"] in str(info.value)
+        # The lock died with the session: unlocking does not mask anything, it just says no.
+        assert await db.unlock_tenant(tenant_id, "upload") is False
+        # The next call reconnects and works; the lock can be taken again.
+        batch = await db.fetch_unsynchronized(tenant_id, 10)
+        assert batch.num_rows == 5 and db.reconnects == 1
+        assert await db.try_lock_tenant(tenant_id, "upload")
+        await db.unlock_tenant(tenant_id, "upload")
+    # close() is final: no silent reconnect of a closed adapter.
+    with pytest.raises(DatabaseUnavailable, match="closed"):
+        await db.fetch_unsynchronized(tenant_id, 10)
