@@ -425,3 +425,22 @@ async def test_lost_connection_is_database_unavailable_then_reconnects(dsn: str)
     # close() is final: no silent reconnect of a closed adapter.
     with pytest.raises(DatabaseUnavailable, match="closed"):
         await db.fetch_unsynchronized(tenant_id, 10)
+
+
+async def test_tenant_lock_is_exclusive_and_released_however_the_body_ends(dsn: str) -> None:
+    from metersync.errors import TenantBusyError
+
+    async with (
+        await SyncDatabase.connect(dsn) as first,
+        await SyncDatabase.connect(dsn) as second,
+    ):
+        t = next(_tenants)
+        async with first.tenant_lock(t, "upload"):
+            with pytest.raises(TenantBusyError, match=f"tenant {t}: .*upload lock"):
+                async with second.tenant_lock(t, "upload"):
+                    raise AssertionError("the body must not run while another worker holds it")
+        with pytest.raises(RuntimeError, match="boom"):
+            async with first.tenant_lock(t, "upload"):
+                raise RuntimeError("boom")
+        async with second.tenant_lock(t, "upload"):  # released after the failing body
+            assert not await first.try_lock_tenant(t, "upload")

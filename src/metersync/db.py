@@ -69,7 +69,13 @@ from .config import (
     BatchConfig,
     batch_size_problem,
 )
-from .errors import ConfigError, DatabaseUnavailable, SchemaError, UnknownTenantError
+from .errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    SchemaError,
+    TenantBusyError,
+    UnknownTenantError,
+)
 from .schema import TableLayout, catalog_columns, migrate, reflect
 
 __all__ = [
@@ -856,6 +862,23 @@ class SyncDatabase:
         if got:
             self._locks.add((operation, tenant_id))
         return got
+
+    @contextlib.asynccontextmanager
+    async def tenant_lock(self, tenant_id: int, operation: str) -> AsyncIterator[None]:
+        """Hold the tenant's ``operation`` lock for the body of an ``async with``.
+
+        Raises :class:`TenantBusyError` at once when another worker holds it (two uploaders
+        never send the same reading at the same time); releases it however the body ends, and
+        a release on a lost connection never masks the body's own error.
+        """
+        if not await self.try_lock_tenant(tenant_id, operation):
+            raise TenantBusyError(
+                f"tenant {tenant_id}: another worker holds the {operation} lock; cycle skipped"
+            )
+        try:
+            yield
+        finally:
+            await self.unlock_tenant(tenant_id, operation)
 
     async def unlock_tenant(self, tenant_id: int, operation: str) -> bool:
         """Release a lock taken by :meth:`try_lock_tenant`; ``False`` if it was not held.

@@ -30,7 +30,6 @@ from .errors import (
     BadRequestError,
     ClientSystemError,
     MalformedPageError,
-    TenantBusyError,
 )
 from .page import page_to_batch
 from .tenant_cache import TenantCache
@@ -119,21 +118,15 @@ class DownloadManager:
             download_batch_size=batch_cfg.download_batch_size,
             upload_batch_size=batch_cfg.upload_batch_size,
         )
-        if not await self._db.try_lock_tenant(self.tenant_id, "download"):
-            raise TenantBusyError(
-                f"tenant {self.tenant_id}: another worker holds the download lock; cycle skipped"
-            )
         try:
-            await self._cycle(batch_cfg.download_batch_size, batch_cfg.upload_batch_size)
+            async with self._db.tenant_lock(self.tenant_id, "download"):  # or TenantBusyError
+                await self._cycle(batch_cfg.download_batch_size, batch_cfg.upload_batch_size)
         finally:
-            try:
-                await self._db.unlock_tenant(self.tenant_id, "download")
-            finally:
-                self.report = replace(
-                    self.report,
-                    statements=self._db.statements - statements0,
-                    seconds=time.perf_counter() - started,
-                )
+            self.report = replace(
+                self.report,
+                statements=self._db.statements - statements0,
+                seconds=time.perf_counter() - started,
+            )
         r = self.report
         log.log(
             logging.WARNING if r.error else logging.INFO,

@@ -54,7 +54,6 @@ from .errors import (
     ClientSystemError,
     InconsistentResponseError,
     PayloadTooLargeError,
-    TenantBusyError,
 )
 from .tenant_cache import TenantCache
 
@@ -208,23 +207,18 @@ class MeterReadingUploadManager:
         settings = await self._cache.get(self.tenant_id)
         size = settings.batch.upload_batch_size
         self.report = replace(self.report, upload_batch_size=size)
-        if not await self._db.try_lock_tenant(self.tenant_id, "upload"):
-            raise TenantBusyError(
-                f"tenant {self.tenant_id}: another worker holds the upload lock; cycle skipped"
-            )
         try:
-            await self._cycle(size, started)
-        except _Stop as stop:
-            self.report = replace(self.report, error=str(stop))
+            async with self._db.tenant_lock(self.tenant_id, "upload"):  # or TenantBusyError
+                try:
+                    await self._cycle(size, started)
+                except _Stop as stop:
+                    self.report = replace(self.report, error=str(stop))
         finally:
-            try:
-                await self._db.unlock_tenant(self.tenant_id, "upload")
-            finally:
-                self.report = replace(
-                    self.report,
-                    statements=self._db.statements - statements0,
-                    seconds=time.perf_counter() - started,
-                )
+            self.report = replace(
+                self.report,
+                statements=self._db.statements - statements0,
+                seconds=time.perf_counter() - started,
+            )
         r = self.report
         log.log(
             logging.WARNING if r.error else logging.INFO,
