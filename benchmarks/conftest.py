@@ -20,11 +20,11 @@ from functools import cache
 import psycopg
 import pyarrow as pa
 import pytest
-from metersync.db import SyncDatabase
 
 import metersync
 from _support import TENANT, run
-from metersync.embedded import EmbeddedPostgres, with_database
+from metersync.db import SyncDatabase
+from metersync.embedded import EmbeddedPostgres, create_database, drop_database
 from metersync.synthetic import reading_batch
 
 
@@ -62,10 +62,8 @@ def database(admin_dsn: str, loop: asyncio.AbstractEventLoop) -> Iterator[Callab
 
     def make(prefix: str) -> str:
         name = f"ms_bench_{prefix}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        dsn = create_database(admin_dsn, name)
         made.append(name)
-        dsn = with_database(admin_dsn, name)
 
         async def migrate() -> None:
             async with await SyncDatabase.connect(dsn) as db:
@@ -77,9 +75,8 @@ def database(admin_dsn: str, loop: asyncio.AbstractEventLoop) -> Iterator[Callab
         return dsn
 
     yield make
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        for name in made:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for name in made:
+        drop_database(admin_dsn, name)
 
 
 @cache

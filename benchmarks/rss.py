@@ -116,13 +116,10 @@ def _load(dsn: str, tenant_id: int, readings: int) -> None:
 
 def _prepare_database(admin_dsn: str, tenants: list[tuple[int, int]]) -> tuple[str, str]:
     from metersync.db import SyncDatabase
-    from metersync.embedded import with_database
+    from metersync.embedded import create_database
 
     names = [f"ms_rss_{uuid.uuid4().hex[:8]}", f"ms_rss_cs_{uuid.uuid4().hex[:8]}"]
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    sync_dsn, cs_dsn = (with_database(admin_dsn, n) for n in names)
+    sync_dsn, cs_dsn = (create_database(admin_dsn, n) for n in names)
 
     async def migrate() -> None:
         async with await SyncDatabase.connect(sync_dsn) as db:

@@ -6,10 +6,10 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
-from metersync.embedded import EmbeddedPostgres, with_database
+from metersync import embedded
+from metersync.embedded import EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")
@@ -28,18 +28,13 @@ def pg_admin_dsn() -> Iterator[str]:
 
 
 def create_database(admin_dsn: str, prefix: str = "ms_test") -> str:
-    """Create an empty database and return its DSN."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return with_database(admin_dsn, name)
+    """Create an empty database with a unique name and return its DSN."""
+    return embedded.create_database(admin_dsn, f"{prefix}_{uuid.uuid4().hex[:12]}")
 
 
 def drop_database(admin_dsn: str, dsn: str) -> None:
     """Drop a database made by :func:`create_database`, disconnecting its sessions."""
-    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    embedded.drop_database(admin_dsn, dsn)
 
 
 @pytest.fixture

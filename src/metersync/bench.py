@@ -395,16 +395,14 @@ def embedded_target() -> Iterator[Target]:
     """
     import httpx
 
-    from .embedded import EmbeddedPostgres, with_database
+    from .embedded import EmbeddedPostgres, create_database, with_database
 
     server = EmbeddedPostgres()
     admin = server.start()
     proc: subprocess.Popen[str] | None = None
     try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE metersync_bench")
-            conn.execute("CREATE DATABASE metersync_bench_cs")
-        sync_dsn = with_database(admin, "metersync_bench")
+        sync_dsn = create_database(admin, "metersync_bench")
+        create_database(admin, "metersync_bench_cs")
         asyncio.run(_migrate(sync_dsn))
         # Its own process: the Client System must not share this process's GIL and skew timings.
         # The DSN goes through stdin, never argv.

@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 
 from . import __impl__, codec
-from .embedded import EmbeddedPostgres, with_database
+from .embedded import EmbeddedPostgres, create_database, drop_database
 from .synthetic import reading_batch
 
 log = logging.getLogger(__name__)
@@ -280,18 +280,15 @@ def run_demo(
 def _scratch_databases(admin_dsn: str, *, keep: bool, ui: DemoUI) -> Iterator[tuple[str, str]]:
     tag = uuid.uuid4().hex[:8]
     names = (f"metersync_demo_{tag}_sync", f"metersync_demo_{tag}_client")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'CREATE DATABASE "{name}"')
+    dsns = tuple(create_database(admin_dsn, name) for name in names)
     try:
-        yield with_database(admin_dsn, names[0]), with_database(admin_dsn, names[1])
+        yield dsns[0], dsns[1]
     finally:
         if keep:
             ui.say(f"kept databases {names[0]} (sync) and {names[1]} (Client System)")
         else:
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                for name in names:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in names:
+                drop_database(admin_dsn, name)
 
 
 async def _run(

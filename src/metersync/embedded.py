@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from types import TracebackType
 
+import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import ConfigError
@@ -30,6 +32,28 @@ def with_database(dsn: str, dbname: str) -> str:
     params = conninfo_to_dict(dsn)
     params["dbname"] = dbname
     return make_conninfo(**params)
+
+
+def create_database(admin_dsn: str, name: str) -> str:
+    """Create database ``name`` on the server of ``admin_dsn`` and return a DSN pointing at it.
+
+    Shared by the demo, ``metersync bench``, the benchmarks and the tests' fixtures; the name is
+    quoted as an identifier, never pasted into the statement.
+    """
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(admin_dsn, name)
+
+
+def drop_database(admin_dsn: str, name_or_dsn: str) -> None:
+    """Drop a database (by name, or by a DSN pointing at it), disconnecting its sessions."""
+    name = name_or_dsn
+    if "=" in name_or_dsn or "://" in name_or_dsn:
+        name = conninfo_to_dict(name_or_dsn)["dbname"]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def as_url(dsn: str) -> str:
