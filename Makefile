@@ -47,4 +47,4 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf build dist src/*.egg-info src/metersync/_batch.c src/metersync/*.so .pytest_cache .hypothesis
+	rm -rf build dist src/*.egg-info src/metersync/codec/_batch.c src/metersync/codec/*.so .pytest_cache .hypothesis

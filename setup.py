@@ -1,4 +1,4 @@
-"""Build the Cython core `metersync._batch`.
+"""Build the Cython core `metersync.codec._batch`.
 
 The extension reads Arrow memory through the Arrow C data interface (PyCapsules) and the buffer
 protocol, so it links nothing but libc: no libarrow, no pyarrow headers.
@@ -30,8 +30,8 @@ if os.environ.get("METERSYNC_NO_EXT") != "1":
     ext_modules = cythonize(
         [
             Extension(
-                "metersync._batch",
-                ["src/metersync/_batch.pyx"],
+                "metersync.codec._batch",
+                ["src/metersync/codec/_batch.pyx"],
                 extra_compile_args=["-O3"] if not debug else ["-O0", "-g"],
                 define_macros=[("CYTHON_TRACE_NOGIL", "1")] if debug else [],
             )

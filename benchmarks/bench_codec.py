@@ -20,9 +20,9 @@ from types import ModuleType
 import pyarrow as pa
 import pytest
 
-from metersync import _codec_py
+from metersync.codec import _python as _codec_py
 from metersync.codec import slices
-from metersync.synthetic import reading_batch
+from metersync.tools.synthetic import reading_batch
 
 ROWS = 50_000
 SLICE = 1000
@@ -47,7 +47,7 @@ def page() -> tuple[bytes, pa.Schema]:
 
 
 def core() -> ModuleType:
-    return pytest.importorskip("metersync._batch")
+    return pytest.importorskip("metersync.codec._batch")
 
 
 def _json_all(module: ModuleType) -> int:

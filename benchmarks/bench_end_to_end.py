@@ -21,10 +21,10 @@ import pytest
 import naive_baseline
 from _support import E2E_ROWS, TENANT, PeakRss, ServerProcess, run
 from conftest import copy_load, wide
-from metersync.client import ClientSystemApiClient
-from metersync.db import SyncDatabase
-from metersync.tenant_cache import TenantCache
-from metersync.upload import MeterReadingUploadManager
+from metersync.engine.tenant_cache import TenantCache
+from metersync.engine.upload import MeterReadingUploadManager
+from metersync.remote.client import ClientSystemApiClient
+from metersync.store.database import SyncDatabase
 
 API_KEY = "bench-e2e-key"  # a throwaway key of a throwaway server
 BATCH_SIZES = (100, 1000)

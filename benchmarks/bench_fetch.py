@@ -14,12 +14,12 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
-from metersync.db import SyncDatabase
 from psycopg import sql
 
 from _support import BACKLOG_ROWS, TENANT, queue_query, rows_to_arrow, run, upload_schema
 from conftest import copy_load, wide
-from metersync.embedded import as_url
+from metersync.store.database import SyncDatabase
+from metersync.tools.embedded import as_url
 
 PAGES = (100, 1000, 10_000)
 ROUNDS = {100: 40, 1000: 20, 10_000: 5}

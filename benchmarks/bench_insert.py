@@ -27,8 +27,8 @@ from _support import (
 )
 from conftest import wide
 from metersync.codec import copy_binary
-from metersync.db import SyncDatabase
-from metersync.embedded import as_url
+from metersync.store.database import SyncDatabase
+from metersync.tools.embedded import as_url
 
 GROUP = "insert"
 #: Rows per COPY statement in the adapter's path (the largest valid chunk size).

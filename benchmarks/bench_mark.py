@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
-from metersync.db import SyncDatabase
 
 from _support import BACKLOG_ROWS, TENANT, run
 from conftest import copy_load, wide
+from metersync.store.database import SyncDatabase
 
 SIZES = (100, 1000, 10_000)
 ROUNDS = {100: 20, 1000: 10, 10_000: 3}

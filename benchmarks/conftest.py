@@ -4,7 +4,7 @@
   embedded one, started once per session;
 - ``database(prefix)``: a new database migrated by ``SyncDatabase.migrate()`` (the product's own
   schema and indexes, so every peer writes to exactly the table metersync uses); dropped at the end;
-- the wide synthetic data (``metersync.synthetic.reading_batch``), built once and shared;
+- the wide synthetic data (``metersync.tools.synthetic.reading_batch``), built once and shared;
 - one asyncio event loop for the whole session: the adapter and asyncpg are async, the
   benchmark fixture is not, so each timed call is ``loop.run_until_complete(...)``.
 """
@@ -23,9 +23,9 @@ import pytest
 
 import metersync
 from _support import TENANT, run
-from metersync.db import SyncDatabase
-from metersync.embedded import EmbeddedPostgres, create_database, drop_database
-from metersync.synthetic import reading_batch
+from metersync.store.database import SyncDatabase
+from metersync.tools.embedded import EmbeddedPostgres, create_database, drop_database
+from metersync.tools.synthetic import reading_batch
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -53,10 +53,10 @@ def _maxrss_mb() -> float:
 
 
 async def _drain(dsn: str, api_url: str, api_key: str, tenant_id: int) -> dict[str, float]:
-    from metersync.client import ClientSystemApiClient
-    from metersync.db import SyncDatabase
-    from metersync.tenant_cache import TenantCache
-    from metersync.upload import MeterReadingUploadManager
+    from metersync.engine.tenant_cache import TenantCache
+    from metersync.engine.upload import MeterReadingUploadManager
+    from metersync.remote.client import ClientSystemApiClient
+    from metersync.store.database import SyncDatabase
 
     before = _maxrss_mb()
     db = await SyncDatabase.connect(dsn)
@@ -93,7 +93,7 @@ def child(args: argparse.Namespace) -> int:
 def _load(dsn: str, tenant_id: int, readings: int) -> None:
     from _support import copy_in_sql, pieces
     from metersync.codec import copy_binary
-    from metersync.synthetic import reading_batch
+    from metersync.tools.synthetic import reading_batch
 
     start = datetime(2026, 1, 1, tzinfo=UTC)
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
@@ -115,8 +115,8 @@ def _load(dsn: str, tenant_id: int, readings: int) -> None:
 
 
 def _prepare_database(admin_dsn: str, tenants: list[tuple[int, int]]) -> tuple[str, str]:
-    from metersync.db import SyncDatabase
-    from metersync.embedded import create_database
+    from metersync.store.database import SyncDatabase
+    from metersync.tools.embedded import create_database
 
     names = [f"ms_rss_{uuid.uuid4().hex[:8]}", f"ms_rss_cs_{uuid.uuid4().hex[:8]}"]
     sync_dsn, cs_dsn = (create_database(admin_dsn, n) for n in names)
@@ -136,7 +136,7 @@ def _prepare_database(admin_dsn: str, tenants: list[tuple[int, int]]) -> tuple[s
 def parent(args: argparse.Namespace) -> int:
     """Set up, load each backlog, measure each in a fresh child, print and store the results."""
     from _support import ServerProcess
-    from metersync.embedded import EmbeddedPostgres
+    from metersync.tools.embedded import EmbeddedPostgres
 
     server = None
     admin_dsn = os.environ.get("METERSYNC_BENCH_DSN")

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import strategies as st
 
 IMPLS = ("c", "python")
-_MODULES = {"c": "metersync._batch", "python": "metersync._codec_py"}
+_MODULES = {"c": "metersync.codec._batch", "python": "metersync.codec._python"}
 
 #: Every Arrow type the codec maps (decimals are drawn separately with their precision/scale).
 SIMPLE_TYPES: tuple[pa.DataType, ...] = (

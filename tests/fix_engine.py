@@ -22,14 +22,14 @@ import pyarrow as pa
 import pytest
 
 from fix_server import ServerHandle
-from metersync.client import ClientSystemApiClient
-from metersync.download import DownloadManager
-from metersync.synthetic import reading_batch
-from metersync.tenant_cache import TenantCache
-from metersync.upload import MeterReadingUploadManager
+from metersync.engine.download import DownloadManager
+from metersync.engine.tenant_cache import TenantCache
+from metersync.engine.upload import MeterReadingUploadManager
+from metersync.remote.client import ClientSystemApiClient
+from metersync.tools.synthetic import reading_batch
 
 if TYPE_CHECKING:
-    from metersync.db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
 # Tenant ids unique across the session (the server's own counter starts at 1001; stay clear).
 _tenant_ids = itertools.count(500_001)
@@ -37,7 +37,9 @@ _seeds = itertools.count(1)
 
 
 async def _migrate(dsn: str) -> None:
-    from metersync.db import SyncDatabase  # imported late: a plugin must not break collection
+    from metersync.store.database import (
+        SyncDatabase,  # imported late: a plugin must not break collection
+    )
 
     async with await SyncDatabase.connect(dsn) as db:
         await db.migrate()
@@ -230,7 +232,7 @@ class Engine:
 @pytest.fixture
 async def engine(engine_dsn: str, reference_server: ServerHandle) -> AsyncIterator[Engine]:
     """The engine's world for one test (see :class:`Engine`)."""
-    from metersync.db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
     db = await SyncDatabase.connect(engine_dsn)
     eng = Engine(db, engine_dsn, reference_server)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from metersync import embedded
-from metersync.embedded import EmbeddedPostgres
+from metersync.tools import embedded
+from metersync.tools.embedded import EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,12 @@ import metersync.codec
 
 EXPECTED = {
     "BatchConfig",
+    "BatchSizes",
     "ClientSystemApiClient",
     "DownloadManager",
     "MeterReadingUploadManager",
     "SyncConfig",
+    "SyncOptions",
     "SyncDatabase",
     "SyncManager",
     "TenantCache",
@@ -52,3 +54,12 @@ def test_codec_api_names() -> None:
         "uuid_array_binary",
     }
     assert metersync.codec.IMPL == metersync.__impl__ in ("c", "python")
+
+
+def test_deprecated_names_are_the_same_classes() -> None:
+    """The seed's names (``BatchConfig``, ``SyncConfig``) still import, as the new classes."""
+    from metersync.batch_sizes import BatchConfig, BatchSizes
+    from metersync.engine.manager import SyncConfig, SyncOptions
+
+    assert BatchConfig is BatchSizes and metersync.BatchConfig is BatchSizes
+    assert SyncConfig is SyncOptions and metersync.SyncConfig is SyncOptions

@@ -12,42 +12,46 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._impl import IMPL as __impl__
+from metersync.codec._impl import IMPL as __impl__
 
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
-    "BatchConfig": "metersync.config",
-    "ClientSystemApiClient": "metersync.client",
-    "DownloadManager": "metersync.download",
-    "MeterReadingUploadManager": "metersync.upload",
-    "SyncConfig": "metersync.manager",
-    "SyncDatabase": "metersync.db",
-    "SyncManager": "metersync.manager",
-    "TenantCache": "metersync.tenant_cache",
+    "BatchConfig": "metersync.batch_sizes",
+    "BatchSizes": "metersync.batch_sizes",
+    "ClientSystemApiClient": "metersync.remote.client",
+    "DownloadManager": "metersync.engine.download",
+    "MeterReadingUploadManager": "metersync.engine.upload",
+    "SyncConfig": "metersync.engine.manager",
+    "SyncOptions": "metersync.engine.manager",
+    "SyncDatabase": "metersync.store.database",
+    "SyncManager": "metersync.engine.manager",
+    "TenantCache": "metersync.engine.tenant_cache",
 }
 
 __all__ = [
     "BatchConfig",
+    "BatchSizes",
     "ClientSystemApiClient",
     "DownloadManager",
     "MeterReadingUploadManager",
     "SyncConfig",
     "SyncDatabase",
     "SyncManager",
+    "SyncOptions",
     "TenantCache",
     "__impl__",
     "__version__",
 ]
 
 if TYPE_CHECKING:
-    from .client import ClientSystemApiClient
-    from .config import BatchConfig
-    from .db import SyncDatabase
-    from .download import DownloadManager
-    from .manager import SyncConfig, SyncManager
-    from .tenant_cache import TenantCache
-    from .upload import MeterReadingUploadManager
+    from metersync.batch_sizes import BatchConfig, BatchSizes
+    from metersync.engine.download import DownloadManager
+    from metersync.engine.manager import SyncConfig, SyncManager, SyncOptions
+    from metersync.engine.tenant_cache import TenantCache
+    from metersync.engine.upload import MeterReadingUploadManager
+    from metersync.remote.client import ClientSystemApiClient
+    from metersync.store.database import SyncDatabase
 
 
 def __getattr__(name: str) -> Any:

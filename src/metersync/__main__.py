@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cli import entrypoint
+from metersync.cli import entrypoint
 
 if __name__ == "__main__":
     entrypoint()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from metersync.errors import ConfigError
 
 DEFAULT_API_URL = "http://127.0.0.1:3001/api"
 DEFAULT_CONFIG_FILE = "metersync.toml"

@@ -33,7 +33,7 @@ import psycopg
 import pyarrow as pa
 
 from metersync import codec
-from metersync.synthetic import reading_batch
+from metersync.tools.synthetic import reading_batch
 
 HERE = Path(__file__).resolve().parent
 #: Download page size of the crash and fault tests.
@@ -231,7 +231,7 @@ def run(coro: Any) -> Any:
 async def _add_tenant(
     dsn: str, tenant_id: int, name: str, key: str, upload: int | None, download: int | None
 ) -> None:
-    from metersync.db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
     async with await SyncDatabase.connect(dsn) as db:
         await db.add_tenant(
@@ -240,7 +240,7 @@ async def _add_tenant(
 
 
 async def _insert(dsn: str, tenant_id: int, batch: pa.RecordBatch) -> None:
-    from metersync.db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
     async with await SyncDatabase.connect(dsn) as db:
         layout = await db.layout()
@@ -254,7 +254,7 @@ async def _insert(dsn: str, tenant_id: int, batch: pa.RecordBatch) -> None:
 
 
 async def migrate(dsn: str) -> None:
-    from metersync.db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
     async with await SyncDatabase.connect(dsn) as db:
         await db.migrate()

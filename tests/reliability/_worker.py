@@ -20,12 +20,12 @@ import os
 import sys
 import time
 
-from metersync.client import ClientSystemApiClient
-from metersync.db import SyncDatabase
-from metersync.download import DownloadManager
+from metersync.engine.download import DownloadManager
+from metersync.engine.tenant_cache import TenantCache
+from metersync.engine.upload import MeterReadingUploadManager
 from metersync.errors import TenantBusyError
-from metersync.tenant_cache import TenantCache
-from metersync.upload import MeterReadingUploadManager
+from metersync.remote.client import ClientSystemApiClient
+from metersync.store.database import SyncDatabase
 
 
 def _emit(obj: object) -> None:

@@ -21,7 +21,8 @@ import atheris
 with atheris.instrument_imports():
     import pyarrow as pa
 
-    from metersync import _codec_py, codec
+    from metersync import codec
+    from metersync.codec import _python as _codec_py
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _decoder_fuzz_child import GOOD, SCHEMA

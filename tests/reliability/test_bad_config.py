@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from _harness import REPO, World, run
 
-from metersync.config import DEFAULT_DOWNLOAD_BATCH_SIZE, DEFAULT_UPLOAD_BATCH_SIZE
-from metersync.db import SyncDatabase
+from metersync.batch_sizes import DEFAULT_DOWNLOAD_BATCH_SIZE, DEFAULT_UPLOAD_BATCH_SIZE
 from metersync.errors import ConfigError, SchemaError, UnknownTenantError
+from metersync.store.database import SyncDatabase
 
 TENANT = 41
 

@@ -24,11 +24,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from test_bad_pages import mutated_pages
 
-from metersync.client import ClientSystemApiClient
-from metersync.db import SyncDatabase
-from metersync.download import DownloadManager
+from metersync.engine.download import DownloadManager
+from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import MeterSyncError
-from metersync.tenant_cache import TenantCache
+from metersync.remote.client import ClientSystemApiClient
+from metersync.store.database import SyncDatabase
 
 TENANT = 7  # the tenant of test_bad_pages' generated pages
 KEY = "bad-input-key-0123456789abcdef"

@@ -2,7 +2,8 @@
 
 The end-to-end form (a crafted page served over HTTP to the real ``DownloadManager``, nothing
 written, cursor unchanged) lives in ``test_bad_input_e2e.py``; here hypothesis throws thousands of
-corrupted pages at :func:`metersync.page.page_to_batch` and :func:`metersync.page.loads_page`.
+corrupted pages at :func:`metersync.remote.page.page_to_batch` and
+:func:`metersync.remote.page.loads_page`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from metersync.errors import MalformedPageError
-from metersync.page import loads_page, page_to_batch
-from metersync.synthetic import reading_batch
+from metersync.remote.page import loads_page, page_to_batch
+from metersync.tools.synthetic import reading_batch
 
 TENANT = 7
 SCHEMA: pa.Schema = reading_batch(1).schema

@@ -24,9 +24,9 @@ import pytest
 from _harness import REPO, World, check_download, load_on_server, migrate, run
 
 from fix_pg import create_database
-from metersync.embedded import EmbeddedPostgres, with_database
+from metersync.engine.manager import SyncManager
 from metersync.errors import MeterSyncError
-from metersync.manager import SyncManager
+from metersync.tools.embedded import EmbeddedPostgres, with_database
 
 UP_TENANT = 31
 DL_TENANT = 32

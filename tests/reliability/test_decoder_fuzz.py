@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 CHILD = Path(__file__).with_name("_decoder_fuzz_child.py")
-HAVE_C = importlib.util.find_spec("metersync._batch") is not None
+HAVE_C = importlib.util.find_spec("metersync.codec._batch") is not None
 
 
 def _fuzz(impl: str, examples: int) -> dict[str, object]:

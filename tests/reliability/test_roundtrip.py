@@ -66,7 +66,7 @@ def test_edge_values_round_trip_between_sites(world: World, pg_admin_dsn: str) -
 
 
 async def _add(dsn: str, key: str) -> None:
-    from metersync.db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
     async with await SyncDatabase.connect(dsn) as db:
         await db.add_tenant(TENANT, "site b", key, upload_batch_size=3, download_batch_size=2)

@@ -22,11 +22,11 @@ import psycopg
 import pytest
 from _harness import REPO, World, run
 
-from metersync.client import ClientSystemApiClient
-from metersync.db import SyncDatabase
+from metersync.engine.manager import SyncManager
+from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import ClientSystemError, ConfigError, MeterSyncError
-from metersync.manager import SyncManager
-from metersync.tenant_cache import TenantCache
+from metersync.remote.client import ClientSystemApiClient
+from metersync.store.database import SyncDatabase
 
 TENANT = 51
 OTHER = 52

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metersync import codec
-from metersync.synthetic import reading_batch
+from metersync.tools.synthetic import reading_batch
 
 TENANT = 61
 KEY = "server-input-key-0123456789"

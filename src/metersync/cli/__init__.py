@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import click
 
-from .. import __impl__, __version__
-from ._app import AppState, configure_logging
-from .output import EXIT_CODES_HELP, ExitCode, exit_code_for, one_line
+from metersync import __impl__, __version__
+from metersync.cli._app import AppState, configure_logging
+from metersync.cli.output import EXIT_CODES_HELP, ExitCode, exit_code_for, one_line
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -84,7 +84,7 @@ def cli(
 
 
 def _register() -> None:
-    from . import demo, migrate, serve, status, sync, tenant
+    from metersync.cli import demo, migrate, serve, status, sync, tenant
 
     cli.add_command(migrate.migrate)
     cli.add_command(tenant.tenant)
@@ -101,7 +101,7 @@ def _register() -> None:
 def _bench_command() -> click.Command:
     """``metersync bench`` lives in ``cli/bench.py`` (the benchmark module's own command)."""
     try:
-        from . import bench as bench_module
+        from metersync.cli import bench as bench_module
     except Exception as exc:  # a broken optional command must not take the others down
         reason = one_line(exc)
 

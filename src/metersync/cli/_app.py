@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..errors import ConfigError, DatabaseUnavailable
-from ..settings import Settings, resolve_settings, with_overrides
-from .output import Output
+from metersync.cli.output import Output
+from metersync.errors import ConfigError, DatabaseUnavailable
+from metersync.settings import Settings, resolve_settings, with_overrides
 
 if TYPE_CHECKING:
-    from ..db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ async def open_db(dsn: str) -> AsyncIterator[SyncDatabase]:
     the host (exit code 6)."""
     import psycopg
 
-    from ..db import SyncDatabase
+    from metersync.store.database import SyncDatabase
 
     check_dsn_syntax(dsn)
     try:

@@ -1,11 +1,11 @@
-"""``metersync bench``: capacity planning (the work is in :mod:`metersync.bench`)."""
+"""``metersync bench``: capacity planning (the work is in :mod:`metersync.tools.bench`)."""
 
 from __future__ import annotations
 
 import click
 
-from .. import bench as bench_lib
-from ._app import AppState, json_option, pass_state
+from metersync.cli._app import AppState, json_option, pass_state
+from metersync.tools import bench as bench_lib
 
 _HELP = """Sweep upload and download batch sizes and recommend the tenant's sizes.
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
-from ._app import AppState, check_dsn_syntax, json_option, pass_state
-from .output import ExitCode, Output
+from metersync.cli._app import AppState, check_dsn_syntax, json_option, pass_state
+from metersync.cli.output import ExitCode, Output
+from metersync.errors import ConfigError
 
 #: Exit code of a demo stopped by Ctrl-C or SIGTERM (the shell convention, 128 + SIGINT).
 INTERRUPTED = 130
@@ -69,7 +69,7 @@ def demo(
 ) -> int:
     """Two tenants, N wide readings, download + upload through the reference Client System,
     and a check that it holds every reading exactly once."""
-    from ..demo import DemoInterrupted, run_demo
+    from metersync.tools.demo import DemoInterrupted, run_demo
 
     if readings < 2 or readings > 50_000_000:
         raise ConfigError(f"invalid --readings {readings}: the valid range is 2..50000000")
@@ -80,8 +80,9 @@ def demo(
     if not state.verbose:
         # Injected faults make the client and the managers log every retry; the summary counts
         # them, so keep the progress display readable (-v shows them all).
-        for name in ("metersync.client", "metersync.upload", "metersync.download",
-                     "metersync.server", "metersync.manager"):  # fmt: skip
+        for name in ("metersync.remote.client", "metersync.engine.upload",
+                     "metersync.engine.download", "metersync.server",
+                     "metersync.engine.manager"):  # fmt: skip
             logging.getLogger(name).setLevel(logging.ERROR)
     out = state.output
     ui = _RichUI(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._app import AppState, json_option, open_db, pass_state, run
+from metersync.cli._app import AppState, json_option, open_db, pass_state, run
 
 
 @click.command()

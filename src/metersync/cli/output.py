@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import errors
+from metersync import errors
 
 #: Console width when stdout is not a terminal.
 PIPE_WIDTH = 120

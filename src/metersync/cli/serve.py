@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from ..embedded import EmbeddedPostgres
-from ..errors import ConfigError
-from ._app import AppState, check_dsn_syntax, open_db, pass_state, run
+from metersync.cli._app import AppState, check_dsn_syntax, open_db, pass_state, run
+from metersync.errors import ConfigError
+from metersync.tools.embedded import EmbeddedPostgres
 
 
 @click.command()
@@ -52,7 +52,7 @@ def serve(
     The admin API (/admin/tenants, /admin/faults, /admin/stats, /admin/readings) is guarded by
     the token in METERSYNC_ADMIN_TOKEN when set.
     """
-    from ..server import FaultPlan
+    from metersync.server import FaultPlan
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"invalid --port {port}: the valid range is 0..65535")
@@ -89,7 +89,7 @@ async def _serve(
 ) -> None:
     import httpx
 
-    from ..server import ReferenceServer
+    from metersync.server import ReferenceServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, UnknownTenantError
-from ._app import AppState, json_option, open_db, pass_state, run
-from .output import ExitCode, format_age
+from metersync.cli._app import AppState, json_option, open_db, pass_state, run
+from metersync.cli.output import ExitCode, format_age
+from metersync.errors import ConfigError, UnknownTenantError
 
 _QUEUE_FIELDS = ("pending", "failed", "quarantined", "synchronized")
 

@@ -1,6 +1,6 @@
 """``metersync upload``, ``download`` and ``sync`` (one cycle, or the long-running loop).
 
-Each tenant gets a :class:`~metersync.manager.SyncManager` sharing one database connection
+Each tenant gets a :class:`~metersync.engine.manager.SyncManager` sharing one database connection
 (cycles of one process run one after the other, so one connection is enough and per-tenant
 advisory locks stay cheap) and one tenant cache whose single LISTEN connection hears batch-size
 changes (NOTIFY) for all of them: sessions do not grow with the tenant count.
@@ -22,15 +22,15 @@ from typing import Any
 import click
 import psycopg
 
-from ..errors import (
+from metersync.cli._app import AppState, json_option, open_db, pass_state, run
+from metersync.cli.output import ExitCode, Output, exit_code_for
+from metersync.errors import (
     AuthError,
     ConfigError,
     DatabaseUnavailable,
     TenantBusyError,
     UnknownTenantError,
 )
-from ._app import AppState, json_option, open_db, pass_state, run
-from .output import ExitCode, Output, exit_code_for
 
 log = logging.getLogger("metersync.cli")
 
@@ -140,9 +140,9 @@ class Worker:
 
     async def open(self) -> None:
         """Connect, check the tenants exist and have keys, initialize their managers."""
-        from ..client import ClientSystemApiClient
-        from ..manager import SyncConfig, SyncManager
-        from ..tenant_cache import TenantCache
+        from metersync.engine.manager import SyncManager, SyncOptions
+        from metersync.engine.tenant_cache import TenantCache
+        from metersync.remote.client import ClientSystemApiClient
 
         dsn = self.state.require_dsn()
         self._db_cm = open_db(dsn)
@@ -176,7 +176,7 @@ class Worker:
                 verify=s.ca_bundle or True,
             )
             manager = SyncManager(
-                SyncConfig(
+                SyncOptions(
                     tenant_id=row.tenant_id,
                     database=self.db,
                     cache=self.cache,  # shared: the managers open no LISTEN of their own

@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from ..config import MAX_BATCH_SIZE, MIN_BATCH_SIZE, batch_size_problem
-from ..errors import ConfigError, UnknownTenantError
-from ._app import AppState, json_option, open_db, pass_state, run
-from .output import mask_secret
+from metersync.batch_sizes import MAX_BATCH_SIZE, MIN_BATCH_SIZE, batch_size_problem
+from metersync.cli._app import AppState, json_option, open_db, pass_state, run
+from metersync.cli.output import mask_secret
+from metersync.errors import ConfigError, UnknownTenantError
 
 
 def _check_size(option: str, value: int | None) -> None:

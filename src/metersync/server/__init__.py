@@ -6,10 +6,10 @@ injection for tests and demos. ``metersync serve`` runs it (:func:`serve_forever
 
 from __future__ import annotations
 
-from .admin import AdminClient
-from .app import create_app
-from .faults import FaultPlan, RejectRule
-from .runner import ReferenceServer, ServerThread, serve_forever
+from metersync.server.admin import AdminClient
+from metersync.server.app import create_app
+from metersync.server.faults import FaultPlan, RejectRule
+from metersync.server.runner import ReferenceServer, ServerThread, serve_forever
 
 __all__ = [
     "AdminClient",

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import orjson
 
-from ..errors import ClientSystemError
-from .faults import FaultPlan
+from metersync.errors import ClientSystemError
+from metersync.server.faults import FaultPlan
 
 
 class AdminClient:

@@ -26,11 +26,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from psycopg_pool import PoolTimeout
 
-from ..errors import ConfigError
-from .bodies import BodyError, UploadBody
-from .faults import BATCH_PATH, FaultInjector, FaultPlan
-from .store import StagedReading, Store
-from .validation import reading_label, validate_reading
+from metersync.errors import ConfigError
+from metersync.server.bodies import BodyError, UploadBody
+from metersync.server.faults import BATCH_PATH, FaultInjector, FaultPlan
+from metersync.server.store import StagedReading, Store
+from metersync.server.validation import reading_label, validate_reading
 
 log = logging.getLogger("metersync.server")
 

@@ -35,7 +35,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import ConfigError
+from metersync.errors import ConfigError
 
 BATCH_PATH = "/api/sync/readings/batch"
 

@@ -10,10 +10,10 @@ from types import TracebackType
 
 from aiohttp import web
 
-from ..errors import ConfigError
-from .app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, STATE, create_app
-from .faults import FaultPlan
-from .store import Store
+from metersync.errors import ConfigError
+from metersync.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, STATE, create_app
+from metersync.server.faults import FaultPlan
+from metersync.server.store import Store
 
 log = logging.getLogger("metersync.server")
 

@@ -1,0 +1,76 @@
+"""Public codec API: Arrow record batches to PostgreSQL binary COPY and canonical JSON, and back.
+
+The daemon imports these names; keep them stable. The work is done by the implementation chosen
+in :mod:`metersync.codec._impl` (the Cython core ``metersync.codec._batch`` or the pure-Python twin
+``metersync.codec._python``); both produce identical bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from metersync.codec._impl import IMPL, impl_module
+
+__all__ = [
+    "IMPL",
+    "copy_binary",
+    "from_copy_binary",
+    "json_rows",
+    "slices",
+    "uuid_array_binary",
+]
+
+
+def copy_binary(batch: pa.RecordBatch) -> bytes:
+    """Encode ``batch`` as a complete PostgreSQL binary COPY stream.
+
+    The stream holds the 19-byte signature header, one tuple per row (field count, then each
+    field length-prefixed, big-endian) and the ``\\xff\\xff`` trailer, ready for
+    ``COPY table (columns...) FROM STDIN (FORMAT BINARY)`` with the batch's columns in order.
+
+    Raises ``TypeError`` naming the column for an Arrow type without a PostgreSQL mapping, and
+    ``ValueError`` naming column and row for a value PostgreSQL would refuse.
+    """
+    return impl_module.copy_binary(batch)
+
+
+def json_rows(batch: pa.RecordBatch) -> bytes:
+    """Encode ``batch`` as a JSON array of one object per row, keys in schema order.
+
+    Canonical form: UUID lowercase 36 chars; timestamptz ``YYYY-MM-DDTHH:MM:SS.ffffffZ``;
+    timestamp the same without ``Z``; date ``YYYY-MM-DD``; decimal a JSON number with exactly
+    the column's scale digits; float the shortest round-trip text (Python ``repr``), NaN and
+    infinities rejected; null ``null``.
+    """
+    return impl_module.json_rows(batch)
+
+
+def from_copy_binary(data: bytes | bytearray | memoryview, schema: pa.Schema) -> pa.RecordBatch:
+    """Decode PostgreSQL binary COPY output (header, tuples, trailer) into a record batch.
+
+    ``schema`` gives the Arrow type of each field in COPY column order. Truncated or corrupt
+    input raises ``ValueError``; it never crashes the process.
+    """
+    return impl_module.from_copy_binary(data, schema)
+
+
+def uuid_array_binary(ids: pa.Array | pa.ChunkedArray) -> bytes:
+    """Encode a ``fixed_size_binary(16)`` (or ``uuid``) array as a PostgreSQL binary ``uuid[]``.
+
+    Used to pass a batch's ids to ``... WHERE meter_reading_id = ANY($2)`` without building
+    Python ``uuid.UUID`` objects. Nulls are rejected with ``ValueError``.
+    """
+    return impl_module.uuid_array_binary(ids)
+
+
+def slices(batch: pa.RecordBatch, n: int) -> Iterator[pa.RecordBatch]:
+    """Yield consecutive chunks of at most ``n`` rows of ``batch`` without copying data.
+
+    An empty batch yields nothing. ``n`` must be a positive integer.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"slice size must be a positive integer, got {n!r}")
+    for start in range(0, batch.num_rows, n):
+        yield batch.slice(start, n)

@@ -1,0 +1,1068 @@
+"""``SyncDatabase``: the async adapter to the sync database (psycopg 3, one connection).
+
+The adapter knows SQL (all of it lives in :mod:`metersync.store.sql`); the codec knows bytes. Rows
+move as Arrow record batches: fetched with ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)``
+decoded by :func:`metersync.codec.from_copy_binary`, inserted with one binary ``COPY ... FROM
+STDIN`` per chunk encoded by :func:`metersync.codec.copy_binary`. Id lists travel as one binary
+``uuid[]`` parameter (:func:`metersync.codec.uuid_array_binary`), never as Python UUID objects.
+
+The connection is in autocommit mode; statements that belong together run in an explicit
+transaction. ``statements`` counts every statement the adapter issues (each execute and each
+COPY counts 1; BEGIN/COMMIT do not), for ``sync_log`` and the benchmarks.
+
+Marking (one ``UPDATE ... WHERE tenant_id = $1 AND meter_reading_id = ANY($2) AND
+is_synchronized IS NOT TRUE`` per batch). Investigated on this machine (2 shared cores, load 8-10,
+so single runs vary by ±30%), wide readings, 1000-id batches, partial queue index
+``(tenant_id, created_at, meter_reading_id) WHERE NOT is_synchronized``, against the set-based
+limit ``UPDATE ... WHERE tenant_id = $1 AND NOT is_synchronized`` of the same rows:
+
+- primary-key probe, 200,000 rows, raw psycopg: 5.2-5.4 s vs limit 3.6-3.8 s (1.41x);
+- ``ctid = ANY($tids)`` + id check (Tid Scan; the fetch would return ctids): 7.6 s vs 4.35 s
+  (1.74x), and the heap grew 30% (no page pruning on that path): rejected;
+- fillfactor 80 / 70 on ``meter_reading``: still 0 HOT updates of 200,000, no gain: rejected
+  (no mark can be HOT while the queue index predicate names ``is_synchronized``; the limit
+  pays the same primary-key entry per row, so only locating the rows can get cheaper);
+- this adapter (binary ``uuid[]``), 100,000 rows, medians of 3 alternating rounds: 1.03x the
+  limit in an A/B run where the same statement written ``AND NOT is_synchronized`` took 1.77x
+  (that form lets the planner serve the id list from the queue index bounded by ``tenant_id``
+  alone, see ``sql.MARK_SYNCHRONIZED``); 1.53x in a noisier run of its own.
+
+Fetch (1000-row wide page, medians of 40 alternating calls): 45-61 ms against ADBC
+``fetch_arrow_table`` of the same SELECT 138-142 ms (which returns numeric as opaque strings).
+Insert (20,000 wide rows into a 400,000-row table): 1.16x (chunks of 10,000) and 1.21x (chunks
+of 1000) the time of writing the pre-encoded COPY payload; 1.28x before the existing-id check and
+the encoding were overlapped (the check alone is ~10 us per id, a primary-key probe each).
+
+The partial index stays: a fetch must remain a ~2 ms range scan however many synchronized rows
+the tenant has (a non-partial index took 0.3-0.5 s per page at 90% synchronized, PERF-NOTES).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import pq
+from psycopg.adapt import Dumper
+from psycopg.conninfo import conninfo_to_dict
+
+from metersync import codec
+from metersync._failpoints import failpoint
+from metersync.batch_sizes import (
+    DEFAULT_DOWNLOAD_BATCH_SIZE,
+    DEFAULT_UPLOAD_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    MIN_BATCH_SIZE,
+    BatchSizes,
+    batch_size_problem,
+)
+from metersync.codec._types import as_batch, is_uuid
+from metersync.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    SchemaError,
+    TenantBusyError,
+    UnknownTenantError,
+)
+from metersync.store import sql as q
+from metersync.store.schema import TableLayout, catalog_columns, migrate, reflect
+
+__all__ = [
+    "CycleRow",
+    "InsertResult",
+    "QueueStatus",
+    "RejectResult",
+    "SyncDatabase",
+    "TenantRow",
+    "UuidArray",
+    "describe_dsn",
+    "id_array",
+    "uuid_param",
+]
+
+log = logging.getLogger(__name__)
+
+UUID_ARRAY_OID = 2951  # pg_type oid of uuid[]
+#: Below this many rows an insert encodes inline: a worker thread costs more than it hides.
+OVERLAP_MIN_ROWS = 2000
+MAX_ERROR_TEXT = 2000  # last_error / sync_log.error are for humans: keep them bounded
+
+
+# ---------------------------------------------------------------------------------- values
+
+
+class UuidArray:
+    """A binary ``uuid[]`` parameter (what :func:`codec.uuid_array_binary` produced)."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, data: bytes, count: int) -> None:
+        self.data = data
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"UuidArray({self.count} ids)"
+
+
+class _UuidArrayDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = UUID_ARRAY_OID
+
+    def dump(self, obj: UuidArray) -> bytes:
+        return obj.data
+
+
+def _id_bytes(value: object) -> bytes:
+    if isinstance(value, bytes | bytearray) and len(value) == 16:
+        return bytes(value)
+    if isinstance(value, uuid.UUID):
+        return value.bytes
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value).bytes
+        except ValueError:
+            pass
+    raise ValueError(f"not a meter_reading_id (UUID): {str(value)[:60]!r}")
+
+
+def id_array(ids: pa.Array | pa.ChunkedArray | Sequence[Any]) -> pa.Array:
+    """Ids as a ``fixed_size_binary(16)`` array: binary/uuid Arrow arrays pass through; UUID
+    text (list or string array), ``uuid.UUID`` or 16-byte values are converted
+    (``ValueError`` naming a bad one)."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if isinstance(ids, pa.Array):
+        if isinstance(ids.type, pa.BaseExtensionType) and is_uuid(ids.type):
+            ids = ids.storage
+        if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+            ids = ids.to_pylist()
+        elif not is_uuid(ids.type):
+            raise ValueError(f"ids must be fixed_size_binary(16) or uuid, got {ids.type}")
+        else:
+            return ids
+    return pa.array([_id_bytes(v) for v in ids], type=pa.binary(16))
+
+
+def uuid_param(ids: pa.Array | pa.ChunkedArray | Sequence[Any]) -> UuidArray:
+    """A binary ``uuid[]`` parameter for ``= ANY(%s)``."""
+    arr = id_array(ids)
+    return UuidArray(codec.uuid_array_binary(arr), len(arr))
+
+
+def _clean_text(text: object) -> str:
+    """PostgreSQL text cannot hold NUL; long messages are cut."""
+    s = str(text).replace("\x00", "\\x00")
+    return s if len(s) <= MAX_ERROR_TEXT else s[: MAX_ERROR_TEXT - 1] + "…"
+
+
+def _check_tenant_id(tenant_id: object) -> int:
+    if isinstance(tenant_id, bool) or not isinstance(tenant_id, int):
+        raise TypeError(f"tenant_id must be an int, got {tenant_id!r}")
+    return tenant_id
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRow:
+    """A row of ``tenant``. Its ``repr``/``str`` never show the API key."""
+
+    tenant_id: int
+    name: str
+    api_key: str | None
+    active: bool
+    download_batch_size: int
+    upload_batch_size: int
+    updated_at: datetime | None
+
+    def __repr__(self) -> str:
+        key = None if self.api_key is None else "'***'"
+        return (
+            f"TenantRow(tenant_id={self.tenant_id}, name={self.name!r}, api_key={key}, "
+            f"active={self.active}, download_batch_size={self.download_batch_size}, "
+            f"upload_batch_size={self.upload_batch_size}, updated_at={self.updated_at!r})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """Outcome of an insert: rows written, rows skipped (already present), COPY statements."""
+
+    inserted: int
+    skipped: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectResult:
+    """Outcome of :meth:`SyncDatabase.mark_rejected`: rows updated, of which now quarantined."""
+
+    rejected: int
+    quarantined: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """One tenant's queue: the four counts partition its readings.
+
+    ``pending``: never rejected, waiting; ``failed``: rejected fewer than ``max_retries``
+    times, will retry; ``quarantined``: rejected ``max_retries`` times, skipped until requeued;
+    ``synchronized``: confirmed by the Client System. The oldest pending reading counts pending
+    and failed ones (those the queue still serves).
+    """
+
+    tenant_id: int
+    pending: int
+    failed: int
+    quarantined: int
+    synchronized: int
+    oldest_pending_at: datetime | None
+    oldest_pending_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRow:
+    """A row of ``sync_log``."""
+
+    tenant_id: int
+    operation: str
+    started_at: datetime
+    batches: int
+    records: int
+    statements: int
+    duration_s: float
+    success: bool
+    error: str | None
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/dbname`` of a DSN, never its password."""
+    try:
+        p = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(unparsable DSN)"
+    host = p.get("host") or "localhost"
+    port = f":{p['port']}" if p.get("port") else ""
+    user = f"{p['user']}@" if p.get("user") else ""
+    return f"{user}{host}{port}/{p.get('dbname') or '(default)'}"
+
+
+# ---------------------------------------------------------------------------------- adapter
+
+#: Server-side ends of a session: admin shutdown, crash shutdown, cannot connect now.
+_SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _operation(
+    method: Callable[Concatenate[SyncDatabase, _P], Awaitable[_R]],
+) -> Callable[Concatenate[SyncDatabase, _P], Coroutine[Any, Any, _R]]:
+    """A public operation of :class:`SyncDatabase`: reopen a lost connection before it, and
+    turn a connection lost during it into :class:`DatabaseUnavailable` (the driver error is
+    chained as ``__cause__``). Other database errors pass unchanged."""
+
+    @functools.wraps(method)
+    async def run(self: SyncDatabase, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        await self._ensure_connection()
+        try:
+            return await method(self, *args, **kwargs)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not self._connection_lost(exc):
+                raise
+            raise self._unavailable(exc) from exc
+
+    return run
+
+
+async def _open_connection(dsn: str, options: dict[str, Any]) -> psycopg.AsyncConnection[Any]:
+    """A new autocommit connection; failures as :class:`ConfigError` (bad DSN) or
+    :class:`DatabaseUnavailable` naming host and database, never the password."""
+    where = describe_dsn(dsn)
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **options)
+    except psycopg.ProgrammingError:
+        raise ConfigError(f"invalid sync database DSN for {where}") from None
+    except (psycopg.OperationalError, OSError) as exc:
+        reason = _first_line(exc)
+        password = _password(dsn)
+        if password:
+            reason = reason.replace(password, "***")
+        raise DatabaseUnavailable(
+            f"cannot connect to the sync database {where}: {reason}"
+        ) from None
+
+
+def _setup(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any]:
+    """The session setup of every connection (the first and each reconnect)."""
+    conn.adapters.register_dumper(UuidArray, _UuidArrayDumper)
+    return conn
+
+
+class SyncDatabase:
+    """The sync database, through one psycopg ``AsyncConnection`` (autocommit).
+
+    Open with ``await SyncDatabase.connect(dsn)``; close with :meth:`close` or ``async with``.
+    Not safe for concurrent use by several tasks (one connection): give each worker its own.
+
+    A lost connection (terminated backend, server restart, network) fails the operation it
+    interrupts with :class:`DatabaseUnavailable` (a transaction in progress is rolled back by
+    the server: nothing half-written), and the next operation opens a new connection with the
+    same DSN. Never in the middle of a transaction: a half-done unit of work is not retried.
+    Session advisory locks (:meth:`try_lock_tenant`) end with the lost session.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        dsn_description: str,
+        *,
+        dsn: str | None = None,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._conn = _setup(conn)
+        self._where = dsn_description
+        # Kept for reconnecting only; never shown (it may hold the password).
+        self._dsn = dsn
+        self._connect_options = dict(connect_options or {})
+        self._layout: TableLayout | None = None
+        self._locks: set[tuple[str, int]] = set()
+        self._closed = False  # close() was called: no reconnecting
+        self._in_transaction = False
+        self.statements = 0
+        self.reconnects = 0  # connections reopened after one was lost (status, tests)
+
+    @classmethod
+    async def connect(cls, dsn: str, *, connect_timeout: float | None = None) -> Self:
+        """Connect; an unreachable database raises :class:`DatabaseUnavailable` naming the
+        host and database (never the password). ``connect_timeout`` (seconds) defaults to the
+        DSN's own, else 10."""
+        options: dict[str, Any] = {}
+        if connect_timeout is not None:
+            options["connect_timeout"] = max(1, round(connect_timeout))
+        elif "connect_timeout" not in _params(dsn):
+            options["connect_timeout"] = 10
+        conn = await _open_connection(dsn, options)
+        return cls(conn, describe_dsn(dsn), dsn=dsn, connect_options=options)
+
+    async def close(self) -> None:
+        """Close the connection (session advisory locks are released with it)."""
+        self._closed = True
+        self._locks.clear()
+        await self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (a lost connection is reopened, not closed)."""
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"SyncDatabase({self._where}, statements={self.statements})"
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _ensure_connection(self) -> None:
+        """Before an operation: reopen the connection if the previous one was lost."""
+        if self._closed:
+            raise DatabaseUnavailable(
+                f"the connection to the sync database {self._where} was closed"
+            )
+        if not self._conn.closed:
+            return
+        if self._in_transaction:  # never resume half a unit of work on a new session
+            raise DatabaseUnavailable(
+                f"lost the connection to the sync database {self._where} during a transaction; "
+                "it was rolled back"
+            )
+        if self._dsn is None:
+            raise DatabaseUnavailable(
+                f"lost the connection to the sync database {self._where} (no DSN to reconnect)"
+            )
+        lost_locks = sorted(self._locks)
+        self._locks.clear()  # advisory locks end with their session
+        conn = await _open_connection(self._dsn, self._connect_options)
+        self._conn = _setup(conn)
+        self.reconnects += 1
+        log.info(
+            "reconnected to the sync database %s%s",
+            self._where,
+            f" (advisory locks lost with the old session: {lost_locks})" if lost_locks else "",
+        )
+
+    def _connection_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection itself failed (not just the statement)."""
+        if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        if self._conn.closed:  # psycopg closes a connection whose socket or session is gone
+            return True
+        state = getattr(exc, "sqlstate", None) or ""
+        return state.startswith("08") or state in _SHUTDOWN_STATES
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        reason = _first_line(exc)
+        password = _password(self._dsn) if self._dsn else None
+        if password:
+            reason = reason.replace(password, "***")
+        return DatabaseUnavailable(
+            f"lost the connection to the sync database {self._where}: {reason} "
+            "(a transaction in progress was rolled back; the next operation reconnects)"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """``conn.transaction()``, remembered so that no reconnect happens inside it."""
+        self._in_transaction = True
+        try:
+            async with self._conn.transaction():
+                yield
+        finally:
+            self._in_transaction = False
+
+    async def _execute(self, query: Any, params: Any = None) -> psycopg.AsyncCursor[Any]:
+        """Run one statement (counted) and return its cursor."""
+        self.statements += 1
+        cur = self._conn.cursor()
+        await cur.execute(query, params)
+        return cur
+
+    async def _scalar(self, query: Any, params: Any = None) -> Any:
+        cur = await self._execute(query, params)
+        row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    # -- schema --------------------------------------------------------------------------------
+
+    @_operation
+    async def migrate(self) -> list[str]:
+        """Create or upgrade the schema (spec §2); return the actions applied.
+
+        One transaction under an advisory lock; idempotent (a second run returns ``[]``).
+        """
+        async with self._transaction():
+            actions = await migrate(self._execute)
+        self._layout = None
+        for action in actions:
+            log.info("migrate: %s", action)
+        return actions
+
+    @_operation
+    async def layout(self, *, refresh: bool = False) -> TableLayout:
+        """The reflected layout of ``meter_reading`` (read once, then cached).
+
+        Raises :class:`SchemaError` naming the column and its type for an unsupported column.
+        """
+        if self._layout is None or refresh:
+            self._layout = reflect(await catalog_columns(self._execute, q.READING))
+        return self._layout
+
+    # -- tenants -------------------------------------------------------------------------------
+
+    @_operation
+    async def get_tenant(self, tenant_id: int) -> TenantRow | None:
+        """The tenant's row, or ``None``."""
+        try:
+            cur = await self._execute(q.GET_TENANT, (_check_tenant_id(tenant_id),))
+        except psycopg.errors.UndefinedColumn as exc:
+            raise SchemaError(
+                f"table tenant is missing a column ({_first_line(exc)}): run `metersync migrate`"
+            ) from None
+        row = await cur.fetchone()
+        return None if row is None else TenantRow(*row)
+
+    @_operation
+    async def list_tenants(self) -> list[TenantRow]:
+        """All tenants, by id."""
+        try:
+            cur = await self._execute(q.LIST_TENANTS)
+        except psycopg.errors.UndefinedColumn as exc:
+            raise SchemaError(
+                f"table tenant is missing a column ({_first_line(exc)}): run `metersync migrate`"
+            ) from None
+        return [TenantRow(*row) for row in await cur.fetchall()]
+
+    @_operation
+    async def add_tenant(
+        self,
+        tenant_id: int,
+        name: str,
+        api_key: str | None,
+        *,
+        upload_batch_size: int | None = None,
+        download_batch_size: int | None = None,
+    ) -> TenantRow:
+        """Create a tenant (sizes default to 100 / 1000); ``ConfigError`` if it exists or a
+        size is outside 1..10000."""
+        _check_tenant_id(tenant_id)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"tenant {tenant_id}: name must be a non-empty string")
+        upload = DEFAULT_UPLOAD_BATCH_SIZE if upload_batch_size is None else upload_batch_size
+        download = (
+            DEFAULT_DOWNLOAD_BATCH_SIZE if download_batch_size is None else download_batch_size
+        )
+        _validate_size(tenant_id, "upload_batch_size", upload)
+        _validate_size(tenant_id, "download_batch_size", download)
+        try:
+            async with self._transaction():
+                cur = await self._execute(
+                    q.ADD_TENANT, (tenant_id, name, api_key, download, upload)
+                )
+                row = await cur.fetchone()
+                await self._execute(q.NOTIFY_TENANT, (tenant_id,))
+        except psycopg.errors.UniqueViolation:
+            raise ConfigError(f"tenant {tenant_id} already exists") from None
+        assert row is not None
+        return TenantRow(*row)
+
+    @_operation
+    async def set_tenant_batch_sizes(
+        self, tenant_id: int, *, upload: int | None = None, download: int | None = None
+    ) -> TenantRow:
+        """Change a tenant's sizes and notify other processes (``metersync_tenant`` channel),
+        in one transaction. ``ConfigError`` names the field and the valid range;
+        :class:`UnknownTenantError` when there is no such tenant."""
+        _check_tenant_id(tenant_id)
+        if upload is None and download is None:
+            raise ConfigError(f"tenant {tenant_id}: give upload and/or download batch size")
+        if upload is not None:
+            _validate_size(tenant_id, "upload_batch_size", upload)
+        if download is not None:
+            _validate_size(tenant_id, "download_batch_size", download)
+        async with self._transaction():
+            cur = await self._execute(q.SET_TENANT_SIZES, (upload, download, tenant_id))
+            row = await cur.fetchone()
+            if row is None:
+                raise UnknownTenantError(tenant_id)
+            await self._execute(q.NOTIFY_TENANT, (tenant_id,))
+        log.info(
+            "tenant %s: batch sizes set to upload_batch_size=%s download_batch_size=%s",
+            tenant_id,
+            row[5],
+            row[4],
+        )
+        return TenantRow(*row)
+
+    @_operation
+    async def get_tenant_batch_config(self, tenant_id: int) -> BatchSizes:
+        """The tenant's batch sizes with the spec §3 rules.
+
+        A stored value <= 0 or > 10000: ERROR naming tenant, column and value, that field's
+        default. Tenant row missing, columns missing (schema not migrated) or the lookup
+        failing: WARNING, defaults. Raises only :class:`DatabaseUnavailable` (the connection
+        was lost), never for another database problem.
+        """
+        _check_tenant_id(tenant_id)
+        defaults = {
+            "download_batch_size": DEFAULT_DOWNLOAD_BATCH_SIZE,
+            "upload_batch_size": DEFAULT_UPLOAD_BATCH_SIZE,
+        }
+        try:
+            data = await self._scalar(q.TENANT_BATCH_ROW, (tenant_id,))
+        except psycopg.Error as exc:
+            if self._connection_lost(exc):
+                raise  # DatabaseUnavailable (``_operation``): defaults cannot help there
+            log.warning(
+                "tenant %s: loading the batch sizes failed (%s: %s); using the defaults "
+                "download_batch_size=%d upload_batch_size=%d",
+                tenant_id,
+                type(exc).__name__,
+                _first_line(exc),
+                DEFAULT_DOWNLOAD_BATCH_SIZE,
+                DEFAULT_UPLOAD_BATCH_SIZE,
+            )
+            return BatchSizes(source="default")
+        if data is None:
+            log.warning(
+                "tenant %s: no row in table tenant; using the default batch sizes "
+                "download_batch_size=%d upload_batch_size=%d",
+                tenant_id,
+                DEFAULT_DOWNLOAD_BATCH_SIZE,
+                DEFAULT_UPLOAD_BATCH_SIZE,
+            )
+            return BatchSizes(source="default")
+        values: dict[str, int] = {}
+        for column, default in defaults.items():
+            if column not in data:
+                log.warning(
+                    "tenant %s: table tenant has no column %s (run `metersync migrate`); "
+                    "using the default %s=%d",
+                    tenant_id,
+                    column,
+                    column,
+                    default,
+                )
+                continue
+            stored = data[column]
+            if stored is None:
+                log.warning(
+                    "tenant %s: %s is NULL; using the default %s=%d",
+                    tenant_id,
+                    column,
+                    column,
+                    default,
+                )
+                continue
+            problem = batch_size_problem(stored)
+            if problem:
+                log.error(
+                    "tenant %s: stored %s=%s is invalid (%s); using the default %s=%d",
+                    tenant_id,
+                    column,
+                    stored,
+                    problem,
+                    column,
+                    default,
+                )
+                continue
+            values[column] = stored
+        source = "tenant" if len(values) == 2 else "tenant+default" if values else "default"
+        return BatchSizes(
+            download_batch_size=values.get("download_batch_size", DEFAULT_DOWNLOAD_BATCH_SIZE),
+            upload_batch_size=values.get("upload_batch_size", DEFAULT_UPLOAD_BATCH_SIZE),
+            source=source,
+        )
+
+    # -- upload --------------------------------------------------------------------------------
+
+    @_operation
+    async def fetch_unsynchronized(
+        self,
+        tenant_id: int,
+        limit: int,
+        *,
+        max_retries: int = 5,
+        exclude: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None,
+    ) -> pa.RecordBatch:
+        """The tenant's oldest ``limit`` unsynchronized readings (order ``created_at,
+        meter_reading_id``), skipping quarantined ones (``retry_count >= max_retries``) and the
+        ``exclude`` ids, as a record batch of the upload columns. One COPY statement."""
+        layout = await self.layout()
+        statement = self.fetch_statement(
+            tenant_id, limit, max_retries=max_retries, exclude=exclude, layout=layout
+        )
+        self.statements += 1
+        async with self._conn.cursor() as cur, cur.copy(statement) as copy:
+            chunks = await _read_copy(self._conn, copy)
+        return codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
+
+    def fetch_statement(
+        self,
+        tenant_id: int,
+        limit: int,
+        *,
+        max_retries: int = 5,
+        exclude: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None,
+        layout: TableLayout | None = None,
+        copy: bool = True,
+    ) -> Any:
+        """The exact COPY statement :meth:`fetch_unsynchronized` runs; with ``copy=False``
+        its inner ``SELECT`` (what a test EXPLAINs: COPY itself cannot be explained)."""
+        _check_tenant_id(tenant_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
+            raise ValueError(f"max_retries must be a positive integer, got {max_retries!r}")
+        layout = layout or self._layout
+        if layout is None:
+            raise RuntimeError("call await layout() first")
+        literal = None
+        if exclude is not None and len(exclude):
+            # Hex digits only: safe as a literal (COPY takes no parameters).
+            ids = id_array(exclude)
+            literal = "{" + ",".join(b.hex() for b in ids.to_pylist() if b is not None) + "}"
+        select = q.queue_select(layout.upload_columns, tenant_id, limit, max_retries, literal)
+        return q.copy_out(select) if copy else select
+
+    @_operation
+    async def mark_synchronized(
+        self, tenant_id: int, ids: pa.Array | pa.ChunkedArray | Sequence[Any]
+    ) -> int:
+        """Mark readings the Client System confirmed: ``is_synchronized = true, sync_status =
+        'synchronized', last_error = NULL``. ONE statement; returns the rows newly marked
+        (already synchronized ones are not written again). Only ``tenant_id``'s rows change."""
+        _check_tenant_id(tenant_id)
+        param = uuid_param(ids)
+        if not param.count:
+            return 0
+        cur = await self._execute(q.MARK_SYNCHRONIZED, (tenant_id, param))
+        return cur.rowcount
+
+    @_operation
+    async def mark_rejected(
+        self,
+        tenant_id: int,
+        ids: Sequence[Any] | pa.Array,
+        errors: Sequence[str],
+        max_retries: int = 5,
+    ) -> RejectResult:
+        """Record individual rejections: ``sync_status = 'failed', retry_count + 1,
+        last_error``. ONE statement. ``quarantined`` counts the rows that reached
+        ``max_retries`` (the queue skips them until :meth:`requeue`)."""
+        _check_tenant_id(tenant_id)
+        arr = id_array(ids)
+        if len(arr) != len(errors):
+            raise ValueError(f"{len(arr)} ids but {len(errors)} error texts")
+        if not len(arr):
+            return RejectResult(0, 0)
+        texts = [_clean_text(e) for e in errors]
+        cur = await self._execute(
+            q.MARK_REJECTED,
+            (UuidArray(codec.uuid_array_binary(arr), len(arr)), texts, tenant_id, max_retries),
+        )
+        flags = await cur.fetchall()
+        return RejectResult(len(flags), sum(1 for (f,) in flags if f))
+
+    @_operation
+    async def requeue(
+        self, tenant_id: int, ids: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None
+    ) -> int:
+        """Put rejected readings back in the queue (``retry_count = 0, sync_status =
+        'pending'``): the given ids, or every rejected unsynchronized reading of the tenant."""
+        _check_tenant_id(tenant_id)
+        if ids is None:
+            cur = await self._execute(q.REQUEUE_ALL, (tenant_id,))
+        else:
+            param = uuid_param(ids)
+            if not param.count:
+                return 0
+            cur = await self._execute(q.REQUEUE_IDS, (tenant_id, param))
+        return cur.rowcount
+
+    @_operation
+    async def quarantined_ids(self, tenant_id: int, max_retries: int = 5) -> pa.Array:
+        """Ids of the tenant's quarantined readings (oldest first), ``fixed_size_binary(16)``."""
+        _check_tenant_id(tenant_id)
+        cur = await self._execute(q.QUARANTINED_IDS, (tenant_id, max_retries))
+        return pa.array([r[0].bytes for r in await cur.fetchall()], type=pa.binary(16))
+
+    # -- insert / download ---------------------------------------------------------------------
+
+    @_operation
+    async def insert_readings(
+        self, batch: pa.RecordBatch, chunk_rows: int, *, synchronized: bool = False
+    ) -> InsertResult:
+        """Insert readings (upload columns + ``tenant_id``), skipping ids already present.
+
+        One transaction: one existing-id check per tenant in the batch, then one binary COPY
+        per chunk of ``chunk_rows``. A concurrent writer inserting one of the ids in between
+        makes it fail with ``psycopg.errors.UniqueViolation``: nothing written, retry.
+        """
+        layout = await self.layout()
+        prepared = _prepare_insert(batch, layout, None, synchronized)
+        if prepared.num_rows == 0:
+            return InsertResult(0, 0, 0)
+        async with self._transaction():
+            return await self._insert(prepared, chunk_rows)
+
+    @_operation
+    async def store_download_page(
+        self, tenant_id: int, batch: pa.RecordBatch, chunk_rows: int, next_cursor: str | None
+    ) -> InsertResult:
+        """Store a downloaded page as synchronized readings and advance the tenant's cursor, in
+        ONE transaction (a crash replays the page and duplicates nothing)."""
+        _check_tenant_id(tenant_id)
+        layout = await self.layout()
+        prepared = _prepare_insert(batch, layout, tenant_id, True)
+        async with self._transaction():
+            result = (
+                await self._insert(prepared, chunk_rows)
+                if prepared.num_rows
+                else InsertResult(0, 0, 0)
+            )
+            failpoint("download.before_commit")
+            await self._execute(q.UPSERT_CURSOR, (tenant_id, next_cursor))
+        return result
+
+    async def _insert(self, batch: pa.RecordBatch, chunk_rows: int) -> InsertResult:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        total = batch.num_rows
+        # The existing-id check (a primary-key probe per id, ~12% of the COPY's own time) runs
+        # on the server while a worker thread encodes the chunks (the C encoder releases the
+        # GIL): the encoding is then free, and it is only redone if the check found readings
+        # to skip.
+        check = asyncio.ensure_future(self._present_ids(batch))
+        encoded: list[bytes] | None = None
+        try:
+            if total >= OVERLAP_MIN_ROWS:
+                encoded = await asyncio.to_thread(_encode_chunks, batch, chunk_rows)
+        finally:
+            present = await check
+        if present:
+            keep = pc.invert(pc.is_in(batch.column("meter_reading_id"), value_set=present))
+            batch = batch.filter(keep)
+            encoded = None
+        chunks = (
+            encoded
+            if encoded is not None
+            else (codec.copy_binary(c) for c in codec.slices(batch, chunk_rows))
+        )
+        statement = q.copy_in(batch.schema.names)
+        count = 0
+        async with self._conn.cursor() as cur:
+            for data in chunks:
+                self.statements += 1
+                async with cur.copy(statement) as copy:
+                    await copy.write(data)
+                count += 1
+        return InsertResult(batch.num_rows, total - batch.num_rows, count)
+
+    async def _present_ids(self, batch: pa.RecordBatch) -> pa.Array:
+        """Ids of the batch already stored: one statement per tenant in the batch."""
+        ids = batch.column("meter_reading_id")
+        tenants = batch.column("tenant_id")
+        distinct = pc.unique(tenants).to_pylist()
+        present: list[bytes] = []
+        for tenant in distinct:
+            mine = ids if len(distinct) == 1 else ids.filter(pc.equal(tenants, tenant))
+            cur = await self._execute(q.EXISTING_IDS, (tenant, uuid_param(mine)))
+            present += [r[0].bytes for r in await cur.fetchall()]
+        return pa.array(present, type=pa.binary(16))
+
+    @_operation
+    async def get_download_cursor(self, tenant_id: int) -> str | None:
+        """Where the tenant's download resumes (``None``: from the beginning)."""
+        return await self._scalar(q.GET_CURSOR, (_check_tenant_id(tenant_id),))
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    @_operation
+    async def try_lock_tenant(self, tenant_id: int, operation: str) -> bool:
+        """Take the tenant's lock for ``operation`` (session advisory lock, released by
+        :meth:`unlock_tenant` or when the connection ends). ``False`` if anyone holds it,
+        this adapter included."""
+        _check_tenant_id(tenant_id)
+        if not isinstance(operation, str) or not operation:
+            raise ValueError(f"operation must be a non-empty string, got {operation!r}")
+        if (operation, tenant_id) in self._locks:
+            return False  # advisory locks are re-entrant per session; ours are not
+        got = bool(await self._scalar(q.TRY_LOCK, (q.lock_key(operation, tenant_id),)))
+        if got:
+            self._locks.add((operation, tenant_id))
+        return got
+
+    @contextlib.asynccontextmanager
+    async def tenant_lock(self, tenant_id: int, operation: str) -> AsyncIterator[None]:
+        """Hold the tenant's ``operation`` lock for the body of an ``async with``.
+
+        Raises :class:`TenantBusyError` at once when another worker holds it (two uploaders
+        never send the same reading at the same time); releases it however the body ends, and
+        a release on a lost connection never masks the body's own error.
+        """
+        if not await self.try_lock_tenant(tenant_id, operation):
+            raise TenantBusyError(
+                f"tenant {tenant_id}: another worker holds the {operation} lock; cycle skipped"
+            )
+        try:
+            yield
+        finally:
+            await self.unlock_tenant(tenant_id, operation)
+
+    async def unlock_tenant(self, tenant_id: int, operation: str) -> bool:
+        """Release a lock taken by :meth:`try_lock_tenant`; ``False`` if it was not held.
+
+        Never reconnects and never raises for a lost connection (``False``): the lock ended
+        with its session, and the caller's own error (often that same lost connection) must
+        not be masked by one from its cleanup."""
+        if (operation, tenant_id) not in self._locks:
+            return False
+        self._locks.discard((operation, tenant_id))
+        if self._closed or self._conn.closed:
+            return False
+        try:
+            return bool(await self._scalar(q.UNLOCK, (q.lock_key(operation, tenant_id),)))
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not self._connection_lost(exc):
+                raise
+            log.debug("tenant %s: %s lock ended with the lost connection", tenant_id, operation)
+            return False
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    @_operation
+    async def write_sync_log(
+        self,
+        tenant_id: int,
+        operation: str,
+        batches: int,
+        records: int,
+        statements: int,
+        duration_s: float,
+        success: bool,
+        error: str | None = None,
+    ) -> None:
+        """Append one cycle to ``sync_log``."""
+        await self._execute(
+            q.WRITE_SYNC_LOG,
+            (
+                _check_tenant_id(tenant_id),
+                operation,
+                float(duration_s),
+                batches,
+                records,
+                statements,
+                float(duration_s),
+                bool(success),
+                None if error is None else _clean_text(error),
+            ),
+        )
+
+    @_operation
+    async def recent_cycles(self, tenant_id: int, limit: int = 10) -> list[CycleRow]:
+        """The tenant's last ``limit`` cycles, newest first."""
+        cur = await self._execute(q.RECENT_CYCLES, (_check_tenant_id(tenant_id), limit))
+        return [CycleRow(*row) for row in await cur.fetchall()]
+
+    @_operation
+    async def queue_status(
+        self, tenant_id: int | None = None, max_retries: int = 5
+    ) -> list[QueueStatus]:
+        """Queue counts per tenant (one tenant, or every tenant of table ``tenant``)."""
+        if tenant_id is None:
+            cur = await self._execute(q.QUEUE_STATUS_ALL, {"r": max_retries})
+        else:
+            cur = await self._execute(
+                q.QUEUE_STATUS_ONE, {"r": max_retries, "t": _check_tenant_id(tenant_id)}
+            )
+        return [QueueStatus(*row) for row in await cur.fetchall()]
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _encode_chunks(batch: pa.RecordBatch, chunk_rows: int) -> list[bytes]:
+    return [codec.copy_binary(chunk) for chunk in codec.slices(batch, chunk_rows)]
+
+
+def _drain(copy: Any) -> Generator[Any, Any, list[Any]]:
+    """One psycopg generator that reads every COPY OUT row (libpq hands them out one by one)."""
+    chunks: list[Any] = []
+    while True:
+        data = yield from copy._read_gen()
+        if not data:
+            return chunks
+        chunks.append(data)
+
+
+async def _read_copy(conn: psycopg.AsyncConnection[Any], copy: Any) -> list[Any]:
+    """All rows of a COPY OUT.
+
+    ``async for data in copy`` goes through the event loop once per row (libpq returns COPY
+    data row by row). Driving psycopg's own per-row generator (``_read_gen``, the body of
+    ``AsyncCopy.read``) inside one ``conn.wait`` reads the same rows, with the same error
+    handling, without that round trip: a 1000-row wide page took 45 ms against 50 ms (median;
+    best 21 against 27 ms) on the loaded 2-core machine. The public path is the fallback
+    should a later psycopg drop the private name.
+    """
+    if hasattr(copy, "_read_gen"):
+        return await conn.wait(_drain(copy))
+    return [data async for data in copy]
+
+
+def _validate_size(tenant_id: int, field: str, value: object) -> None:
+    problem = batch_size_problem(value)
+    if problem:
+        raise ConfigError(
+            f"tenant {tenant_id}: {field} {problem} "
+            f"(valid range {MIN_BATCH_SIZE}..{MAX_BATCH_SIZE})"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _params(dsn: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return {}
+
+
+def _password(dsn: str) -> str | None:
+    return _params(dsn).get("password") or None
+
+
+_FORBIDDEN = frozenset({"retry_count", "last_error", "is_synchronized", "sync_status"})
+
+
+def _prepare_insert(
+    batch: pa.RecordBatch, layout: TableLayout, tenant_id: int | None, synchronized: bool
+) -> pa.RecordBatch:
+    """Shape a batch for ``COPY meter_reading``: ``tenant_id`` first (added, or checked against
+    ``tenant_id``), the known upload columns in table order cast to the reflected types, then
+    the synchronized constants. ``ValueError`` names any problem."""
+    batch = as_batch(batch)
+    names = batch.schema.names
+    n = batch.num_rows
+    known = set(layout.upload_columns)
+    for name in names:
+        if name in _FORBIDDEN:
+            raise ValueError(f"column {name!r} is set by metersync, not by the batch")
+        if name != "tenant_id" and name not in known:
+            raise ValueError(f"column {name!r} is not a column of meter_reading")
+    if len(set(names)) != len(names):
+        raise ValueError("the batch has duplicate column names")
+    if "meter_reading_id" not in names:
+        raise ValueError("the batch has no meter_reading_id column")
+    if "tenant_id" in names:
+        tenants = batch.column("tenant_id").cast(pa.int64())
+        if tenants.null_count:
+            raise ValueError("column 'tenant_id' holds nulls")
+        if tenant_id is not None and n and not pc.all(pc.equal(tenants, tenant_id)).as_py():
+            other = pc.filter(tenants, pc.not_equal(tenants, tenant_id))[0].as_py()
+            raise ValueError(f"the batch for tenant {tenant_id} holds a reading of tenant {other}")
+    elif tenant_id is not None:
+        tenants = pa.repeat(pa.scalar(tenant_id, pa.int64()), n)
+    else:
+        raise ValueError("the batch has no tenant_id column (and no tenant was given)")
+    columns: list[pa.Array] = [tenants]
+    out: list[str] = ["tenant_id"]
+    for name in layout.upload_columns:
+        if name not in names:
+            continue
+        col = batch.column(name)
+        want = layout.arrow_type(name)
+        if isinstance(col.type, pa.BaseExtensionType) and is_uuid(col.type):
+            col = col.storage
+        if col.type != want:
+            try:
+                col = col.cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(
+                    f"column {name!r}: cannot convert {col.type} to {want}: {exc}"
+                ) from None
+        columns.append(col)
+        out.append(name)
+    ids = batch.column("meter_reading_id")
+    if ids.null_count:
+        raise ValueError("column 'meter_reading_id' holds nulls")
+    if n and len(pc.unique(columns[out.index("meter_reading_id")])) != n:
+        raise ValueError("the batch holds the same meter_reading_id more than once")
+    if synchronized:
+        columns += [pa.repeat(True, n), pa.repeat("synchronized", n)]
+        out += ["is_synchronized", "sync_status"]
+    return pa.RecordBatch.from_arrays(columns, names=out)

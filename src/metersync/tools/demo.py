@@ -1,0 +1,537 @@
+"""The end-to-end demo: two tenants, a real sync database, the reference Client System, and proof
+that every reading arrived exactly once.
+
+``run_demo`` (what ``metersync demo`` runs):
+
+1. PostgreSQL: the server at ``dsn`` when given, else an embedded one (a temporary data
+   directory unless ``data_dir``); on it two scratch databases, the sync database and the
+   Client System's own.
+2. The reference Client System on a free loopback port (in a background thread).
+3. ``migrate``; two tenants with different batch sizes; their keys registered on the server.
+4. ``readings`` realistic wide readings split between the tenants: most inserted into the sync
+   database as pending (``SyncDatabase.insert_readings``, binary COPY), a share bulk-loaded on
+   the Client System so that the download path has work.
+5. Download, then upload, per tenant concurrently, through
+   :class:`~metersync.engine.manager.SyncManager` with progress bars. With ``faults`` the
+   server injects 5xx bursts, timeouts, 429s and lost responses after commit, and cycles
+   repeat until the queue is drained.
+6. Verification by id sets: every local reading on the server, every server reading local,
+   no id twice, every reading synchronized, and the server inserted exactly the readings that
+   were pending (downloaded ones never went back up).
+7. Everything is shut down and the scratch databases dropped, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from metersync import __impl__, codec
+from metersync.tools.embedded import EmbeddedPostgres, create_database, drop_database
+from metersync.tools.synthetic import reading_batch
+
+log = logging.getLogger(__name__)
+
+#: Faults the reference server injects with ``--faults`` (see ``metersync.server.faults``):
+#: a 3-request 502 burst, 5 % random 503s, 5 % 429s with Retry-After, 3 responses delayed past
+#: the client's read timeout, 4 batches committed whose answer is lost.
+DEMO_FAULTS = "fail=3:502,random=0.05:503,rate429=0.05:0.05,delay=1.5:3,drop_after_commit=4,seed=7"
+#: Read timeout of the demo's client when faults are on (the injected delays exceed it).
+FAULT_READ_TIMEOUT = 1.0
+#: Share of each tenant's readings that starts on the Client System (for the download path).
+PRELOAD_SHARE = 0.2
+#: Rows generated per step (keeps memory flat whatever ``readings`` is).
+GENERATE_CHUNK = 25_000
+#: Readings per bulk-load request to the reference server.
+PRELOAD_CHUNK = 5_000
+#: Upper bound on cycles per tenant and phase (a drained queue normally needs one).
+MAX_CYCLES = 200
+
+
+@dataclass(frozen=True)
+class DemoTenant:
+    """One demo tenant: id, name and its batch sizes."""
+
+    tenant_id: int
+    name: str
+    upload_batch_size: int
+    download_batch_size: int
+    share: float  # of all readings
+
+
+DEMO_TENANTS = (
+    DemoTenant(101, "Northwind Utilities", 500, 2000, 0.4),
+    DemoTenant(202, "Southgate Energy", 2000, 5000, 0.6),
+)
+
+
+@dataclass
+class TenantOutcome:
+    """What happened to one tenant's readings."""
+
+    tenant_id: int
+    name: str
+    upload_batch_size: int
+    download_batch_size: int
+    local_pending: int = 0
+    preloaded: int = 0
+    uploaded: int = 0
+    downloaded: int = 0
+    upload_cycles: int = 0
+    download_cycles: int = 0
+    upload_statements: int = 0
+    download_statements: int = 0
+    upload_seconds: float = 0.0
+    download_seconds: float = 0.0
+    client_rows: int = 0
+    local_rows: int = 0
+    lost: int = 0
+    not_downloaded: int = 0
+    duplicates: int = 0
+    unsynchronized: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DemoResult:
+    """The demo's summary (``--json`` prints :meth:`document`)."""
+
+    readings: int
+    tenants: list[TenantOutcome]
+    faults: bool
+    fault_counts: dict[str, int]
+    server_counters: dict[str, int]
+    upload_wall_s: float
+    download_wall_s: float
+    total_s: float
+    impl: str = __impl__
+
+    @property
+    def uploaded(self) -> int:
+        return sum(t.uploaded for t in self.tenants)
+
+    @property
+    def downloaded(self) -> int:
+        return sum(t.downloaded for t in self.tenants)
+
+    @property
+    def lost(self) -> int:
+        return sum(t.lost + t.not_downloaded for t in self.tenants)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(t.duplicates for t in self.tenants)
+
+    @property
+    def client_rows(self) -> int:
+        return sum(t.client_rows for t in self.tenants)
+
+    @property
+    def exactly_once(self) -> bool:
+        """Every reading exactly once on both sides, all synchronized, none uploaded back."""
+        pending = sum(t.local_pending for t in self.tenants)
+        return (
+            self.lost == 0
+            and self.duplicates == 0
+            and all(t.unsynchronized == 0 for t in self.tenants)
+            and self.client_rows == self.readings
+            and self.uploaded == pending
+            and self.server_counters.get("inserted", -1) == pending
+        )
+
+    def document(self) -> dict[str, Any]:
+        """One JSON-able object with the demo's figures."""
+        up_statements = sum(t.upload_statements for t in self.tenants)
+        return {
+            "readings": self.readings,
+            "uploaded": self.uploaded,
+            "downloaded": self.downloaded,
+            "client_rows": self.client_rows,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "exactly_once": self.exactly_once,
+            "upload_readings_per_s": _rate(self.uploaded, self.upload_wall_s),
+            "download_readings_per_s": _rate(self.downloaded, self.download_wall_s),
+            "statements_per_100k_upload": (
+                round(up_statements * 100_000 / self.uploaded, 1) if self.uploaded else None
+            ),
+            "upload_statements": up_statements,
+            "upload_wall_s": round(self.upload_wall_s, 3),
+            "download_wall_s": round(self.download_wall_s, 3),
+            "total_s": round(self.total_s, 3),
+            "faults": self.faults,
+            "faults_injected": self.fault_counts,
+            "server": self.server_counters,
+            "impl": self.impl,
+            "tenants": [asdict(t) for t in self.tenants],
+        }
+
+
+def _rate(count: int, seconds: float) -> float | None:
+    return round(count / seconds, 1) if seconds > 0 and count else None
+
+
+class DemoUI:
+    """What the demo reports while it runs; the CLI passes rich progress, tests pass nothing."""
+
+    def say(self, message: str) -> None:
+        """A status line."""
+
+    def bar(self, description: str, total: int | None) -> Callable[[int], None]:
+        """Start a progress bar; returns ``update(completed)``."""
+        return lambda completed: None
+
+
+class DemoInterrupted(Exception):
+    """Ctrl-C / SIGTERM: the demo stopped after the step in flight and cleaned up."""
+
+
+class _Stopper:
+    """Cooperative stop on SIGINT/SIGTERM: finish the batch, COPY or request in flight, then
+    unwind through the normal clean-up (cancelling mid-COPY would leave a connection busy).
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.parts: set[Any] = set()  # upload/download managers to ask for a stop
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request)
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def request(self) -> None:
+        if self.event.is_set():
+            return
+        log.warning("stop requested: finishing the step in flight, then cleaning up")
+        self.event.set()
+        for part in list(self.parts):
+            part.request_stop()
+        # The next Ctrl-C gets Python's default handler: KeyboardInterrupt, no more waiting.
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise DemoInterrupted("interrupted: everything started by the demo was shut down")
+
+
+def split_readings(total: int) -> list[tuple[DemoTenant, int, int]]:
+    """Per tenant: (tenant, readings pending locally, readings preloaded on the server)."""
+    if total < len(DEMO_TENANTS):
+        raise ValueError(f"readings must be at least {len(DEMO_TENANTS)}, got {total}")
+    result = []
+    left = total
+    for i, tenant in enumerate(DEMO_TENANTS):
+        n = left if i == len(DEMO_TENANTS) - 1 else round(total * tenant.share)
+        left -= n
+        preload = round(n * PRELOAD_SHARE)
+        result.append((tenant, n - preload, preload))
+    return result
+
+
+def run_demo(
+    readings: int = 200_000,
+    *,
+    faults: bool = False,
+    dsn: str | None = None,
+    data_dir: str | None = None,
+    keep: bool = False,
+    seed: int = 1,
+    ui: DemoUI | None = None,
+) -> DemoResult:
+    """Run the demo (see the module docstring) and return its verified summary.
+
+    ``dsn`` names a PostgreSQL server where the demo may create (and drop) two scratch
+    databases; without it an embedded server runs in ``data_dir`` or a temporary directory.
+    ``keep`` leaves the scratch databases in place for inspection.
+    """
+    ui = ui or DemoUI()
+    split_readings(readings)  # validate early
+    embedded: EmbeddedPostgres | None = None
+    if dsn is None:
+        embedded = EmbeddedPostgres(data_dir)
+        ui.say(f"starting embedded PostgreSQL in {embedded.data_dir}")
+        dsn = embedded.start()
+    try:
+        with _scratch_databases(dsn, keep=keep, ui=ui) as (sync_dsn, cs_dsn):
+            return asyncio.run(
+                _run(readings, faults=faults, sync_dsn=sync_dsn, cs_dsn=cs_dsn, seed=seed, ui=ui)
+            )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@contextlib.contextmanager
+def _scratch_databases(admin_dsn: str, *, keep: bool, ui: DemoUI) -> Iterator[tuple[str, str]]:
+    tag = uuid.uuid4().hex[:8]
+    names = (f"metersync_demo_{tag}_sync", f"metersync_demo_{tag}_client")
+    dsns = tuple(create_database(admin_dsn, name) for name in names)
+    try:
+        yield dsns[0], dsns[1]
+    finally:
+        if keep:
+            ui.say(f"kept databases {names[0]} (sync) and {names[1]} (Client System)")
+        else:
+            for name in names:
+                drop_database(admin_dsn, name)
+
+
+async def _run(
+    readings: int, *, faults: bool, sync_dsn: str, cs_dsn: str, seed: int, ui: DemoUI
+) -> DemoResult:
+    from metersync.server import AdminClient, ServerThread
+    from metersync.store.database import SyncDatabase
+
+    started = time.perf_counter()
+    stop = _Stopper()
+    stop.install()
+    plan = split_readings(readings)
+    keys = {t.tenant_id: f"sk_demo_{secrets.token_hex(16)}" for t, _, _ in plan}
+    server = ServerThread(cs_dsn)
+    await asyncio.to_thread(server.start)
+    admin = AdminClient(server.admin_url)
+    try:
+        ui.say(f"reference Client System on {server.base_url}")
+        async with await SyncDatabase.connect(sync_dsn) as db:
+            await db.migrate()
+            outcomes = []
+            for tenant, local, preload in plan:
+                await db.add_tenant(
+                    tenant.tenant_id,
+                    tenant.name,
+                    keys[tenant.tenant_id],
+                    upload_batch_size=tenant.upload_batch_size,
+                    download_batch_size=tenant.download_batch_size,
+                )
+                await asyncio.to_thread(
+                    admin.register_tenant, tenant.tenant_id, keys[tenant.tenant_id], tenant.name
+                )
+                outcomes.append(
+                    TenantOutcome(
+                        tenant.tenant_id,
+                        tenant.name,
+                        tenant.upload_batch_size,
+                        tenant.download_batch_size,
+                        local_pending=local,
+                        preloaded=preload,
+                    )
+                )
+            await _generate(db, admin, plan, seed, ui, stop)
+        await asyncio.to_thread(admin.reset_stats)
+        if faults:
+            await asyncio.to_thread(admin.set_faults, DEMO_FAULTS)
+            ui.say(f"fault injection on: {DEMO_FAULTS}")
+
+        stop.check()
+        url = server.base_url
+        download_wall = await _phase("download", outcomes, keys, sync_dsn, url, faults, ui, stop)
+        stop.check()
+        upload_wall = await _phase("upload", outcomes, keys, sync_dsn, url, faults, ui, stop)
+        stop.check()
+
+        stats = await asyncio.to_thread(admin.stats)
+        await asyncio.to_thread(admin.clear_faults)
+        await _verify(outcomes, sync_dsn, cs_dsn)
+    finally:
+        admin.close()
+        await asyncio.to_thread(server.stop)
+        stop.uninstall()
+    counters = {
+        k: int(stats.get(k, 0))
+        for k in ("requests", "batches_received", "readings_received", "inserted",
+                  "duplicates_seen", "idempotency_replays", "readings_served")
+    }  # fmt: skip
+    return DemoResult(
+        readings=readings,
+        tenants=outcomes,
+        faults=faults,
+        fault_counts={str(k): int(v) for k, v in stats.get("faults_injected", {}).items()},
+        server_counters=counters,
+        upload_wall_s=upload_wall,
+        download_wall_s=download_wall,
+        total_s=time.perf_counter() - started,
+    )
+
+
+async def _generate(
+    db: Any,
+    admin: Any,
+    plan: list[tuple[DemoTenant, int, int]],
+    seed: int,
+    ui: DemoUI,
+    stop: _Stopper,
+) -> None:
+    """Insert each tenant's pending readings and bulk-load its preloaded ones on the server."""
+    total = sum(local + preload for _, local, preload in plan)
+    update = ui.bar("generate readings", total)
+    done = 0
+    for tenant, local, preload in plan:
+        n = local + preload
+        for chunk_no, start in enumerate(range(0, n, GENERATE_CHUNK)):
+            stop.check()
+            rows = min(GENERATE_CHUNK, n - start)
+            batch = reading_batch(
+                rows,
+                seed=seed * 1_000_003 + tenant.tenant_id * 1009 + chunk_no,
+                tenant_id=tenant.tenant_id,
+            )
+            # The first `local` readings of the tenant stay pending in the sync database; the
+            # rest start on the Client System.
+            local_rows = max(0, min(rows, local - start))
+            if local_rows:
+                await db.insert_readings(batch.slice(0, local_rows), tenant.upload_batch_size)
+            if rows > local_rows:
+                remote = batch.slice(local_rows).drop_columns(["tenant_id"])
+                for part in codec.slices(remote, PRELOAD_CHUNK):
+                    body = codec.json_rows(part)
+                    await asyncio.to_thread(_load, admin, tenant.tenant_id, body)
+            done += rows
+            update(done)
+
+
+def _load(admin: Any, tenant_id: int, readings_json: bytes) -> None:
+    """Bulk-load pre-encoded readings (the JSON array is spliced, never re-parsed by us)."""
+    body = b'{"tenant_id":%d,"readings":%s}' % (tenant_id, readings_json)
+    response = admin._http.post(
+        "/readings", content=body, headers={"Content-Type": "application/json"}
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"bulk load failed: HTTP {response.status_code}: {response.text[:200]}")
+
+
+async def _phase(
+    operation: str,
+    outcomes: list[TenantOutcome],
+    keys: dict[int, str],
+    sync_dsn: str,
+    base_url: str,
+    faults: bool,
+    ui: DemoUI,
+    stop: _Stopper,
+) -> float:
+    """Run ``operation`` for every tenant concurrently until done; return the wall time."""
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            _drain(operation, o, keys[o.tenant_id], sync_dsn, base_url, faults, ui, stop)
+            for o in outcomes
+        )
+    )
+    return time.perf_counter() - started
+
+
+async def _drain(
+    operation: str,
+    outcome: TenantOutcome,
+    api_key: str,
+    sync_dsn: str,
+    base_url: str,
+    faults: bool,
+    ui: DemoUI,
+    stop: _Stopper,
+) -> None:
+    """Cycles of one operation for one tenant until nothing is left (or MAX_CYCLES)."""
+    from metersync.engine.manager import SyncManager, SyncOptions
+    from metersync.remote.client import ClientSystemApiClient
+
+    client = ClientSystemApiClient(
+        base_url,
+        api_key,
+        read_timeout=FAULT_READ_TIMEOUT if faults else 30.0,
+        backoff_base=0.05,
+        backoff_max=0.5,
+        max_retries=6,
+    )
+    expected = outcome.local_pending if operation == "upload" else outcome.preloaded
+    update = ui.bar(f"{operation} tenant {outcome.tenant_id}", expected)
+    config = SyncOptions(tenant_id=outcome.tenant_id, dsn=sync_dsn, api_client=client)
+    done = cycles = statements = 0
+    seconds = 0.0
+    try:
+        async with SyncManager(config) as manager:
+            part = manager.uploader if operation == "upload" else manager.downloader
+            assert part is not None
+            run = manager.upload_readings if operation == "upload" else manager.download_readings
+            stop.parts.add(part)
+
+            async def refresh() -> None:
+                while True:
+                    live = part.report.confirmed if operation == "upload" else part.report.inserted
+                    update(done + live)
+                    await asyncio.sleep(0.2)
+
+            refresher = asyncio.create_task(refresh())
+            try:
+                for _ in range(MAX_CYCLES):
+                    if stop.event.is_set():
+                        break
+                    report = await run()
+                    done += report.confirmed if operation == "upload" else report.inserted
+                    cycles += 1
+                    statements += report.statements
+                    seconds += report.seconds
+                    if report.error:
+                        outcome.errors.append(report.error)
+                        log.info("tenant %s %s: %s", outcome.tenant_id, operation, report.error)
+                    elif done >= expected:
+                        break
+            finally:
+                stop.parts.discard(part)
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            update(done)
+    finally:
+        await client.aclose()
+    if operation == "upload":
+        outcome.uploaded, outcome.upload_cycles = done, cycles
+        outcome.upload_statements, outcome.upload_seconds = statements, seconds
+    else:
+        outcome.downloaded, outcome.download_cycles = done, cycles
+        outcome.download_statements, outcome.download_seconds = statements, seconds
+
+
+async def _verify(outcomes: list[TenantOutcome], sync_dsn: str, cs_dsn: str) -> None:
+    """Compare id sets of the sync database and the Client System, tenant by tenant."""
+    async with (
+        await psycopg.AsyncConnection.connect(sync_dsn) as local,
+        await psycopg.AsyncConnection.connect(cs_dsn) as remote,
+    ):
+        for o in outcomes:
+            rows = await (
+                await local.execute(
+                    "SELECT meter_reading_id, is_synchronized FROM meter_reading "
+                    "WHERE tenant_id = %s",
+                    (o.tenant_id,),
+                )
+            ).fetchall()
+            local_ids = {r[0] for r in rows}
+            o.local_rows = len(rows)
+            o.unsynchronized = sum(1 for r in rows if not r[1])
+            server_rows = await (
+                await remote.execute(
+                    "SELECT meter_reading_id FROM cs_meter_reading WHERE tenant_id = %s",
+                    (o.tenant_id,),
+                )
+            ).fetchall()
+            server_ids = {r[0] for r in server_rows}
+            o.client_rows = len(server_rows)
+            o.duplicates = (len(server_rows) - len(server_ids)) + (len(rows) - len(local_ids))
+            o.lost = len(local_ids - server_ids)
+            o.not_downloaded = len(server_ids - local_ids)
