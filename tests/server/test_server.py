@@ -338,7 +338,15 @@ def test_exact_number_text_whatever_the_body_shape(
 
 
 def test_auth_and_health(reference_server: ServerHandle) -> None:
-    assert HTTP.get(f"{reference_server.base_url}/health").json() == {"status": "ok"}
+    assert HTTP.get(f"{reference_server.base_url}/health").json() == {
+        "status": "ok",
+        "contract": "metersync",
+        "contract_version": 2,
+        "idempotent": True,
+        "download": True,
+        "max_body_bytes": 64 * 1024 * 1024,
+        "site_filter": True,
+    }
     assert post(reference_server, None, b'{"readings":[]}').status_code == 401
     assert post(reference_server, "nobody", b'{"readings":[]}').status_code == 401
     assert get(reference_server, None, "limit=1").status_code == 401
@@ -530,7 +538,10 @@ async def test_in_loop_set_faults(small_server: ReferenceServer) -> None:
     small_server.set_faults(FaultPlan(fail_count=1, fail_status=502, path="/api/health"))
     async with httpx.AsyncClient(base_url=small_server.base_url) as http:
         assert (await http.get("/health")).status_code == 502
-        assert (await http.get("/health")).status_code == 200
+        health = await http.get("/health")
+        assert health.status_code == 200
+        # The advertised body limit is this server's own.
+        assert health.json()["max_body_bytes"] == 2000
 
 
 def test_server_thread_reports_start_failure(reference_server: ServerHandle) -> None:
@@ -564,7 +575,8 @@ async def test_serve_forever_runs_until_cancelled(reference_server: ServerHandle
         await asyncio.sleep(0.02)
     (server,) = started
     async with httpx.AsyncClient() as http:
-        assert (await http.get(f"{server.base_url}/health")).json() == {"status": "ok"}
+        health = (await http.get(f"{server.base_url}/health")).json()
+        assert (health["status"], health["contract"]) == ("ok", "metersync")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -205,9 +205,27 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
         return response
 
 
+#: Name and version of the contract this server implements (SPEC §7, profile ``metersync``).
+CONTRACT = "metersync"
+CONTRACT_VERSION = 2
+
+
+def health_document(max_body_bytes: int) -> dict[str, Any]:
+    """What ``GET /health`` advertises: the contract and its capabilities (issue 10, item 1)."""
+    return {
+        "status": "ok",
+        "contract": CONTRACT,
+        "contract_version": CONTRACT_VERSION,
+        "idempotent": True,
+        "download": True,
+        "max_body_bytes": max_body_bytes,
+        "site_filter": True,
+    }
+
+
 async def health(request: web.Request) -> web.Response:
-    """``GET /api/health``: no auth."""
-    return _json({"status": "ok"})
+    """``GET /api/health``: no auth; advertises the contract so clients negotiate a profile."""
+    return _json(health_document(request.app[STATE].max_body_bytes))
 
 
 async def upload_batch(request: web.Request) -> web.Response:
