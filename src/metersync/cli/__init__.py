@@ -8,13 +8,15 @@ traceback.
 
 from __future__ import annotations
 
+import functools
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
-from metersync import __impl__, __version__
+from metersync import __impl__, __version__, extras
 from metersync.cli._app import AppState, configure_logging
 from metersync.cli.output import EXIT_CODES_HELP, ExitCode, exit_code_for, one_line
 
@@ -93,9 +95,27 @@ def _register() -> None:
     cli.add_command(sync.sync)
     cli.add_command(status.status)
     cli.add_command(status.requeue)
-    cli.add_command(serve.serve)
-    cli.add_command(demo.demo)
-    cli.add_command(_bench_command())
+    cli.add_command(_needs_extra(serve.serve, "server"))
+    cli.add_command(_needs_extra(demo.demo, "demo"))
+    cli.add_command(_needs_extra(_bench_command(), "bench"))
+
+
+def _needs_extra(command: click.Command, extra: str) -> click.Command:
+    """Check ``extra`` before ``command`` runs (not at import: ``--help`` works without it).
+
+    A missing extra stops the command with exit code 2 and the exact ``pip install`` to run.
+    """
+    callback = command.callback
+    if callback is None:  # pragma: no cover - every command here has one
+        return command
+
+    @functools.wraps(callback)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        extras.require(extra, f"metersync {command.name}")
+        return callback(*args, **kwargs)
+
+    command.callback = checked
+    return command
 
 
 def _bench_command() -> click.Command:
@@ -140,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state.output.error(exc.format_message())
         return exc.exit_code
     except Exception as exc:
-        return _report(state, exc)
+        return _report(state, exc, args)
     except KeyboardInterrupt:
         state.output.error("interrupted")
         return 130
@@ -149,7 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return ExitCode.OK
 
 
-def _report(state: AppState, exc: BaseException) -> int:
+def _report(state: AppState, exc: BaseException, args: Sequence[str] = ()) -> int:
+    if isinstance(exc, ImportError):
+        # An extra's module imported where no up-front check foresaw it: still exit 2 with the
+        # pip command, not "unexpected".
+        missing = extras.error_for_import(exc, _command_name(args))
+        if missing is not None:
+            exc = missing
     code = exit_code_for(exc)
     if state.verbose:
         traceback.print_exception(exc, file=sys.stderr)
@@ -160,6 +186,14 @@ def _report(state: AppState, exc: BaseException) -> int:
     else:
         state.output.error(one_line(exc))
     return code
+
+
+def _command_name(args: Sequence[str]) -> str:
+    """``metersync <subcommand>`` as the user typed it (for messages)."""
+    for arg in args:
+        if arg in cli.commands:
+            return f"metersync {arg}"
+    return "this command"
 
 
 def entrypoint() -> None:

