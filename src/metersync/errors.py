@@ -28,8 +28,22 @@ class SchemaError(MeterSyncError):
     """The sync database's schema cannot be served (unsupported column type, missing table)."""
 
 
-class DatabaseUnavailable(MeterSyncError):
-    """The sync database could not be reached."""
+class DatabaseUnavailableError(MeterSyncError):
+    """The sync database could not be reached (or the connection was lost mid-operation)."""
+
+
+#: The old name of :class:`DatabaseUnavailableError`; kept so existing imports and ``except``
+#: clauses work.
+DatabaseUnavailable = DatabaseUnavailableError
+
+
+class TenantLockLostError(DatabaseUnavailableError):
+    """The session holding a tenant's lock was lost; the cycle stops before touching anything.
+
+    A reconnect opens a new session that does not hold the lock (another worker may hold it
+    now), so no work that needs the lock continues on it. A subclass of
+    :class:`DatabaseUnavailableError`: callers that already handle a lost database treat it so.
+    """
 
 
 class TenantBusyError(MeterSyncError):
@@ -65,6 +79,13 @@ class PayloadTooLargeError(ClientSystemError):
 
 class RemoteUnavailableError(ClientSystemError):
     """Retries are spent on timeouts, connection errors, 408, 429 or 5xx. Readings stay pending."""
+
+
+class OutcomeUnknownError(ClientSystemError):
+    """The batch reached a Client System that is not idempotent and its outcome is unknown
+    (read timeout, connection dropped after sending, a 5xx that does not say the batch failed,
+    an answer that cannot be read). Never resent automatically: the readings are held
+    ``in_doubt`` until an operator runs ``metersync resolve``."""
 
 
 class InconsistentResponseError(ClientSystemError):

@@ -12,7 +12,7 @@ from fix_engine import Engine
 from metersync.batch_sizes import BatchSizes
 from metersync.engine.manager import SyncManager
 from metersync.engine.tenant_cache import NOTIFY_CHANNEL, TenantCache, TenantSettings
-from metersync.errors import DatabaseUnavailable
+from metersync.errors import DatabaseUnavailableError
 from metersync.store.database import SyncDatabase
 
 
@@ -118,7 +118,7 @@ async def test_listen_to_a_bad_dsn_fails_clearly(engine: Engine) -> None:
     bad = engine.dsn.replace("dbname=", "dbname=no_such_db_") if "dbname=" in engine.dsn else None
     if bad is None:
         bad = engine.dsn.rsplit("/", 1)[0] + "/no_such_db_xyz"
-    with pytest.raises(DatabaseUnavailable, match="no_such_db") as info:
+    with pytest.raises(DatabaseUnavailableError, match="no_such_db") as info:
         await cache.listen(bad, timeout=10)
     assert "listener cannot connect" in str(info.value)
     assert not cache.listening

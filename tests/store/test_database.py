@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from metersync.errors import ConfigError, DatabaseUnavailable, UnknownTenantError
+from metersync.errors import ConfigError, DatabaseUnavailableError, UnknownTenantError
 from metersync.store.database import InsertResult, SyncDatabase, TenantRow
 from metersync.tools.synthetic import reading_batch
 
@@ -337,7 +337,7 @@ async def test_tenant_rows_hide_the_key_and_sizes_are_validated(db: SyncDatabase
 
 async def test_unreachable_database_names_host_never_password(fresh_dsn: str) -> None:
     dsn = "host=127.0.0.1 port=1 dbname=sitedb user=ops password=hunter2secret connect_timeout=2"
-    with pytest.raises(DatabaseUnavailable) as info:
+    with pytest.raises(DatabaseUnavailableError) as info:
         await SyncDatabase.connect(dsn)
     assert "127.0.0.1" in str(info.value) and "sitedb" in str(info.value)
     assert "hunter2secret" not in str(info.value)
@@ -412,7 +412,7 @@ async def test_lost_connection_is_database_unavailable_then_reconnects(dsn: str)
         assert pid is not None
         _sql(dsn, "SELECT pg_terminate_backend(%s)", pid[0])
         # The call that meets the dead session fails clearly, naming the database, no password.
-        with pytest.raises(DatabaseUnavailable) as info:
+        with pytest.raises(DatabaseUnavailableError) as info:
             await db.fetch_unsynchronized(tenant_id, 10)
         assert psycopg.conninfo.conninfo_to_dict(dsn)["dbname"] in str(info.value)
         # The lock died with the session: unlocking does not mask anything, it just says no.
@@ -423,7 +423,7 @@ async def test_lost_connection_is_database_unavailable_then_reconnects(dsn: str)
         assert await db.try_lock_tenant(tenant_id, "upload")
         await db.unlock_tenant(tenant_id, "upload")
     # close() is final: no silent reconnect of a closed adapter.
-    with pytest.raises(DatabaseUnavailable, match="closed"):
+    with pytest.raises(DatabaseUnavailableError, match="closed"):
         await db.fetch_unsynchronized(tenant_id, 10)
 
 

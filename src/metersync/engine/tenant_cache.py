@@ -26,7 +26,7 @@ from typing import Protocol
 import psycopg
 
 from metersync.batch_sizes import BatchSizes
-from metersync.errors import DatabaseUnavailable
+from metersync.errors import DatabaseUnavailableError
 from metersync.store.database import describe_dsn
 
 __all__ = ["NOTIFY_CHANNEL", "TenantCache", "TenantSettings"]
@@ -196,7 +196,7 @@ class TenantCache:
                         # other connection failure of the sync database.
                         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                         ready.set_exception(
-                            DatabaseUnavailable(
+                            DatabaseUnavailableError(
                                 f"tenant cache listener cannot connect to the sync database "
                                 f"{describe_dsn(dsn)}: {type(exc).__name__}: {first_line}"
                             )

@@ -70,9 +70,10 @@ from metersync.batch_sizes import (
 from metersync.codec._types import as_batch, is_uuid
 from metersync.errors import (
     ConfigError,
-    DatabaseUnavailable,
+    DatabaseUnavailableError,
     SchemaError,
     TenantBusyError,
+    TenantLockLostError,
     UnknownTenantError,
 )
 from metersync.store import sql as q
@@ -271,25 +272,62 @@ def _operation(
     method: Callable[Concatenate[SyncDatabase, _P], Awaitable[_R]],
 ) -> Callable[Concatenate[SyncDatabase, _P], Coroutine[Any, Any, _R]]:
     """A public operation of :class:`SyncDatabase`: reopen a lost connection before it, and
-    turn a connection lost during it into :class:`DatabaseUnavailable` (the driver error is
+    turn a connection lost during it into :class:`DatabaseUnavailableError` (the driver error is
     chained as ``__cause__``). Other database errors pass unchanged."""
 
     @functools.wraps(method)
     async def run(self: SyncDatabase, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        await self._ensure_connection()
-        try:
-            return await method(self, *args, **kwargs)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if not self._connection_lost(exc):
-                raise
-            raise self._unavailable(exc) from exc
+        async with self._use.hold():
+            await self._ensure_connection()
+            try:
+                return await method(self, *args, **kwargs)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not self._connection_lost(exc):
+                    raise
+                self._lose_locks()
+                raise self._unavailable(exc) from exc
 
     return run
 
 
+class _TaskLock:
+    """An ``asyncio.Lock`` the task holding it may enter again (an operation that calls another
+    one, e.g. :meth:`SyncDatabase.fetch_unsynchronized` reflecting the layout first).
+
+    It serializes the adapter's one connection between tasks: without it a task's statement
+    could run inside another task's transaction (and be rolled back with it), or between the
+    statements of its COPY.
+    """
+
+    __slots__ = ("_depth", "_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+        self._depth = 0
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Hold the lock for the body (at once when this task already holds it)."""
+        task = asyncio.current_task()
+        if task is not None and self._owner is task:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        async with self._lock:
+            self._owner, self._depth = task, 1
+            try:
+                yield
+            finally:
+                self._owner, self._depth = None, 0
+
+
 async def _open_connection(dsn: str, options: dict[str, Any]) -> psycopg.AsyncConnection[Any]:
     """A new autocommit connection; failures as :class:`ConfigError` (bad DSN) or
-    :class:`DatabaseUnavailable` naming host and database, never the password."""
+    :class:`DatabaseUnavailableError` naming host and database, never the password."""
     where = describe_dsn(dsn)
     try:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **options)
@@ -300,7 +338,7 @@ async def _open_connection(dsn: str, options: dict[str, Any]) -> psycopg.AsyncCo
         password = _password(dsn)
         if password:
             reason = reason.replace(password, "***")
-        raise DatabaseUnavailable(
+        raise DatabaseUnavailableError(
             f"cannot connect to the sync database {where}: {reason}"
         ) from None
 
@@ -315,13 +353,19 @@ class SyncDatabase:
     """The sync database, through one psycopg ``AsyncConnection`` (autocommit).
 
     Open with ``await SyncDatabase.connect(dsn)``; close with :meth:`close` or ``async with``.
-    Not safe for concurrent use by several tasks (one connection): give each worker its own.
+    Several tasks may share one adapter (managers of one process): its operations take turns on
+    the connection (an ``asyncio`` lock around each), so one task's statement never lands inside
+    another's transaction or COPY. For parallel work give each worker its own adapter.
 
     A lost connection (terminated backend, server restart, network) fails the operation it
-    interrupts with :class:`DatabaseUnavailable` (a transaction in progress is rolled back by
+    interrupts with :class:`DatabaseUnavailableError` (a transaction in progress is rolled back by
     the server: nothing half-written), and the next operation opens a new connection with the
     same DSN. Never in the middle of a transaction: a half-done unit of work is not retried.
-    Session advisory locks (:meth:`try_lock_tenant`) end with the lost session.
+    Session advisory locks (:meth:`try_lock_tenant`) end with the lost session, and are
+    *fenced*: until the lock is released with :meth:`unlock_tenant` (the end of
+    :meth:`tenant_lock`), every operation on that tenant's readings raises
+    :class:`TenantLockLostError` instead of running on a session that does not hold the lock
+    (another worker may hold it by then and be sending the same readings).
     """
 
     def __init__(
@@ -339,6 +383,9 @@ class SyncDatabase:
         self._connect_options = dict(connect_options or {})
         self._layout: TableLayout | None = None
         self._locks: set[tuple[str, int]] = set()
+        # Locks whose session was lost while held: the tenant's work is fenced until released.
+        self._lost_locks: set[tuple[str, int]] = set()
+        self._use = _TaskLock()
         self._closed = False  # close() was called: no reconnecting
         self._in_transaction = False
         self.statements = 0
@@ -346,7 +393,7 @@ class SyncDatabase:
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float | None = None) -> Self:
-        """Connect; an unreachable database raises :class:`DatabaseUnavailable` naming the
+        """Connect; an unreachable database raises :class:`DatabaseUnavailableError` naming the
         host and database (never the password). ``connect_timeout`` (seconds) defaults to the
         DSN's own, else 10."""
         options: dict[str, Any] = {}
@@ -361,6 +408,7 @@ class SyncDatabase:
         """Close the connection (session advisory locks are released with it)."""
         self._closed = True
         self._locks.clear()
+        self._lost_locks.clear()
         await self._conn.close()
 
     @property
@@ -387,30 +435,46 @@ class SyncDatabase:
     async def _ensure_connection(self) -> None:
         """Before an operation: reopen the connection if the previous one was lost."""
         if self._closed:
-            raise DatabaseUnavailable(
+            raise DatabaseUnavailableError(
                 f"the connection to the sync database {self._where} was closed"
             )
         if not self._conn.closed:
             return
         if self._in_transaction:  # never resume half a unit of work on a new session
-            raise DatabaseUnavailable(
+            raise DatabaseUnavailableError(
                 f"lost the connection to the sync database {self._where} during a transaction; "
                 "it was rolled back"
             )
         if self._dsn is None:
-            raise DatabaseUnavailable(
+            raise DatabaseUnavailableError(
                 f"lost the connection to the sync database {self._where} (no DSN to reconnect)"
             )
-        lost_locks = sorted(self._locks)
-        self._locks.clear()  # advisory locks end with their session
+        self._lose_locks()  # advisory locks end with their session
         conn = await _open_connection(self._dsn, self._connect_options)
         self._conn = _setup(conn)
         self.reconnects += 1
-        log.info(
+        lost = sorted(self._lost_locks)
+        log.log(
+            logging.WARNING if lost else logging.INFO,
             "reconnected to the sync database %s%s",
             self._where,
-            f" (advisory locks lost with the old session: {lost_locks})" if lost_locks else "",
+            f" (locks lost with the old session, their cycles stop: {lost})" if lost else "",
         )
+
+    def _lose_locks(self) -> None:
+        """The session ended: every lock it held is lost, and fenced until released."""
+        self._lost_locks |= self._locks
+        self._locks.clear()
+
+    def _fence(self, tenant_id: int) -> None:
+        """Refuse work on ``tenant_id``'s readings while one of its locks is lost."""
+        lost = sorted(op for op, t in self._lost_locks if t == tenant_id)
+        if lost:
+            raise TenantLockLostError(
+                f"tenant {tenant_id}: the {' and '.join(lost)} lock was lost with the connection "
+                f"to the sync database {self._where}; the cycle stops without fetching or "
+                "marking anything more (another worker may hold the lock now)"
+            )
 
     def _connection_lost(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the connection itself failed (not just the statement)."""
@@ -421,12 +485,12 @@ class SyncDatabase:
         state = getattr(exc, "sqlstate", None) or ""
         return state.startswith("08") or state in _SHUTDOWN_STATES
 
-    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
         reason = _first_line(exc)
         password = _password(self._dsn) if self._dsn else None
         if password:
             reason = reason.replace(password, "***")
-        return DatabaseUnavailable(
+        return DatabaseUnavailableError(
             f"lost the connection to the sync database {self._where}: {reason} "
             "(a transaction in progress was rolled back; the next operation reconnects)"
         )
@@ -570,7 +634,7 @@ class SyncDatabase:
 
         A stored value <= 0 or > 10000: ERROR naming tenant, column and value, that field's
         default. Tenant row missing, columns missing (schema not migrated) or the lookup
-        failing: WARNING, defaults. Raises only :class:`DatabaseUnavailable` (the connection
+        failing: WARNING, defaults. Raises only :class:`DatabaseUnavailableError` (the connection
         was lost), never for another database problem.
         """
         _check_tenant_id(tenant_id)
@@ -582,7 +646,7 @@ class SyncDatabase:
             data = await self._scalar(q.TENANT_BATCH_ROW, (tenant_id,))
         except psycopg.Error as exc:
             if self._connection_lost(exc):
-                raise  # DatabaseUnavailable (``_operation``): defaults cannot help there
+                raise  # DatabaseUnavailableError (``_operation``): defaults cannot help there
             log.warning(
                 "tenant %s: loading the batch sizes failed (%s: %s); using the defaults "
                 "download_batch_size=%d upload_batch_size=%d",
@@ -658,6 +722,7 @@ class SyncDatabase:
         """The tenant's oldest ``limit`` unsynchronized readings (order ``created_at,
         meter_reading_id``), skipping quarantined ones (``retry_count >= max_retries``) and the
         ``exclude`` ids, as a record batch of the upload columns. One COPY statement."""
+        self._fence(tenant_id)
         layout = await self.layout()
         statement = self.fetch_statement(
             tenant_id, limit, max_retries=max_retries, exclude=exclude, layout=layout
@@ -703,6 +768,7 @@ class SyncDatabase:
         'synchronized', last_error = NULL``. ONE statement; returns the rows newly marked
         (already synchronized ones are not written again). Only ``tenant_id``'s rows change."""
         _check_tenant_id(tenant_id)
+        self._fence(tenant_id)
         param = uuid_param(ids)
         if not param.count:
             return 0
@@ -721,6 +787,7 @@ class SyncDatabase:
         last_error``. ONE statement. ``quarantined`` counts the rows that reached
         ``max_retries`` (the queue skips them until :meth:`requeue`)."""
         _check_tenant_id(tenant_id)
+        self._fence(tenant_id)
         arr = id_array(ids)
         if len(arr) != len(errors):
             raise ValueError(f"{len(arr)} ids but {len(errors)} error texts")
@@ -741,6 +808,7 @@ class SyncDatabase:
         """Put rejected readings back in the queue (``retry_count = 0, sync_status =
         'pending'``): the given ids, or every rejected unsynchronized reading of the tenant."""
         _check_tenant_id(tenant_id)
+        self._fence(tenant_id)
         if ids is None:
             cur = await self._execute(q.REQUEUE_ALL, (tenant_id,))
         else:
@@ -783,6 +851,7 @@ class SyncDatabase:
         """Store a downloaded page as synchronized readings and advance the tenant's cursor, in
         ONE transaction (a crash replays the page and duplicates nothing)."""
         _check_tenant_id(tenant_id)
+        self._fence(tenant_id)
         layout = await self.layout()
         prepared = _prepare_insert(batch, layout, tenant_id, True)
         async with self._transaction():
@@ -856,8 +925,10 @@ class SyncDatabase:
         _check_tenant_id(tenant_id)
         if not isinstance(operation, str) or not operation:
             raise ValueError(f"operation must be a non-empty string, got {operation!r}")
-        if (operation, tenant_id) in self._locks:
-            return False  # advisory locks are re-entrant per session; ours are not
+        if (operation, tenant_id) in self._locks | self._lost_locks:
+            # Advisory locks are re-entrant per session; ours are not. A lost lock stays fenced
+            # until its holder releases it (unlock_tenant).
+            return False
         got = bool(await self._scalar(q.TRY_LOCK, (q.lock_key(operation, tenant_id),)))
         if got:
             self._locks.add((operation, tenant_id))
@@ -885,19 +956,24 @@ class SyncDatabase:
 
         Never reconnects and never raises for a lost connection (``False``): the lock ended
         with its session, and the caller's own error (often that same lost connection) must
-        not be masked by one from its cleanup."""
-        if (operation, tenant_id) not in self._locks:
+        not be masked by one from its cleanup. Releasing a lost lock ends its fence."""
+        key = (operation, tenant_id)
+        if key in self._lost_locks:
+            self._lost_locks.discard(key)
             return False
-        self._locks.discard((operation, tenant_id))
-        if self._closed or self._conn.closed:
+        if key not in self._locks:
             return False
-        try:
-            return bool(await self._scalar(q.UNLOCK, (q.lock_key(operation, tenant_id),)))
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if not self._connection_lost(exc):
-                raise
-            log.debug("tenant %s: %s lock ended with the lost connection", tenant_id, operation)
-            return False
+        async with self._use.hold():
+            self._locks.discard(key)
+            if self._closed or self._conn.closed:
+                return False
+            try:
+                return bool(await self._scalar(q.UNLOCK, (q.lock_key(operation, tenant_id),)))
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not self._connection_lost(exc):
+                    raise
+                log.debug("tenant %s: %s lock ended with the lost connection", tenant_id, operation)
+                return False
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
