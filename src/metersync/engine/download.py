@@ -95,6 +95,8 @@ class DownloadManager:
         self._stop_requested = False
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = DownloadReport(tenant_id=tenant_id)
+        #: The exception behind ``report.error`` (its type says what failed), else ``None``.
+        self.error_cause: BaseException | None = None
 
     def request_stop(self) -> None:
         """Finish the page in flight (committed with its cursor), then end the cycle."""
@@ -111,6 +113,7 @@ class DownloadManager:
         started = time.perf_counter()
         statements0 = self._db.statements
         self.report = DownloadReport(tenant_id=self.tenant_id)
+        self.error_cause = None
         settings = await self._cache.get(self.tenant_id)
         batch_cfg = settings.batch
         self.report = replace(
@@ -156,6 +159,7 @@ class DownloadManager:
             except (AuthError, BadRequestError):
                 raise
             except (ClientSystemError, httpx.HTTPError) as exc:
+                self.error_cause = exc
                 self.report = replace(
                     self.report,
                     error=f"fetching a page after cursor {cursor!r} failed "

@@ -185,6 +185,8 @@ class MeterReadingUploadManager:
         self._stop_requested = False
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = UploadReport(tenant_id=tenant_id)
+        #: The exception behind ``report.error`` (its type says what failed), else ``None``.
+        self.error_cause: BaseException | None = None
 
     def request_stop(self) -> None:
         """Start no new batch; finish those in flight (POST and mark), then end the cycle.
@@ -204,6 +206,7 @@ class MeterReadingUploadManager:
         started = time.perf_counter()
         statements0 = self._db.statements
         self.report = UploadReport(tenant_id=self.tenant_id)
+        self.error_cause = None
         settings = await self._cache.get(self.tenant_id)
         size = settings.batch.upload_batch_size
         self.report = replace(self.report, upload_batch_size=size)
@@ -213,6 +216,8 @@ class MeterReadingUploadManager:
                     await self._cycle(size, started)
                 except _Stop as stop:
                     self.report = replace(self.report, error=str(stop))
+                    # The typed cause (exit codes and the scheduler's policy use the type).
+                    self.error_cause = stop.__cause__ or stop
         finally:
             self.report = replace(
                 self.report,
