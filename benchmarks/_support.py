@@ -1,5 +1,8 @@
 """Helpers shared by the benchmark groups: sizes, peers' data shapes, the event loop runner.
 
+The RSS sampler and the reference Client System subprocess are :mod:`metersync.tools.measure`
+(shared with ``metersync bench``), re-exported here as ``PeakRss`` and ``ServerProcess``.
+
 Not collected by pytest (only ``bench_*.py`` files are, see ``benchmarks/pytest.ini``).
 """
 
@@ -14,7 +17,29 @@ from typing import Any, TypeVar
 import pyarrow as pa
 from psycopg import sql
 
+# One RSS sampler and one server subprocess for `metersync bench` and this suite (re-exported).
+from metersync.tools.measure import PeakRss, ServerProcess
+
 T = TypeVar("T")
+
+__all__ = [
+    "BACKLOG_ROWS",
+    "COPY_PIECE",
+    "E2E_ROWS",
+    "INSERT_ROWS",
+    "TENANT",
+    "PeakRss",
+    "ServerProcess",
+    "asyncpg_params",
+    "copy_in_sql",
+    "pieces",
+    "python_rows",
+    "queue_query",
+    "rows_to_arrow",
+    "run",
+    "upload_schema",
+    "with_uuid_extension",
+]
 
 #: The tenant every benchmark row belongs to (the groups use separate databases).
 TENANT = 1
@@ -127,93 +152,3 @@ def rows_to_arrow(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBa
 def upload_schema(batch: pa.RecordBatch) -> pa.Schema:
     """Schema of the upload columns (the synthetic batch without ``tenant_id``)."""
     return pa.schema([f for f in batch.schema if f.name != "tenant_id"])
-
-
-SERVER_SCRIPT = """
-import asyncio, sys
-from metersync.server.runner import serve_forever
-def ready(server):
-    print(server.base_url, flush=True)
-asyncio.run(serve_forever(sys.stdin.readline().strip(), "127.0.0.1", 0, on_ready=ready))
-"""
-
-
-class ServerProcess:
-    """The reference Client System in its own process (its own GIL, like a real remote system)."""
-
-    def __init__(self, dsn: str) -> None:
-        import subprocess
-        import sys
-
-        # The DSN (it may hold a password) goes through stdin, never argv.
-        self._proc = subprocess.Popen(
-            [sys.executable, "-W", "ignore", "-c", SERVER_SCRIPT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(dsn + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline().strip()
-        if not line.startswith("http"):
-            self._proc.kill()
-            raise RuntimeError(f"reference server did not start (said {line!r})")
-        self.base_url = line
-        self.admin_url = line.removesuffix("/api") + "/admin"
-
-    def register(self, tenant_id: int, api_key: str) -> None:
-        """Register ``tenant_id`` with ``api_key`` through the admin API."""
-        import httpx
-
-        response = httpx.post(
-            f"{self.admin_url}/tenants",
-            json={"tenant_id": tenant_id, "api_key": api_key, "name": "bench"},
-        )
-        response.raise_for_status()
-
-    def stop(self) -> None:
-        """Terminate the server process and wait for it."""
-        self._proc.terminate()
-        try:
-            self._proc.wait(10)
-        except Exception:
-            self._proc.kill()
-            self._proc.wait()
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            if pipe is not None:
-                pipe.close()
-
-
-class PeakRss:
-    """Samples this process's RSS in a thread; ``peak_mb`` and ``growth_mb`` after ``stop()``."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        import threading
-
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self.start_bytes = self.peak_bytes = self._proc.memory_info().rss
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._done.wait(self._interval):
-            self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
-
-    def stop(self) -> PeakRss:
-        self._done.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
-        return self
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak_bytes / 2**20
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak_bytes - self.start_bytes) / 2**20

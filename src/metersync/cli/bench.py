@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from metersync.cli._app import AppState, json_option, pass_state
 from metersync.tools import bench as bench_lib
+
+#: The scratch tenant's Client System API key for a configured target (never METERSYNC_API_KEY).
+BENCH_KEY_ENV = "METERSYNC_BENCH_API_KEY"
 
 _HELP = """Sweep upload and download batch sizes and recommend the tenant's sizes.
 
@@ -15,19 +20,22 @@ paths.
 
 \b
 Where it runs:
-  no DSN configured   an embedded PostgreSQL and the reference Client System on loopback,
-                      all thrown away afterwards;
-  --dsn / METERSYNC_DSN  the configured sync database and Client System (--api-url /
-                      METERSYNC_API_URL); the API key comes from METERSYNC_API_KEY or the
-                      scratch tenant's row; --scratch-tenant is then required (the Client
-                      System derives the tenant from the key).
+  by default          an embedded PostgreSQL and the reference Client System on loopback,
+                      all thrown away afterwards (needs the 'bench' extra);
+  --dsn D --api-url U  that sync database and Client System, only when BOTH are given on
+                      this command line: METERSYNC_DSN, METERSYNC_API_URL, metersync.toml and
+                      the global --dsn are ignored, so a shell set up for the daemon never
+                      points the bench at production. The scratch tenant's Client System key
+                      comes from METERSYNC_BENCH_API_KEY (never METERSYNC_API_KEY, the
+                      daemon's key); --scratch-tenant is then required (the Client System
+                      derives the tenant from the key).
 
 \b
-SAFETY RULE: the bench only ever writes readings to a scratch tenant that had NO readings
-before it started. It refuses to run when the scratch tenant (a fresh random id above
-9,000,000,000 by default, or the one named with --scratch-tenant ID) has any reading. It
-deletes every reading it wrote and the scratch tenant's cursor, and the tenant row if it
-created it. A configured Client System keeps the scratch readings it received.
+SAFETY RULE: the scratch tenant (a fresh random id above 9,000,000,000 by default, or the
+one named with --scratch-tenant ID) must NOT EXIST before the bench starts: no tenant row,
+no readings, no download cursor, no sync_log rows. The bench refuses to run otherwise,
+creates it, and afterwards deletes every row keyed by its id, which are exactly the rows it
+created. A configured Client System keeps the scratch readings it received.
 
 Recommendation: the smallest size within 5% of the best throughput whose p95 latency fits
 --latency-budget; --apply TENANT stores both sizes in that tenant's row (running daemons are
@@ -37,9 +45,15 @@ notified and pick them up on their next cycle).
 
 @click.command("bench", help=_HELP)
 @click.option(
-    "--dsn", metavar="DSN", help="Sync database (default: METERSYNC_DSN; none: embedded)."
+    "--dsn",
+    metavar="DSN",
+    help="Sync database to bench on (with --api-url; default: embedded; never METERSYNC_DSN).",
 )
-@click.option("--api-url", metavar="URL", help="Client System base URL (with --dsn).")
+@click.option(
+    "--api-url",
+    metavar="URL",
+    help="Client System base URL (with --dsn; default: embedded; never METERSYNC_API_URL).",
+)
 @click.option("--quick", is_flag=True, help="A short sweep (2 sizes per direction, few readings).")
 @click.option(
     "--upload-sizes",
@@ -67,14 +81,14 @@ notified and pick them up on their next cycle).
     "--scratch-tenant",
     type=click.IntRange(min=1),
     metavar="ID",
-    help="Scratch tenant id to write to; must have no readings (default: a fresh random id).",
+    help="Scratch tenant id to create and remove; must not exist (default: a fresh random id).",
 )
 @click.option(
     "--apply",
     "apply_tenant",
     type=click.IntRange(min=1),
     metavar="TENANT",
-    help="Store the recommended sizes in this tenant's row (needs --dsn).",
+    help="Store the recommended sizes in this tenant's row (needs --dsn and --api-url).",
 )
 @click.option(
     "--plot",
@@ -111,13 +125,13 @@ def bench(
         options = bench_lib.BenchOptions(**{k: v for k, v in changes.items() if v is not None})
     if plot_file:  # fail before the sweep, not after it
         bench_lib.require_matplotlib()
-    settings = state.settings
-    dsn = dsn or settings.dsn
+    # Only this command's own --dsn/--api-url choose the target (never the environment, the
+    # TOML file or the global flags: those point at production), and only the bench key.
     result = bench_lib.run_bench(
         options,
         dsn=dsn,
-        api_url=api_url or settings.api_url,
-        api_key=settings.api_key,
+        api_url=api_url,
+        api_key=os.environ.get(BENCH_KEY_ENV) if dsn else None,
         apply_tenant=apply_tenant,
         progress=state.output.info,
     )

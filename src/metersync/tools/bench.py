@@ -6,12 +6,17 @@ System, or, with no DSN, against an embedded PostgreSQL and the reference Client
 loopback. Per batch size it reports readings/s, p50/p95 batch latency, SQL statements per
 100,000 readings and the peak RSS of this process.
 
-Safety rule: the bench only ever writes readings to a tenant id that had **no readings before it
-started** (the scratch tenant); it refuses to start otherwise. It deletes every reading it wrote,
-the scratch tenant's download cursor, and the tenant row if it created it (an existing empty
-tenant row named with ``--scratch-tenant`` is kept, its batch sizes restored). With the embedded
-default everything, Client System side included, is thrown away. A configured Client System keeps
-the scratch readings it received: use a key of a scratch tenant there.
+Safety rules (it must never write into production by accident):
+
+- it runs on the embedded default unless BOTH ``dsn`` and ``api_url`` are given (the CLI passes
+  only its own ``--dsn``/``--api-url``, never ``METERSYNC_DSN``, the TOML file or the configured
+  Client System); the configured target's key is ``METERSYNC_BENCH_API_KEY``, never the daemon's;
+- it writes only to a scratch tenant id that **does not exist** before it starts (no tenant row,
+  readings, cursor or sync_log rows); it refuses to start otherwise;
+- cleanup deletes the rows keyed by that id, which are exactly the rows it created.
+
+With the embedded default everything, Client System side included, is thrown away. A configured
+Client System keeps the scratch readings it received: use a key of a scratch tenant there.
 
 Recommendation: per direction, the smallest batch size whose throughput is within 5% of the best
 and whose p95 batch latency fits the latency budget.
@@ -25,9 +30,6 @@ import logging
 import math
 import os
 import random
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -39,6 +41,7 @@ import psycopg
 
 from metersync.batch_sizes import MAX_BATCH_SIZE, MIN_BATCH_SIZE
 from metersync.errors import ConfigError
+from metersync.tools.measure import PeakRss, ServerProcess
 
 log = logging.getLogger(__name__)
 
@@ -158,31 +161,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     pos = (len(ordered) - 1) * q
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-class PeakRss:
-    """Samples this process's resident set size in a thread while a step runs."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self.peak = self._proc.memory_info().rss
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="bench-rss", daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._done.wait(self._interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def stop(self) -> float:
-        """Stop sampling; return the peak in MiB."""
-        self._done.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-        return self.peak / 2**20
 
 
 class _BatchClock:
@@ -318,17 +296,21 @@ def recommend(
 
 # -- scratch tenant ------------------------------------------------------------------------------
 
-_COUNT_READINGS = "SELECT count(*) FROM meter_reading WHERE tenant_id = %s"
+#: Every table that holds rows keyed by tenant_id. A scratch tenant has no row in any of them
+#: before the bench starts, so afterwards every such row is one the bench created.
+_TENANT_TABLES = ("meter_reading", "sync_state", "sync_log", "tenant")
+_COUNT_ROWS = " UNION ALL ".join(
+    f"SELECT '{table}', count(*) FROM {table} WHERE tenant_id = %(t)s" for table in _TENANT_TABLES
+)
 _DELETE_READINGS = "DELETE FROM meter_reading WHERE tenant_id = %s"
 _DELETE_CURSOR = "DELETE FROM sync_state WHERE tenant_id = %s"
-_DELETE_LOG = "DELETE FROM sync_log WHERE tenant_id = %s"
-_DELETE_TENANT = "DELETE FROM tenant WHERE tenant_id = %s"
 
 
-def _count_readings(dsn: str, tenant_id: int) -> int:
+def _tenant_rows(dsn: str, tenant_id: int) -> dict[str, int]:
+    """Rows keyed by ``tenant_id`` per table (only the tables that have any)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(_COUNT_READINGS, (tenant_id,)).fetchone()
-    return int(row[0]) if row else 0
+        rows = conn.execute(_COUNT_ROWS, {"t": tenant_id}).fetchall()
+    return {str(table): int(n) for table, n in rows if n}
 
 
 def _delete_readings(dsn: str, tenant_id: int) -> None:
@@ -337,36 +319,37 @@ def _delete_readings(dsn: str, tenant_id: int) -> None:
         conn.execute(_DELETE_CURSOR, (tenant_id,))
 
 
-def _drop_scratch(dsn: str, tenant_id: int, drop_tenant_row: bool) -> None:
+def _drop_scratch(dsn: str, tenant_id: int) -> None:
+    """Delete the scratch tenant: every row keyed by its id, all created by the bench (the
+    tenant had none anywhere before it started: :func:`check_scratch_tenant`)."""
     with psycopg.connect(dsn) as conn:
-        conn.execute(_DELETE_READINGS, (tenant_id,))
-        conn.execute(_DELETE_CURSOR, (tenant_id,))
-        conn.execute(_DELETE_LOG, (tenant_id,))
-        if drop_tenant_row:
-            conn.execute(_DELETE_TENANT, (tenant_id,))
+        for table in _TENANT_TABLES:  # the tenant row last (other tables may reference it)
+            conn.execute(
+                psycopg.sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(
+                    psycopg.sql.Identifier(table)
+                ),
+                (tenant_id,),
+            )
         conn.commit()
 
 
 def check_scratch_tenant(dsn: str, tenant_id: int) -> None:
-    """Refuse a tenant that holds readings: the bench writes only to a tenant that had none."""
-    n = _count_readings(dsn, tenant_id)
-    if n:
+    """Refuse a tenant id that exists: the bench writes only to a tenant it creates itself.
+
+    "Exists" means any row keyed by the id: the tenant row, readings, a download cursor or
+    sync_log entries (cleanup deletes all of those, so none may be someone else's).
+    """
+    found = _tenant_rows(dsn, tenant_id)
+    if found:
+        what = ", ".join(f"{n:,} in {table}" for table, n in sorted(found.items()))
         raise ConfigError(
-            f"tenant {tenant_id} has {n:,} readings in the sync database: metersync bench only "
-            "writes to a scratch tenant with no readings; name an empty one with "
-            "--scratch-tenant ID (or omit it to get a fresh random id)"
+            f"scratch tenant {tenant_id} already exists in the sync database ({what}): "
+            "metersync bench only writes to a tenant id that does not exist yet and removes it "
+            "afterwards; name an unused id with --scratch-tenant ID"
         )
 
 
 # -- the environment: embedded default or the configured systems --------------------------------
-
-_SERVER_SCRIPT = """
-import asyncio, sys
-from metersync.server.runner import serve_forever
-def ready(server):
-    print(server.base_url, flush=True)
-asyncio.run(serve_forever(sys.stdin.readline().strip(), "127.0.0.1", 0, on_ready=ready))
-"""
 
 
 @dataclass
@@ -393,51 +376,22 @@ def embedded_target() -> Iterator[Target]:
 
     Everything lives in a temporary data directory removed at the end.
     """
-    import httpx
-
-    from metersync.tools.embedded import EmbeddedPostgres, create_database, with_database
+    from metersync.tools.embedded import EmbeddedPostgres, create_database
 
     server = EmbeddedPostgres()
     admin = server.start()
-    proc: subprocess.Popen[str] | None = None
     try:
         sync_dsn = create_database(admin, "metersync_bench")
-        create_database(admin, "metersync_bench_cs")
+        cs_dsn = create_database(admin, "metersync_bench_cs")
         asyncio.run(_migrate(sync_dsn))
         # Its own process: the Client System must not share this process's GIL and skew timings.
-        # The DSN goes through stdin, never argv.
-        proc = subprocess.Popen(
-            [sys.executable, "-W", "ignore", "-c", _SERVER_SCRIPT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(with_database(admin, "metersync_bench_cs") + "\n")
-        proc.stdin.flush()
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError("the reference Client System did not start")
-        admin_url = url.removesuffix("/api") + "/admin"
+        with ServerProcess(cs_dsn) as cs:
 
-        def register(tenant_id: int, api_key: str) -> None:
-            httpx.post(
-                f"{admin_url}/tenants",
-                json={"tenant_id": tenant_id, "api_key": api_key, "name": "metersync bench"},
-            ).raise_for_status()
+            def register(tenant_id: int, api_key: str) -> None:
+                cs.register(tenant_id, api_key, name="metersync bench")
 
-        yield Target(sync_dsn, url, None, embedded=True, register=register)
+            yield Target(sync_dsn, cs.base_url, None, embedded=True, register=register)
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    pipe.close()
         server.stop()
 
 
@@ -470,11 +424,11 @@ async def _upload_sweep(
         await _insert_scratch(db, tenant_id, n, seed=random.randrange(2**32))
         clock = _BatchClock()
         manager = MeterReadingUploadManager(_TimedDb(db, clock), client, cache, tenant_id=tenant_id)
-        rss = PeakRss()
+        rss = PeakRss(interval=0.02)
         try:
             report = await manager.upload()
         finally:
-            peak = rss.stop()
+            peak = rss.stop().peak_mb
         if report.error:
             raise RuntimeError(f"upload at batch size {size} ended early: {report.error}")
         results.append(
@@ -529,11 +483,11 @@ async def _download_sweep(
             tenant_id=tenant_id,
             max_pages=math.ceil(n / size),
         )
-        rss = PeakRss()
+        rss = PeakRss(interval=0.02)
         try:
             report = await manager.download()
         finally:
-            peak = rss.stop()
+            peak = rss.stop().peak_mb
         if report.error:
             raise RuntimeError(f"download at page size {size} ended early: {report.error}")
         results.append(
@@ -591,29 +545,14 @@ async def _connected(cls: Any, dsn: str) -> AsyncIterator[Any]:
         await db.close()
 
 
-async def _tenant_setup(
-    target: Target, tenant_id: int, api_key: str | None
-) -> tuple[bool, str, tuple[int, int] | None]:
-    """Create the scratch tenant row if missing. Returns (created, api key, original sizes)."""
+async def _create_scratch(target: Target, tenant_id: int, api_key: str | None) -> str:
+    """Create the scratch tenant row; return its API key (a random one when none is given)."""
     from metersync.store.database import SyncDatabase
 
+    key = api_key or f"bench-{uuid.uuid4().hex}"
     async with _connected(SyncDatabase, target.dsn) as db:
-        row = await db.get_tenant(tenant_id)
-        if row is None:
-            key = api_key or f"bench-{uuid.uuid4().hex}"
-            await db.add_tenant(tenant_id, "metersync bench (scratch)", key)
-            return True, key, None
-        key = api_key or row.api_key
-        if not key:
-            raise ConfigError(f"scratch tenant {tenant_id} has no api_key: set METERSYNC_API_KEY")
-        return False, key, (row.upload_batch_size, row.download_batch_size)
-
-
-async def _restore_sizes(dsn: str, tenant_id: int, sizes: tuple[int, int]) -> None:
-    from metersync.store.database import SyncDatabase
-
-    async with _connected(SyncDatabase, dsn) as db:
-        await db.set_tenant_batch_sizes(tenant_id, upload=sizes[0], download=sizes[1])
+        await db.add_tenant(tenant_id, "metersync bench (scratch)", key)
+    return key
 
 
 async def _apply(dsn: str, tenant_id: int, upload: int | None, download: int | None) -> None:
@@ -638,14 +577,22 @@ def run_bench(
     with the embedded default there is no real tenant to apply to.
     """
     say = progress or (lambda _msg: None)
+    if (dsn is None) != (api_url is None):
+        raise ConfigError(
+            "metersync bench runs on an embedded PostgreSQL and Client System unless BOTH "
+            "--dsn and --api-url are given on its command line (METERSYNC_DSN, "
+            "METERSYNC_API_URL and metersync.toml are ignored on purpose)"
+        )
     if dsn is None:
         if apply_tenant is not None:
-            raise ConfigError("--apply needs the configured sync database (--dsn / METERSYNC_DSN)")
+            raise ConfigError("--apply needs the sync database given with --dsn and --api-url")
         with embedded_target() as target:
             return _run_on(target, options, None, say)
-    if not api_url:
+    assert api_url is not None
+    if not api_key:
         raise ConfigError(
-            "the Client System URL is required with --dsn: --api-url or METERSYNC_API_URL"
+            "with --dsn and --api-url, set METERSYNC_BENCH_API_KEY to the Client System API key "
+            "of the scratch tenant (METERSYNC_API_KEY is not used: it is a real tenant's key)"
         )
     target = Target(dsn, api_url, api_key, embedded=False)
     return _run_on(target, options, apply_tenant, say)
@@ -655,18 +602,18 @@ def _run_on(
     target: Target, options: BenchOptions, apply_tenant: int | None, say: Callable[[str], None]
 ) -> BenchResult:
     explicit = options.scratch_tenant is not None
-    tenant_id = (
-        options.scratch_tenant if explicit else SCRATCH_BASE + random.randrange(1, 999_999_999)
-    )
-    assert tenant_id is not None
-    check_scratch_tenant(target.dsn, tenant_id)
-    if apply_tenant is not None and apply_tenant == tenant_id:
-        raise ConfigError("--apply names the scratch tenant; name the tenant to configure")
     if not target.embedded and not explicit:
         raise ConfigError(
             "with a configured Client System, name the scratch tenant whose API key you give: "
             "--scratch-tenant ID (the Client System derives the tenant from the key)"
         )
+    tenant_id = (
+        options.scratch_tenant if explicit else SCRATCH_BASE + random.randrange(1, 999_999_999)
+    )
+    assert tenant_id is not None
+    if apply_tenant is not None and apply_tenant == tenant_id:
+        raise ConfigError("--apply names the scratch tenant; name the tenant to configure")
+    check_scratch_tenant(target.dsn, tenant_id)
     result = BenchResult(
         tenant_id=tenant_id,
         target="embedded PostgreSQL + reference Client System (loopback)"
@@ -674,16 +621,16 @@ def _run_on(
         else "configured sync database and Client System",
         latency_budget_ms=options.latency_budget_ms,
     )
-    created, key, original = asyncio.run(_tenant_setup(target, tenant_id, target.api_key))
+    # From here on the tenant id is ours: it had no row anywhere (checked just above; a
+    # concurrent creation makes add_tenant fail on the primary key before anything is written).
+    key = asyncio.run(_create_scratch(target, tenant_id, target.api_key))
     try:
         if target.register is not None:
             target.register(tenant_id, key)
         asyncio.run(_sweep(target, tenant_id, key, options, result, say))
     finally:
-        _drop_scratch(target.dsn, tenant_id, drop_tenant_row=created)
-        if original is not None:
-            asyncio.run(_restore_sizes(target.dsn, tenant_id, original))
-        result.cleaned_up = _count_readings(target.dsn, tenant_id) == 0
+        _drop_scratch(target.dsn, tenant_id)
+        result.cleaned_up = not _tenant_rows(target.dsn, tenant_id)
     if not target.embedded:
         result.notes.append(
             f"the Client System keeps the scratch readings it received for tenant {tenant_id}"
