@@ -72,6 +72,12 @@ class ServerHandle:
         """Readings the server holds for a tenant."""
         return int(self.stats()["rows_per_tenant"].get(str(tenant_id), 0))
 
+    def copies(
+        self, tenant_id: int | None = None, ids: list[str] | None = None, min_copies: int = 1
+    ) -> dict[str, int]:
+        """MeterTrack emulation only: rows per sent ``meter_reading_id``."""
+        return self.admin.copies(tenant_id, ids, min_copies)
+
 
 @pytest.fixture(scope="session")
 def _reference_server_session(
@@ -85,6 +91,31 @@ def _reference_server_session(
     finally:
         thread.stop()
         drop_database(pg_admin_dsn, dsn)
+
+
+@pytest.fixture(scope="session")
+def _metertrack_server_session(
+    pg_admin_dsn: str,
+) -> Iterator[tuple[ServerThread, AdminClient, str]]:
+    dsn = create_database(pg_admin_dsn, "ms_mt")
+    thread = ServerThread(dsn, profile="metertrack").start()
+    try:
+        with AdminClient(thread.admin_url) as admin:
+            yield thread, admin, dsn
+    finally:
+        thread.stop()
+        drop_database(pg_admin_dsn, dsn)
+
+
+@pytest.fixture
+def metertrack_server(
+    _metertrack_server_session: tuple[ServerThread, AdminClient, str],
+) -> ServerHandle:
+    """A clean emulation of the original MeterTrack Client System on loopback (issue 10):
+    not idempotent, no download, its own reply shapes; ``copies()`` counts rows per sent id."""
+    thread, admin, dsn = _metertrack_server_session
+    admin.reset()
+    return ServerHandle(thread, admin, dsn)
 
 
 @pytest.fixture

@@ -32,6 +32,21 @@ from metersync.tools.embedded import EmbeddedPostgres
 @click.option("--faults", "fault_spec", metavar="SPEC", help="Fault plan, e.g. 'random=0.05:503'.")
 @click.option("--max-batch", default=10_000, show_default=True, type=int, help="413 above this.")
 @click.option(
+    "--profile",
+    type=click.Choice(["metersync", "metertrack"]),
+    default="metersync",
+    show_default=True,
+    help="metersync: the reference server of our contract. metertrack: an emulation of the "
+    "original MeterTrack Client System (not idempotent, no download, 10 MB bodies, its replies).",
+)
+@click.option(
+    "--reading-delay-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="metertrack profile: extra delay per stored reading (its one-reading-at-a-time pace).",
+)
+@click.option(
     "--import-tenants",
     is_flag=True,
     help="Register the tenants and API keys of the sync database (global --dsn) on start.",
@@ -45,6 +60,8 @@ def serve(
     data_dir: str | None,
     fault_spec: str | None,
     max_batch: int,
+    profile: str,
+    reading_delay_ms: float,
     import_tenants: bool,
 ) -> int:
     """Run the reference Client System until SIGINT/SIGTERM.
@@ -59,6 +76,12 @@ def serve(
     if max_batch < 1:
         raise ConfigError(f"invalid --max-batch {max_batch}: must be >= 1")
     faults = FaultPlan.from_spec(fault_spec) if fault_spec else None
+    if reading_delay_ms and profile != "metertrack":
+        raise ConfigError("--reading-delay-ms applies to --profile metertrack only")
+    if faults is not None and profile == "metertrack":
+        from metersync.server.metertrack import check_plan
+
+        check_plan(faults)
     if server_dsn:
         check_dsn_syntax(server_dsn)
     sync_dsn = state.require_dsn() if import_tenants else None
@@ -70,7 +93,10 @@ def serve(
         state.output.info(f"starting embedded PostgreSQL in {embedded.data_dir} ...")
         server_dsn = embedded.start()
     try:
-        run(lambda: _serve(state, server_dsn, host, port, max_batch, faults, admin_token, sync_dsn))
+        options: dict[str, Any] = {"profile": profile, "reading_delay_ms": reading_delay_ms}
+        if profile == "metersync":
+            options["max_batch"] = max_batch
+        run(lambda: _serve(state, server_dsn, host, port, options, faults, admin_token, sync_dsn))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -82,7 +108,7 @@ async def _serve(
     dsn: str,
     host: str,
     port: int,
-    max_batch: int,
+    options: dict[str, Any],
     faults: Any,
     admin_token: str | None,
     sync_dsn: str | None,
@@ -95,9 +121,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = ReferenceServer(
-        dsn, host, port, max_batch=max_batch, admin_token=admin_token, faults=faults
-    )
+    server = ReferenceServer(dsn, host, port, admin_token=admin_token, faults=faults, **options)
     await server.start()
     try:
         if sync_dsn is not None:
@@ -117,9 +141,13 @@ async def _serve(
                         )
                     count += 1
             state.output.info(f"registered {count} tenant(s) from the sync database")
+        what = (
+            "reference Client System"
+            if server.profile == "metersync"
+            else "MeterTrack Client System emulation"
+        )
         state.output.info(
-            f"reference Client System listening on {server.base_url} "
-            f"(admin: {server.admin_url}); Ctrl-C to stop"
+            f"{what} listening on {server.base_url} (admin: {server.admin_url}); Ctrl-C to stop"
         )
         # A line on stdout for scripts that start `serve --port 0` and need the real URL.
         click.echo(server.base_url, nl=True)

@@ -34,9 +34,23 @@ class AdminClient:
             )
         return orjson.loads(response.content)
 
-    def register_tenant(self, tenant_id: int, api_key: str, name: str | None = None) -> None:
-        """Register (or replace) a tenant and its API key."""
-        self._call("POST", "/tenants", {"tenant_id": tenant_id, "api_key": api_key, "name": name})
+    def register_tenant(
+        self, tenant_id: int, api_key: str, name: str | None = None, *, active: bool = True
+    ) -> None:
+        """Register (or replace) a tenant and its API key (``active=False``: only the MeterTrack
+        emulation keeps inactive tenants, whose key it then refuses)."""
+        body: dict[str, Any] = {"tenant_id": tenant_id, "api_key": api_key, "name": name}
+        if not active:
+            body["active"] = False
+        self._call("POST", "/tenants", body)
+
+    def copies(
+        self, tenant_id: int | None = None, ids: list[str] | None = None, min_copies: int = 1
+    ) -> dict[str, int]:
+        """MeterTrack emulation: rows per sent ``meter_reading_id`` (ids with at least
+        ``min_copies`` rows; ``ids`` limits the answer to those)."""
+        body = {"tenant_id": tenant_id, "ids": ids, "min_copies": min_copies}
+        return dict(self._call("POST", "/copies", body)["copies"])
 
     def set_faults(self, plan: str | FaultPlan) -> dict[str, Any]:
         """Replace the fault plan: a spec string (``"fail=3:503"``) or a :class:`FaultPlan`."""

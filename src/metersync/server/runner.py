@@ -13,14 +13,23 @@ from aiohttp import web
 from metersync.errors import ConfigError
 from metersync.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, STATE, create_app
 from metersync.server.faults import FaultPlan
+from metersync.server.metertrack import MT_STATE, check_plan, create_metertrack_app
+from metersync.server.metertrack_store import MeterTrackStore
 from metersync.server.store import Store
 
 log = logging.getLogger("metersync.server")
+
+#: What a server can emulate: our contract (``metersync``) or the original MeterTrack Client
+#: System (``metertrack``, see :mod:`metersync.server.metertrack`).
+PROFILES = ("metersync", "metertrack")
 
 
 class ReferenceServer:
     """The reference Client System over its own PostgreSQL database (``dsn``).
 
+    ``profile="metertrack"`` runs the emulation of the original MeterTrack Client System instead
+    (its own tables in the same kind of database; ``reading_delay_ms`` slows each reading down;
+    ``max_batch``/``max_body_bytes`` do not apply: it has the original's 10 MB limit).
     ``await start()`` creates the schema (idempotent), binds ``host:port`` (``port=0`` picks a free
     port; :attr:`port` is the real one afterwards) and serves until ``await stop()``.
     """
@@ -37,9 +46,19 @@ class ReferenceServer:
         faults: FaultPlan | None = None,
         pool_size: int = 8,
         shutdown_timeout: float = 2.0,
+        profile: str = "metersync",
+        reading_delay_ms: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown server profile {profile!r}: one of {', '.join(PROFILES)}")
+        if reading_delay_ms < 0:
+            raise ConfigError(f"reading_delay_ms must be >= 0, got {reading_delay_ms}")
+        if profile == "metertrack" and faults is not None:
+            check_plan(faults)  # a fault this profile cannot inject: say so before starting
+        self.profile = profile
+        self._reading_delay_ms = reading_delay_ms
         self._dsn = dsn
         self.host = host
         self.port = port
@@ -49,7 +68,7 @@ class ReferenceServer:
         self._faults = faults
         self._pool_size = pool_size
         self._shutdown_timeout = shutdown_timeout
-        self._store: Store | None = None
+        self._store: Store | MeterTrackStore | None = None
         self._runner: web.AppRunner | None = None
         self._app: web.Application | None = None
 
@@ -82,22 +101,40 @@ class ReferenceServer:
         if self._app is None:
             self._faults = plan
             return
-        self._app[STATE].set_faults(plan or FaultPlan())
+        if MT_STATE in self._app:
+            self._app[MT_STATE].set_faults(plan or FaultPlan())
+        else:
+            self._app[STATE].set_faults(plan or FaultPlan())
+
+    def _open_store(self) -> Store | MeterTrackStore:
+        if self.profile == "metertrack":
+            return MeterTrackStore(self._dsn, max_size=self._pool_size)
+        return Store(self._dsn, max_size=self._pool_size)
+
+    def _create_app(self, store: Store | MeterTrackStore) -> web.Application:
+        if isinstance(store, MeterTrackStore):
+            return create_metertrack_app(
+                store,
+                admin_token=self._admin_token,
+                faults=self._faults,
+                reading_delay_ms=self._reading_delay_ms,
+            )
+        return create_app(
+            store,
+            max_batch=self._max_batch,
+            max_body_bytes=self._max_body_bytes,
+            admin_token=self._admin_token,
+            faults=self._faults,
+        )
 
     async def start(self) -> None:
         """Open the database pool, create the schema and start serving."""
         if self._runner is not None:
             raise RuntimeError("server already started")
-        store = Store(self._dsn, max_size=self._pool_size)
+        store = self._open_store()
         await store.open()
         try:
-            app = create_app(
-                store,
-                max_batch=self._max_batch,
-                max_body_bytes=self._max_body_bytes,
-                admin_token=self._admin_token,
-                faults=self._faults,
-            )
+            app = self._create_app(store)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
             await runner.setup()
             try:
@@ -111,7 +148,7 @@ class ReferenceServer:
             raise
         self._store, self._runner, self._app = store, runner, app
         self.port = int(runner.addresses[0][1])
-        log.info("reference Client System listening on %s", self.base_url)
+        log.info("%s Client System listening on %s", self.profile, self.base_url)
 
     async def stop(self) -> None:
         """Stop serving and close the database pool (idempotent)."""
@@ -233,6 +270,8 @@ async def serve_forever(
     admin_token: str | None = None,
     faults: FaultPlan | None = None,
     on_ready: Callable[[ReferenceServer], None] | None = None,
+    profile: str = "metersync",
+    reading_delay_ms: float = 0.0,
 ) -> None:
     """Serve until cancelled (the CLI's ``metersync serve`` cancels it on SIGINT/SIGTERM).
 
@@ -246,6 +285,8 @@ async def serve_forever(
         max_body_bytes=max_body_bytes,
         admin_token=admin_token,
         faults=faults,
+        profile=profile,
+        reading_delay_ms=reading_delay_ms,
     )
     await server.start()
     try:
