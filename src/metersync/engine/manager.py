@@ -1,11 +1,10 @@
-"""The orchestrator: one tenant's sync, in the right order, with its bookkeeping (spec §8).
+"""The library's face of the engine: one tenant's sync (spec §8).
 
-:class:`SyncManager` knows the order of things — initialize (connect, reflect the table, load
-and log the tenant's sizes, listen for changes), upload then download, one ``sync_log`` row per
-operation, the auto-sync loop — and nothing of their insides, which live in
-:mod:`metersync.engine.upload`, :mod:`metersync.engine.download`,
-:mod:`metersync.engine.tenant_cache`, :mod:`metersync.store.database` and
-:mod:`metersync.remote.client`.
+:class:`SyncManager` keeps the seed's API — initialize (connect, reflect the table, load and log
+the tenant's sizes, listen for changes), ``upload_readings`` / ``download_readings`` /
+``run_cycle``, the auto-sync loop, ``status`` — and runs all of it through the one orchestration
+path, :class:`~metersync.engine.scheduler.Scheduler` (locks, sync_log rows, the error policy,
+the loop), which the command line uses too.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ from types import TracebackType
 from typing import Any
 
 from metersync.engine.download import DownloadManager, DownloadReport
+from metersync.engine.scheduler import EngineOptions, OperationResult, Scheduler, operation_outcome
 from metersync.engine.tenant_cache import TenantCache
 from metersync.engine.upload import MeterReadingUploadManager, UploadReport
-from metersync.errors import ConfigError, DatabaseUnavailable, MeterSyncError, TenantBusyError
+from metersync.errors import ConfigError, TenantBusyError
 
 __all__ = ["CycleReport", "SyncManager", "SyncOptions"]
 
@@ -95,21 +95,32 @@ class SyncOptions:
 
 @dataclass(frozen=True, slots=True)
 class CycleReport:
-    """One :meth:`SyncManager.run_cycle`: the upload's and the download's reports."""
+    """One :meth:`SyncManager.run_cycle`: the upload's and the download's reports.
+
+    ``download`` is ``None`` when it did not run (a stop came first, or the Client System's
+    profile offers no download; ``skipped`` then says why).
+    """
 
     upload: UploadReport | None
     download: DownloadReport | None
     seconds: float
+    skipped: str | None = None
 
     @property
     def success(self) -> bool:
-        """True when both operations ran and ended without an error."""
-        return (
-            self.upload is not None
-            and self.download is not None
-            and self.upload.success
-            and self.download.success
-        )
+        """True when the upload moved something or had nothing to move, nothing failed, and
+        the download ran without an error (or was skipped because it is not offered).
+
+        An upload whose every reading was rejected is not a success (nothing moved).
+        """
+        if self.upload is None or operation_outcome("upload", self.upload, None) not in (
+            "ok",
+            "partial",
+        ):
+            return False
+        if self.download is None:
+            return self.skipped is not None
+        return self.download.success
 
 
 class SyncManager:
@@ -117,6 +128,10 @@ class SyncManager:
 
     Use as ``async with SyncManager(...) as sync: await sync.run_cycle()`` (``initialize`` on
     entry, ``close`` on exit), or call :meth:`initialize` and :meth:`close` yourself.
+
+    Every operation runs through a :class:`~metersync.engine.scheduler.Scheduler` (the one the
+    command line uses too): the same locks, sync_log rows and error policy. Managers given the
+    same ``database`` take turns on that connection (never two statements of theirs at once).
     """
 
     def __init__(self, config: SyncOptions | None = None, **kwargs: Any) -> None:
@@ -129,16 +144,12 @@ class SyncManager:
         self.db: Any = config.database
         self.client: Any = config.api_client
         self.cache: TenantCache | None = config.cache
-        self._own_cache = config.cache is None
-        self.uploader: MeterReadingUploadManager | None = None
-        self.downloader: DownloadManager | None = None
         self._own_db = config.database is None
-        self._own_client = config.api_client is None
+        self._scheduler: Scheduler | None = None
         self._initialized = False
-        self._loop_task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[int] | None = None
+        self._stopping = False
         self._checking = False  # we started the client's connectivity checks
-        self._op_lock = asyncio.Lock()  # one operation at a time on the one database connection
         self.last_cycle: CycleReport | None = None
         self.last_error: str | None = None
         self.totals: dict[str, int] = {
@@ -154,6 +165,16 @@ class SyncManager:
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def uploader(self) -> MeterReadingUploadManager | None:
+        """The tenant's upload manager (``None`` before :meth:`initialize`)."""
+        return None if self._scheduler is None else self._scheduler.managers(self.tenant_id)[0]
+
+    @property
+    def downloader(self) -> DownloadManager | None:
+        """The tenant's download manager (``None`` before :meth:`initialize`)."""
+        return None if self._scheduler is None else self._scheduler.managers(self.tenant_id)[1]
 
     async def initialize(self) -> None:
         """Connect, reflect ``meter_reading``, load and log the tenant's sizes, start listening.
@@ -172,13 +193,26 @@ class SyncManager:
 
             self.db = await SyncDatabase.connect(cfg.dsn)
         try:
-            await self.db.layout()
-            if self._own_cache:
-                self.cache = TenantCache(self.db, ttl_seconds=cfg.cache_ttl_seconds)
-                if cfg.dsn:
-                    await self.cache.listen(cfg.dsn)
-            assert self.cache is not None
-            settings = await self.cache.get(self.tenant_id)
+            self._scheduler = Scheduler(
+                dsn=cfg.dsn,
+                database=self.db,
+                cache=cfg.cache,
+                cache_ttl_seconds=cfg.cache_ttl_seconds,
+                client_factory=self._build_client,
+                options=EngineOptions(
+                    max_retries=cfg.max_retries,
+                    max_batches_per_cycle=cfg.max_batches_per_cycle,
+                    max_seconds_per_cycle=cfg.max_seconds_per_cycle,
+                    max_pages_per_cycle=cfg.max_pages_per_cycle,
+                    overlap=cfg.overlap,
+                    max_in_flight=cfg.max_in_flight,
+                ),
+            )
+            await self._scheduler.open()
+            self.cache = self._scheduler.cache
+            self._scheduler.add_tenant(self.tenant_id, self.client)
+            async with self._scheduler.connection():
+                settings = await self.cache.get(self.tenant_id)
             batch = settings.batch
             log.info(
                 "tenant %s batch sizes: download_batch_size=%d upload_batch_size=%d (source: %s)",
@@ -187,39 +221,25 @@ class SyncManager:
                 batch.upload_batch_size,
                 batch.source,
             )
+            if self.client is None and not settings.api_key:
+                raise ConfigError(
+                    f"tenant {self.tenant_id} has no api_key in table tenant; set it or "
+                    "pass api_client"
+                )
+            await self._scheduler.prepare(self.tenant_id)
             if self.client is None:
-                if not settings.api_key:
-                    raise ConfigError(
-                        f"tenant {self.tenant_id} has no api_key in table tenant; set it or "
-                        "pass api_client"
-                    )
-                from metersync.remote.client import ClientSystemApiClient
-
-                self.client = ClientSystemApiClient(cfg.api_url, settings.api_key)
-            self.uploader = MeterReadingUploadManager(
-                self.db,
-                self.client,
-                self.cache,
-                tenant_id=self.tenant_id,
-                max_retries=cfg.max_retries,
-                max_batches=cfg.max_batches_per_cycle,
-                max_seconds=cfg.max_seconds_per_cycle,
-                overlap=cfg.overlap,
-                max_in_flight=cfg.max_in_flight,
-            )
-            self.downloader = DownloadManager(
-                self.db,
-                self.client,
-                self.cache,
-                tenant_id=self.tenant_id,
-                max_pages=cfg.max_pages_per_cycle,
-            )
+                self.client = self._scheduler.client_of(self.tenant_id)
         except BaseException:
             await self._release()
             raise
         self._initialized = True
         if cfg.enable_auto_sync:
             await self.start()
+
+    def _build_client(self, tenant_id: int, api_key: str) -> Any:
+        from metersync.remote.client import ClientSystemApiClient
+
+        return ClientSystemApiClient(self.config.api_url, api_key)
 
     async def close(self) -> None:
         """Stop the loop (finishing the batch in flight), stop listening, close what we opened."""
@@ -228,12 +248,10 @@ class SyncManager:
         self._initialized = False
 
     async def _release(self) -> None:
-        if self.cache is not None and self._own_cache:
-            await self.cache.stop_listening()
-        if self._own_client and self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.aclose()
-            self.client = None
+        if self._scheduler is not None:
+            await self._scheduler.close()  # its own clients, listener and connections
+            if self.config.api_client is None:
+                self.client = None
         if self._own_db and self.db is not None:
             with contextlib.suppress(Exception):
                 await self.db.close()
@@ -251,10 +269,10 @@ class SyncManager:
     ) -> None:
         await self.close()
 
-    def _require(self) -> tuple[MeterReadingUploadManager, DownloadManager]:
-        if not self._initialized or self.uploader is None or self.downloader is None:
+    def _require(self) -> Scheduler:
+        if not self._initialized or self._scheduler is None:
             raise RuntimeError("SyncManager: call `await initialize()` first")
-        return self.uploader, self.downloader
+        return self._scheduler
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -264,95 +282,70 @@ class SyncManager:
         Errors that need an operator (refused key, 413, 400) and :class:`TenantBusyError` are
         raised after the ``sync_log`` row is written (no row for a busy tenant: nothing ran).
         """
-        uploader, _ = self._require()
-        async with self._op_lock:
-            try:
-                report = await uploader.upload()
-            except TenantBusyError:
-                raise
-            except BaseException as exc:
-                await self._log_operation("upload", uploader.report, exc)
-                raise
-            await self._log_operation("upload", report, None)
-        self.totals["uploaded"] += report.readings_sent
-        self.totals["confirmed"] += report.confirmed
-        self.totals["rejected"] += report.rejected
-        self.totals["quarantined"] += report.quarantined
+        report = await self._operation("upload")
+        assert isinstance(report, UploadReport)
         return report
 
     async def download_readings(self) -> DownloadReport:
         """Run one download cycle and write its ``sync_log`` row (see ``DownloadManager``)."""
-        _, downloader = self._require()
-        async with self._op_lock:
-            try:
-                report = await downloader.download()
-            except TenantBusyError:
-                raise
-            except BaseException as exc:
-                await self._log_operation("download", downloader.report, exc)
-                raise
-            await self._log_operation("download", report, None)
-        self.totals["downloaded"] += report.readings
-        self.totals["inserted"] += report.inserted
+        report = await self._operation("download")
+        assert isinstance(report, DownloadReport)
         return report
+
+    async def _operation(self, operation: str) -> UploadReport | DownloadReport | None:
+        result = await self._require().run_operation(self.tenant_id, operation)
+        self._account(result)
+        if result.outcome == "busy":
+            raise TenantBusyError(
+                f"tenant {self.tenant_id}: another worker holds the {operation} lock; cycle skipped"
+            )
+        if result.raised and result.error is not None:
+            raise result.error
+        return result.report
 
     async def run_cycle(self) -> CycleReport:
         """Upload, then download. Raises what the operations raise (after logging them)."""
+        scheduler = self._require()
         started = time.perf_counter()
         upload = await self.upload_readings()
         download = None
-        if not self._stopping.is_set():
-            download = await self.download_readings()
-        report = CycleReport(upload, download, time.perf_counter() - started)
+        skipped = None
+        if not self._stopping:
+            result = await scheduler.run_operation(self.tenant_id, "download")
+            self._account(result)
+            if result.outcome == "busy":
+                raise TenantBusyError(
+                    f"tenant {self.tenant_id}: another worker holds the download lock; "
+                    "cycle skipped"
+                )
+            if result.raised and result.error is not None:
+                raise result.error
+            download = result.report  # type: ignore[assignment]
+            skipped = result.skipped
+        report = CycleReport(upload, download, time.perf_counter() - started, skipped)
         self.last_cycle = report
         self.totals["cycles"] += 1
         return report
 
-    async def _log_operation(
-        self,
-        operation: str,
-        report: UploadReport | DownloadReport,
-        exc: BaseException | None,
-    ) -> None:
-        error = report.error
-        if exc is not None:
-            error = f"{type(exc).__name__}: {exc}"
-        if error:
+    def _account(self, result: OperationResult) -> None:
+        """Totals and the last error from one operation's result."""
+        report = result.report
+        if result.skipped is not None:
+            return
+        if not result.success:
             self.totals["failed_operations"] += 1
-            self.last_error = error
+            self.last_error = result.error_text
+        if report is None:
+            return
         self.totals["statements"] += report.statements
         if isinstance(report, UploadReport):
-            batches, records = report.batches, report.confirmed
+            self.totals["uploaded"] += report.readings_sent
+            self.totals["confirmed"] += report.confirmed
+            self.totals["rejected"] += report.rejected
+            self.totals["quarantined"] += report.quarantined
         else:
-            batches, records = report.pages, report.inserted
-        try:
-            await self.db.write_sync_log(
-                tenant_id=self.tenant_id,
-                operation=operation,
-                batches=batches,
-                records=records,
-                statements=report.statements,
-                duration_s=report.seconds,
-                success=error is None,
-                error=error,
-            )
-        except DatabaseUnavailable as log_exc:
-            # The operation failed already; whoever handles that failure reports the outage
-            # (once per cycle), so this is not a second line for the same cause.
-            log.log(
-                logging.DEBUG if error is not None else logging.ERROR,
-                "tenant %s: writing the sync_log row of the %s failed: %s",
-                self.tenant_id,
-                operation,
-                log_exc,
-            )
-        except Exception as log_exc:  # bookkeeping must not hide the operation's own outcome
-            log.error(
-                "tenant %s: writing the sync_log row of the %s failed: %s",
-                self.tenant_id,
-                operation,
-                log_exc,
-            )
+            self.totals["downloaded"] += report.readings
+            self.totals["inserted"] += report.inserted
 
     # -- auto sync -------------------------------------------------------------------------------
 
@@ -362,11 +355,17 @@ class SyncManager:
         return self._loop_task is not None and not self._loop_task.done()
 
     async def start(self) -> None:
-        """Start the auto-sync loop: a cycle now, then every ``sync_interval_minutes``."""
-        self._require()
+        """Start the auto-sync loop: a cycle now, then every ``sync_interval_minutes``.
+
+        The loop is the scheduler's (the CLI ``sync`` loop's): one error policy — a busy tenant
+        is skipped, an outage ends the cycle and is retried with backoff, a refused key stops
+        the tenant, nothing but :meth:`stop` ends the loop.
+        """
+        scheduler = self._require()
         if self.running:
             return
-        self._stopping.clear()
+        self._stopping = False
+        scheduler.reset_stop()
         checks = getattr(self.client, "start_connectivity_checks", None)
         if callable(checks):
             try:
@@ -374,7 +373,29 @@ class SyncManager:
                 self._checking = True
             except RuntimeError:  # the client's owner already runs them
                 self._checking = False
-        self._loop_task = asyncio.create_task(self._auto_loop(), name=f"sync-{self.tenant_id}")
+        self._loop_task = asyncio.create_task(
+            scheduler.run_forever(
+                self.config.sync_interval_minutes * 60.0,
+                tenant_ids=[self.tenant_id],
+                on_cycle=self._on_loop_cycle,
+            ),
+            name=f"sync-{self.tenant_id}",
+        )
+
+    def _on_loop_cycle(self, results: list[OperationResult], seconds: float) -> None:
+        by_op = {r.operation: r for r in results}
+        for result in results:
+            self._account(result)
+        upload = by_op.get("upload")
+        download = by_op.get("download")
+        if upload is not None and upload.report is not None:
+            self.last_cycle = CycleReport(
+                upload.report,  # type: ignore[arg-type]
+                None if download is None else download.report,  # type: ignore[arg-type]
+                seconds,
+                None if download is None else download.skipped,
+            )
+            self.totals["cycles"] += 1
 
     async def stop(self, timeout: float | None = 60.0) -> None:
         """Stop the loop; the batch or page in flight finishes (POST and mark) first.
@@ -383,58 +404,34 @@ class SyncManager:
         pending (nothing is marked without a confirmation) and goes up again next time.
         """
         task = self._loop_task
-        self._stopping.set()
+        self._stopping = True
         if self._checking:
             self._checking = False
             await self.client.stop_connectivity_checks()
-        if self.uploader is not None:
-            self.uploader.request_stop()
-        if self.downloader is not None:
-            self.downloader.request_stop()
-        if task is None:
-            return
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.request_stop()
         self._loop_task = None
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
+            if task is not None:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def _auto_loop(self) -> None:
-        interval = self.config.sync_interval_minutes * 60.0
-        while not self._stopping.is_set():
-            try:
-                await self.run_cycle()
-            except TenantBusyError as exc:
-                log.info("%s", exc)
-            except DatabaseUnavailable as exc:
-                # One line per cycle while the database is away; the next cycle reconnects.
-                log.warning(
-                    "tenant %s: sync database unavailable, cycle skipped (next in %g s): %s",
-                    self.tenant_id,
-                    interval,
-                    exc,
-                    exc_info=log.isEnabledFor(logging.DEBUG),
-                )
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            except MeterSyncError as exc:
-                log.error("tenant %s: sync cycle failed: %s", self.tenant_id, exc)
-            except Exception as exc:  # keep the daemon alive; the next cycle tries again
-                log.exception("tenant %s: sync cycle crashed: %s", self.tenant_id, exc)
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+        finally:
+            if scheduler is not None:
+                scheduler.reset_stop()  # direct calls (upload_readings, ...) work again
 
     # -- status ----------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
         """Queue size, last cycle, connectivity, totals and the current sizes, as plain data."""
-        self._require()
+        scheduler = self._require()
         assert self.cache is not None
-        settings = await self.cache.get(self.tenant_id)
-        async with self._op_lock:
-            queue = await self.db.queue_status(self.tenant_id, max_retries=self.config.max_retries)
+        async with scheduler.connection() as db:  # its turn on the connection
+            settings = await self.cache.get(self.tenant_id)
+            queue = await db.queue_status(self.tenant_id, max_retries=self.config.max_retries)
         if isinstance(queue, list):  # one tenant asked: one row (none if the tenant row is gone)
             queue = queue[0] if queue else None
         last = None
