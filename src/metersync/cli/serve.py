@@ -47,6 +47,21 @@ from metersync.tools.embedded import EmbeddedPostgres
     help="metertrack profile: extra delay per stored reading (its one-reading-at-a-time pace).",
 )
 @click.option(
+    "--sink",
+    is_flag=True,
+    help="Run a zero-cost Client System instead (benchmarks): answers each upload from a byte "
+    "count of its body, stores nothing, serves pre-built download pages; no database.",
+)
+@click.option(
+    "--sink-download",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="--sink: synthetic wide readings per tenant to serve for download (built when the "
+    "tenant is registered: --import-tenants or POST /admin/tenants).",
+)
+@click.option(
     "--import-tenants",
     is_flag=True,
     help="Register the tenants and API keys of the sync database (global --dsn) on start.",
@@ -62,6 +77,8 @@ def serve(
     max_batch: int,
     profile: str,
     reading_delay_ms: float,
+    sink: bool,
+    sink_download: int,
     import_tenants: bool,
 ) -> int:
     """Run the reference Client System until SIGINT/SIGTERM.
@@ -76,6 +93,14 @@ def serve(
     if max_batch < 1:
         raise ConfigError(f"invalid --max-batch {max_batch}: must be >= 1")
     faults = FaultPlan.from_spec(fault_spec) if fault_spec else None
+    if sink:
+        if profile != "metersync":
+            raise ConfigError("--sink cannot go with --profile metertrack")
+        if faults is not None or server_dsn or data_dir:
+            raise ConfigError("--sink takes no --faults, --dsn or --data-dir (it stores nothing)")
+        profile = "sink"
+    elif sink_download:
+        raise ConfigError("--sink-download applies to --sink only")
     if reading_delay_ms and profile != "metertrack":
         raise ConfigError("--reading-delay-ms applies to --profile metertrack only")
     if faults is not None and profile == "metertrack":
@@ -88,7 +113,7 @@ def serve(
     admin_token = os.environ.get("METERSYNC_ADMIN_TOKEN") or None
 
     embedded: EmbeddedPostgres | None = None
-    if not server_dsn:
+    if not server_dsn and not sink:
         embedded = EmbeddedPostgres(data_dir)
         state.output.info(f"starting embedded PostgreSQL in {embedded.data_dir} ...")
         server_dsn = embedded.start()
@@ -96,7 +121,10 @@ def serve(
         options: dict[str, Any] = {"profile": profile, "reading_delay_ms": reading_delay_ms}
         if profile == "metersync":
             options["max_batch"] = max_batch
-        run(lambda: _serve(state, server_dsn, host, port, options, faults, admin_token, sync_dsn))
+        if sink:
+            options["sink_download"] = sink_download
+        dsn = server_dsn or ""
+        run(lambda: _serve(state, dsn, host, port, options, faults, admin_token, sync_dsn))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -141,11 +169,11 @@ async def _serve(
                         )
                     count += 1
             state.output.info(f"registered {count} tenant(s) from the sync database")
-        what = (
-            "reference Client System"
-            if server.profile == "metersync"
-            else "MeterTrack Client System emulation"
-        )
+        what = {
+            "metersync": "reference Client System",
+            "metertrack": "MeterTrack Client System emulation",
+            "sink": "zero-cost sink Client System",
+        }[server.profile]
         state.output.info(
             f"{what} listening on {server.base_url} (admin: {server.admin_url}); Ctrl-C to stop"
         )

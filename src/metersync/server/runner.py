@@ -15,13 +15,15 @@ from metersync.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, STAT
 from metersync.server.faults import FaultPlan
 from metersync.server.metertrack import MT_STATE, check_plan, create_metertrack_app
 from metersync.server.metertrack_store import MeterTrackStore
+from metersync.server.sink import SINK_STATE, create_sink_app
 from metersync.server.store import Store
 
 log = logging.getLogger("metersync.server")
 
 #: What a server can emulate: our contract (``metersync``) or the original MeterTrack Client
 #: System (``metertrack``, see :mod:`metersync.server.metertrack`).
-PROFILES = ("metersync", "metertrack")
+#: ``sink`` answers from the body and stores nothing (:mod:`metersync.server.sink`; no database).
+PROFILES = ("metersync", "metertrack", "sink")
 
 
 class ReferenceServer:
@@ -30,6 +32,8 @@ class ReferenceServer:
     ``profile="metertrack"`` runs the emulation of the original MeterTrack Client System instead
     (its own tables in the same kind of database; ``reading_delay_ms`` slows each reading down;
     ``max_batch``/``max_body_bytes`` do not apply: it has the original's 10 MB limit).
+    ``profile="sink"`` runs the zero-cost Client System of :mod:`metersync.server.sink` (``dsn``
+    is not used; ``sink_download`` readings per tenant are pre-built for download).
     ``await start()`` creates the schema (idempotent), binds ``host:port`` (``port=0`` picks a free
     port; :attr:`port` is the real one afterwards) and serves until ``await stop()``.
     """
@@ -48,6 +52,7 @@ class ReferenceServer:
         shutdown_timeout: float = 2.0,
         profile: str = "metersync",
         reading_delay_ms: float = 0.0,
+        sink_download: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
@@ -57,8 +62,13 @@ class ReferenceServer:
             raise ConfigError(f"reading_delay_ms must be >= 0, got {reading_delay_ms}")
         if profile == "metertrack" and faults is not None:
             check_plan(faults)  # a fault this profile cannot inject: say so before starting
+        if profile == "sink" and faults is not None and not faults.empty:
+            raise ConfigError("the sink injects no faults (it measures the engine alone)")
+        if sink_download < 0:
+            raise ConfigError(f"sink_download must be >= 0, got {sink_download}")
         self.profile = profile
         self._reading_delay_ms = reading_delay_ms
+        self._sink_download = sink_download
         self._dsn = dsn
         self.host = host
         self.port = port
@@ -92,6 +102,11 @@ class ReferenceServer:
         return f"[{self.host}]" if ":" in self.host else self.host
 
     @property
+    def admin_token(self) -> str | None:
+        """The token the admin API requires (``X-Admin-Token``)."""
+        return self._admin_token
+
+    @property
     def running(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""
         return self._runner is not None
@@ -101,17 +116,28 @@ class ReferenceServer:
         if self._app is None:
             self._faults = plan
             return
-        if MT_STATE in self._app:
+        if SINK_STATE in self._app:
+            if plan is not None and not plan.empty:
+                raise ConfigError("the sink injects no faults")
+        elif MT_STATE in self._app:
             self._app[MT_STATE].set_faults(plan or FaultPlan())
         else:
             self._app[STATE].set_faults(plan or FaultPlan())
 
-    def _open_store(self) -> Store | MeterTrackStore:
+    def _open_store(self) -> Store | MeterTrackStore | None:
+        if self.profile == "sink":
+            return None
         if self.profile == "metertrack":
             return MeterTrackStore(self._dsn, max_size=self._pool_size)
         return Store(self._dsn, max_size=self._pool_size)
 
-    def _create_app(self, store: Store | MeterTrackStore) -> web.Application:
+    def _create_app(self, store: Store | MeterTrackStore | None) -> web.Application:
+        if store is None:
+            return create_sink_app(
+                download_readings=self._sink_download,
+                max_body_bytes=self._max_body_bytes,
+                admin_token=self._admin_token,
+            )
         if isinstance(store, MeterTrackStore):
             return create_metertrack_app(
                 store,
@@ -132,7 +158,8 @@ class ReferenceServer:
         if self._runner is not None:
             raise RuntimeError("server already started")
         store = self._open_store()
-        await store.open()
+        if store is not None:
+            await store.open()
         try:
             app = self._create_app(store)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
@@ -144,7 +171,8 @@ class ReferenceServer:
                 await runner.cleanup()
                 raise
         except BaseException:
-            await store.close()
+            if store is not None:
+                await store.close()
             raise
         self._store, self._runner, self._app = store, runner, app
         self.port = int(runner.addresses[0][1])
@@ -201,6 +229,11 @@ class ServerThread:
     def port(self) -> int:
         """The bound port (after :meth:`start`)."""
         return self.server.port
+
+    @property
+    def admin_token(self) -> str | None:
+        """See :attr:`ReferenceServer.admin_token`."""
+        return self.server.admin_token
 
     def start(self, timeout: float = 30.0) -> ServerThread:
         """Start the thread and wait until the server listens."""
@@ -272,6 +305,7 @@ async def serve_forever(
     on_ready: Callable[[ReferenceServer], None] | None = None,
     profile: str = "metersync",
     reading_delay_ms: float = 0.0,
+    sink_download: int = 0,
 ) -> None:
     """Serve until cancelled (the CLI's ``metersync serve`` cancels it on SIGINT/SIGTERM).
 
@@ -287,6 +321,7 @@ async def serve_forever(
         faults=faults,
         profile=profile,
         reading_delay_ms=reading_delay_ms,
+        sink_download=sink_download,
     )
     await server.start()
     try:
