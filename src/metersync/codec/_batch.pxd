@@ -243,3 +243,55 @@ cdef struct Failure:
     int code
     Py_ssize_t col
     int64_t row
+
+
+# Decoding binary COPY output: error codes (texts in _copy_reader.pxi's _DECODE_TEXT).
+cdef enum:
+    D_TRUNCATED = 1
+    D_SIGNATURE
+    D_OIDS
+    D_FLAGS
+    D_EXTENSION
+    D_FIELD_COUNT
+    D_NEGATIVE_LENGTH
+    D_WIDTH
+    D_NUMERIC_SHAPE
+    D_NUMERIC_SPECIAL
+    D_NUMERIC_DIGIT
+    D_NUMERIC_FIT
+    D_NUMERIC_FRACTION
+    D_DATE
+    D_TIMESTAMP
+    D_TRAILING
+    D_TEXT_SIZE
+    D_TEXT_UTF8
+
+
+cdef struct DCol:
+    # One output column of the COPY reader: the Arrow buffers it fills.
+    int kind
+    int scale
+    int width             # exact field length of fixed-width kinds, 0 for text/numeric
+    ms_u128 limit         # 10**precision
+    int64_t text_bytes    # pass 1: total text bytes
+    int64_t nulls
+    uint8_t* validity
+    uint8_t* data         # values, or offsets for text
+    uint8_t* chars
+
+
+cdef struct DFail:
+    # First malformed field found by a nogil decode loop (code 0: none).
+    int code
+    int64_t pos
+    Py_ssize_t col
+    int64_t value
+
+
+cdef inline bint _dfail(DFail* f, int code, int64_t pos, Py_ssize_t col, int64_t value) noexcept nogil:
+    f.code = code
+    f.pos = pos
+    f.col = col
+    f.value = value
+    return False
+
