@@ -90,3 +90,22 @@ class OutcomeUnknownError(ClientSystemError):
 
 class InconsistentResponseError(ClientSystemError):
     """A 200 whose counts do not add up to the number sent: the batch counts as failed."""
+
+
+class CodecError(MeterSyncError):
+    """The codec cannot encode or decode the data; the message names the column, row or byte."""
+
+
+class CodecTypeError(CodecError, TypeError):
+    """An Arrow type without a PostgreSQL mapping, or an input that is not Arrow data.
+
+    Also a ``TypeError``, so callers that caught the codec's old ``TypeError`` keep working.
+    """
+
+
+class CodecValueError(CodecError, ValueError):
+    """A value PostgreSQL or the JSON form cannot hold, malformed binary COPY input, or a row
+    larger than a body limit.
+
+    Also a ``ValueError``, so callers that caught the codec's old ``ValueError`` keep working.
+    """

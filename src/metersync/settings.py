@@ -40,6 +40,12 @@ class Settings:
     ``max_retries``: per-reading rejections before quarantine (also the HTTP retry budget).
     ``log_level``: logging level name. ``ca_bundle``: CA file for an https Client System.
     ``connect_timeout`` / ``read_timeout``: HTTP timeouts in seconds.
+    ``client_profile``: ``auto`` (negotiated on ``GET /health``), ``metersync`` or ``metertrack``.
+    ``max_body_bytes``: upload body limit override (``None``: the profile's).
+    ``site_id``: this site's id, sent with uploads to a server with a site filter (``None``:
+    the id stored in the sync database, else the host name).
+    ``read_timeout_per_reading``: seconds added to the read timeout per reading of a batch
+    against a non-idempotent Client System (so a slow but healthy one is never cut off).
     ``sources``: field name → ``"flag"``, ``"env"``, ``"file"`` or ``"default"``.
     """
 
@@ -53,6 +59,10 @@ class Settings:
     ca_bundle: str | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    client_profile: str = "auto"
+    max_body_bytes: int | None = None
+    site_id: str | None = None
+    read_timeout_per_reading: float = 0.03
     config_file: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -107,6 +117,45 @@ def _api_url(name: str, value: Any) -> str:
     return url
 
 
+def _client_profile(name: str, value: Any) -> str:
+    from metersync.remote.profiles import CLIENT_PROFILES
+
+    profile = _text(name, value).lower()
+    if profile not in CLIENT_PROFILES:
+        raise ConfigError(f"{name} must be one of {', '.join(CLIENT_PROFILES)}, got {value!r}")
+    return profile
+
+
+def _body_bytes(name: str, value: Any) -> int:
+    from metersync.remote.profiles import MIN_BODY_BYTES
+
+    number = _positive_int(name, value)
+    if number < MIN_BODY_BYTES:
+        raise ConfigError(f"{name} must be at least {MIN_BODY_BYTES} bytes, got {number}")
+    return number
+
+
+def _site_id(name: str, value: Any) -> str:
+    site = _text(name, value)
+    if len(site) > 200 or any(not (0x20 < ord(c) < 0x7F) for c in site):
+        raise ConfigError(
+            f"{name} must be 1..200 printable ASCII characters without spaces, got {value!r}"
+        )
+    return site
+
+
+def _allowance(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not 0 <= number <= 60:
+        raise ConfigError(f"{name} must be between 0 and 60 seconds per reading, got {value!r}")
+    return number
+
+
 def _log_level(name: str, value: Any) -> str:
     level = _text(name, value).upper()
     if level not in LOG_LEVELS:
@@ -126,6 +175,10 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "ca_bundle": _text,
     "connect_timeout": _seconds,
     "read_timeout": _seconds,
+    "client_profile": _client_profile,
+    "max_body_bytes": _body_bytes,
+    "site_id": _site_id,
+    "read_timeout_per_reading": _allowance,
 }
 ENV_VARS: dict[str, str] = {name: ENV_PREFIX + name.upper() for name in _PARSERS}
 ENV_VARS["tenant_id"] = "METERSYNC_TENANT"

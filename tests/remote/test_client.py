@@ -22,6 +22,7 @@ from metersync.errors import (
     ConfigError,
     InconsistentResponseError,
     MalformedPageError,
+    OutcomeUnknownError,
     PayloadTooLargeError,
     RemoteUnavailableError,
 )
@@ -163,7 +164,8 @@ async def test_unknown_key_is_auth_error_without_retry(reference_server: ServerH
             await client.post_batch(body(readings(2)), 2, idempotency_key="k401")
     assert info.value.status == 401
     assert secret not in str(info.value)
-    assert reference_server.stats()["requests_per_status"] == {"401": 1}
+    # One health request (the profile negotiation, no key) and ONE upload attempt.
+    assert reference_server.stats()["requests_per_status"] == {"200": 1, "401": 1}
 
 
 async def test_403_is_auth_error_without_retry(
@@ -319,12 +321,21 @@ async def test_connection_refused_is_remote_unavailable(pg_admin_dsn: str) -> No
     port = probe.sockets[0].getsockname()[1]
     probe.close()
     await probe.wait_closed()
-    async with ClientSystemApiClient(
-        f"http://127.0.0.1:{port}/api", "some-key", max_retries=1, **FAST
-    ) as client:
-        with pytest.raises(RemoteUnavailableError, match=r"after 2 attempts.*Connect"):
-            await client.post_batch(b"[]", 0, idempotency_key="nobody")
-        assert await client.health() is False
+    for profile in ("metersync", "metertrack"):  # never sent: retried in both profiles
+        async with ClientSystemApiClient(
+            f"http://127.0.0.1:{port}/api",
+            "some-key",
+            max_retries=1,
+            client_profile=profile,
+            **FAST,
+        ) as client:
+            with pytest.raises(RemoteUnavailableError, match=r"after 2 attempts.*Connect"):
+                await client.post_batch(b"[]", 0, idempotency_key="nobody")
+            assert await client.health() is False
+    # Negotiating needs an answer: an unreachable server decides nothing (asked again later).
+    async with ClientSystemApiClient(f"http://127.0.0.1:{port}/api", "k", **FAST) as client:
+        with pytest.raises(RemoteUnavailableError, match="learn its profile"):
+            await client.profile()
 
 
 async def test_lost_response_after_commit(reference_server: ServerHandle, tenant_client) -> None:
@@ -427,8 +438,13 @@ async def canned_server() -> AsyncIterator[Callable[[int, bytes], Awaitable[str]
 )
 async def test_garbled_answers_are_inconsistent(canned_server, payload: bytes, why: str) -> None:
     url = await canned_server(200, payload)
+    async with ClientSystemApiClient(url, "k", client_profile="metersync") as client:
+        with pytest.raises(InconsistentResponseError, match=why) as info:
+            await client.post_batch(b"[1]", 1, idempotency_key="x")
+        assert type(info.value) is InconsistentResponseError
+    # Against a server that is not idempotent an unreadable 200 is an unknown outcome.
     async with ClientSystemApiClient(url, "k") as client:
-        with pytest.raises(InconsistentResponseError, match=why):
+        with pytest.raises(OutcomeUnknownError, match=why):
             await client.post_batch(b"[1]", 1, idempotency_key="x")
 
 
@@ -437,7 +453,8 @@ async def test_legacy_shape_from_a_tiny_old_server(canned_server) -> None:
     async with ClientSystemApiClient(url, "k") as client:
         result = await client.post_batch(b"[1,2]", 2, idempotency_key="old")
         assert (result.inserted, result.rejected, result.attempts) == (2, {}, 1)
-        with pytest.raises(InconsistentResponseError):
+        assert (await client.profile()).name == "metertrack"  # it advertised nothing
+        with pytest.raises(OutcomeUnknownError, match="recordsProcessed=2 for 3"):
             await client.post_batch(b"[1,2,3]", 3, idempotency_key="old2")
 
 

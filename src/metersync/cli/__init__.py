@@ -51,6 +51,12 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     "Env: METERSYNC_CA_BUNDLE.",
 )
 @click.option(
+    "--client-profile",
+    type=click.Choice(["auto", "metersync", "metertrack"], case_sensitive=False),
+    help="What the Client System is: auto (ask GET /health), metersync (our idempotent "
+    "contract) or metertrack (the original, not idempotent). Env: METERSYNC_CLIENT_PROFILE.",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
@@ -65,6 +71,7 @@ def cli(
     dsn: str | None,
     api_url: str | None,
     ca_bundle: str | None,
+    client_profile: str | None,
     config_file: str | None,
     verbose: int,
     quiet: bool,
@@ -77,6 +84,7 @@ def cli(
     """
     state = ctx.ensure_object(AppState)
     state.flags.update({"dsn": dsn, "api_url": api_url, "ca_bundle": ca_bundle})
+    state.flags["client_profile"] = client_profile
     state.config_file = config_file
     state.verbose = verbose
     state.quiet = quiet
@@ -95,6 +103,9 @@ def _register() -> None:
     cli.add_command(sync.sync)
     cli.add_command(status.status)
     cli.add_command(status.requeue)
+    resolve_command = _resolve_command()
+    if resolve_command is not None:
+        cli.add_command(resolve_command)
     cli.add_command(_needs_extra(serve.serve, "server"))
     cli.add_command(_needs_extra(demo.demo, "demo"))
     cli.add_command(_needs_extra(_bench_command(), "bench"))
@@ -116,6 +127,17 @@ def _needs_extra(command: click.Command, extra: str) -> click.Command:
 
     command.callback = checked
     return command
+
+
+def _resolve_command() -> click.Command | None:
+    """``metersync resolve`` (in-doubt readings, cli/resolve.py), once that module exists."""
+    import importlib.util
+
+    if importlib.util.find_spec("metersync.cli.resolve") is None:
+        return None
+    from metersync.cli import resolve
+
+    return resolve.resolve
 
 
 def _bench_command() -> click.Command:

@@ -1,34 +1,56 @@
-"""The upload cycle of one tenant: sync database → Client System (spec §4).
+"""The upload cycle of one tenant: sync database → Client System (spec §4, issue 10).
 
 One cycle, under the tenant's upload lock::
 
+    profile of the Client System (negotiated once per client: idempotent or not, body limit)
     sizes from the tenant cache (once)
-    loop: fetch ≤ upload_batch_size oldest pending readings (Arrow)
-          → JSON body (codec) → POST with a stable Idempotency-Key
-          → ONE UPDATE marking the confirmed readings synchronized
+    loop: fetch ≤ upload_batch_size oldest queue readings (Arrow; after the last one fetched)
+          → split below the profile's body limit (codec sizes) → JSON body per profile (codec)
+          → POST → ONE UPDATE marking the confirmed readings synchronized
           → ONE UPDATE recording the individually rejected ones (if any)
     until the queue is empty, the budget (batches, seconds) is spent, or a stop was requested.
 
+Two profiles (:mod:`metersync.remote.profiles`):
+
+* **idempotent** (our ``metersync`` contract): the fetch is a plain ``COPY (SELECT ...)``; a
+  batch whose outcome is unknown is simply sent again (same ``Idempotency-Key``), the server
+  keeps one copy. Nothing is claimed.
+* **not idempotent** (``metertrack``): the fetch *claims* the batch in the same statement
+  (``COPY (UPDATE ... SET sync_status = 'in_doubt' ... RETURNING ...)``), committed before the
+  POST. A confirmed batch is marked synchronized (the mark also ends the claim: no extra
+  statement on the happy path). A failure that proves nothing was stored (connection refused,
+  401/403, 400, 413, other 4xx, a 5xx saying the batch failed — after the client's retries)
+  releases the readings back to the queue with their old status. An unknown outcome (read
+  timeout, connection dropped after sending, another 5xx, an unreadable answer, a crash or a
+  failed mark after the POST) leaves them ``in_doubt``: never resent automatically, shown by
+  ``metersync status``, released by ``metersync resolve`` (:func:`resolve_in_doubt`).
+  MeterTrack's ``skipped`` readings name meters, not readings: a skip is attributed to a
+  reading only when that is certain (every reading of the meter in the batch was skipped, e.g.
+  its only one) — those take the failed → quarantine path; the readings of a meter with fewer
+  errors than readings are held ``in_doubt`` with the server's words as ``last_error``; the
+  readings of meters without errors are marked synchronized. A 400 whose field errors name
+  readings (``readings[3].voltage_thd``) rejects exactly those; the rest of the batch is sent
+  again at once (the 400 proves nothing was stored).
+
+Within a cycle every fetch starts after the last reading fetched (a keyset bound
+``(created_at, meter_reading_id) > (...)``, one index condition), so readings in flight or
+rejected earlier in the cycle are never fetched twice, without an id list in the statement;
+across processes the per-tenant advisory lock does that job. The idempotency key is a digest
+of the batch's sorted id bytes (no Python object per id).
+
 Overlap and the in-flight window: up to ``max_in_flight`` POSTs of one tenant are on the wire at
-once (default 2: the reference Client System spends ~40 % of a request in PostgreSQL, so two
-requests overlap well). The oldest flight is always settled first (FIFO), and while POSTs are in
-flight the next batch is fetched and encoded and the settled one is marked. Every fetch excludes
-the ids rejected earlier in the cycle (``failed`` but still in the queue until quarantined) and
-the ids of every batch in flight or answered but not yet marked, so no reading is ever in two
-batches of one cycle; across processes the per-tenant advisory lock does the same job. A reading
-is marked only after the answer to the batch that carried it confirmed it.
+once (default 2). The oldest flight is always settled first (FIFO), and while POSTs are in
+flight the next batch is fetched and encoded and the settled one is marked.
 
-Failure rules (spec §4): a batch that fails as a whole (retries spent on timeouts, connection
-errors, 408/429/5xx, or an answer whose counts do not add up) marks nothing, does not touch
-``retry_count`` and ends the cycle with ``report.error`` set; the readings go again next cycle.
-A refused key (401/403), a 413 or a 400 raise, because only an operator can fix them. A marking
-failure after a successful POST is logged and ends the cycle; the readings go up again next
-cycle and the Client System counts them as duplicates (same Idempotency-Key too).
-
-When the cycle ends early on such an error, the *other* POSTs still in flight are cancelled and
-marked nothing (even if the Client System stored them: the next cycle's re-send is counted as
-duplicates and marked then). A stop request, a spent budget or a failed fetch only stop new
-POSTs: the flights already started are awaited and marked one by one, oldest first.
+Failure rules of the idempotent profile (spec §4): a batch that fails as a whole (retries spent
+on timeouts, connection errors, 408/429/5xx, or an answer whose counts do not add up) marks
+nothing, does not touch ``retry_count`` and ends the cycle with ``report.error`` set; the
+readings go again next cycle. A refused key (401/403), a 413 or a 400 raise, because only an
+operator can fix them. A marking failure after a successful POST is logged and ends the cycle;
+the readings go up again next cycle and the Client System counts them as duplicates. When the
+cycle ends early the *other* POSTs still in flight are cancelled and marked nothing. In the
+non-idempotent profile they are awaited and settled instead (cancelling one would make its
+outcome unknown).
 """
 
 from __future__ import annotations
@@ -39,8 +61,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 import httpx
 import pyarrow as pa
@@ -53,15 +76,25 @@ from metersync.errors import (
     AuthError,
     BadRequestError,
     ClientSystemError,
+    ConfigError,
     InconsistentResponseError,
+    OutcomeUnknownError,
     PayloadTooLargeError,
 )
+from metersync.remote.profiles import METERSYNC, ClientProfile
 
-__all__ = ["MeterReadingUploadManager", "UploadReport", "idempotency_key"]
+__all__ = [
+    "MeterReadingUploadManager",
+    "ResolveResult",
+    "UploadReport",
+    "idempotency_key",
+    "resolve_in_doubt",
+]
 
 log = logging.getLogger(__name__)
 
 ID_COLUMN = "meter_reading_id"
+METER_COLUMN = "meter_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +104,13 @@ class UploadReport:
     ``confirmed`` = readings marked synchronized (``inserted + duplicates`` as the Client System
     counted them); ``rejected`` = readings the Client System refused one by one (marked
     ``failed``); ``quarantined`` = of those, how many reached ``max_retries`` in this cycle;
-    ``statements`` = SQL statements the sync database saw during the cycle; ``error`` = why the
-    cycle ended early (``None`` when the queue was drained or the budget spent).
+    ``in_doubt`` = readings whose outcome is unknown against a non-idempotent Client System,
+    held ``sync_status = 'in_doubt'`` (never resent; ``metersync resolve``); ``released`` =
+    claimed readings put back in the queue because a failure proved nothing was stored;
+    ``partial_batches`` = batches answered with skips that could not all be attributed;
+    ``statements`` = SQL statements the sync database saw during the cycle; ``error`` = why
+    the cycle ended early or needs an operator (``None`` when the queue was drained or the
+    budget spent and nothing is in doubt); ``profile`` = the Client System profile used.
     """
 
     tenant_id: int
@@ -84,14 +122,18 @@ class UploadReport:
     duplicates: int = 0
     rejected: int = 0
     quarantined: int = 0
+    in_doubt: int = 0
+    released: int = 0
+    partial_batches: int = 0
     statements: int = 0
     seconds: float = 0.0
     error: str | None = None
+    profile: str | None = None
 
     @property
     def success(self) -> bool:
-        """True when the cycle ended without an error."""
-        return self.error is None
+        """True when the cycle ended without an error and left nothing in doubt."""
+        return self.error is None and not self.in_doubt
 
     @property
     def readings_per_second(self) -> float:
@@ -110,9 +152,25 @@ def idempotency_key(tenant_id: int, ids: pa.Array) -> str:
 
     Sorted so that the same set of readings gets the same key whatever order a later fetch
     returns them in (a re-send after a failed mark is then recognised by the Client System).
+    Computed from the ids' bytes in Arrow (sort, take, one buffer): no Python object per id.
     """
-    digest = hashlib.sha256(b"".join(sorted(ids.to_pylist())))
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if not pa.types.is_fixed_size_binary(ids.type) or ids.type.byte_width != 16:
+        ids = pa.array([bytes(b) for b in ids.to_pylist()], type=pa.binary(16))
+    ordered = ids.take(pc.sort_indices(ids)) if len(ids) > 1 else ids
+    data = ordered.buffers()[1]
+    start = ordered.offset * 16
+    digest = hashlib.sha256(memoryview(data)[start : start + 16 * len(ordered)])
     return f"ms1-{tenant_id}-{digest.hexdigest()[:40]}"
+
+
+@dataclass(slots=True)
+class _Piece:
+    """A batch ready to send: its readings and their JSON body."""
+
+    batch: pa.RecordBatch
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -131,21 +189,44 @@ class _Stop(Exception):
     """Internal: end the cycle with ``error`` set in the report."""
 
 
+def _encode(batch: pa.RecordBatch, profile: ClientProfile) -> bytes:
+    """The JSON array of a batch in the profile's shape (codec, both twins byte-identical)."""
+    if not batch.num_rows:
+        return b"[]"
+    if profile.json_profile == "metersync":
+        return codec.json_rows(batch)
+    return codec.json_rows(batch, profile=profile.json_profile)  # type: ignore[call-arg]
+
+
+def _split(batch: pa.RecordBatch, profile: ClientProfile) -> list[pa.RecordBatch]:
+    """Zero-copy slices of ``batch`` whose bodies fit the profile's limit (codec sizes: no
+    trial and error against the server)."""
+    if batch.num_rows <= 1 or not hasattr(codec, "split_by_body_size"):
+        return [batch]
+    return list(
+        codec.split_by_body_size(  # type: ignore[attr-defined]
+            batch, profile.max_body_bytes, profile=profile.json_profile
+        )
+    )
+
+
 class MeterReadingUploadManager:
     """Runs upload cycles for one tenant.
 
     ``db`` is a :class:`~metersync.store.database.SyncDatabase`; ``client`` a
-    :class:`~metersync.remote.client.ClientSystemApiClient` holding the tenant's key; ``cache`` the
-    :class:`TenantCache` the batch size comes from (read once per cycle). ``max_retries`` is the
-    number of individual rejections after which a reading is quarantined. ``max_batches`` and
-    ``max_seconds`` bound the number of batches one cycle starts (``None``: until the queue is
-    empty). ``overlap`` fetches, encodes and marks while POSTs are in flight, with up to
-    ``max_in_flight`` POSTs on the wire at once (1: one at a time); without ``overlap`` every
-    step waits for the previous one and ``max_in_flight`` does not matter.
+    :class:`~metersync.remote.client.ClientSystemApiClient` holding the tenant's key (its
+    ``profile()`` decides the idempotent or the claiming path; a client without one speaks the
+    idempotent metersync contract); ``cache`` the :class:`TenantCache` the batch size comes
+    from (read once per cycle). ``max_retries`` is the number of individual rejections after
+    which a reading is quarantined. ``max_batches`` and ``max_seconds`` bound the number of
+    batches one cycle starts (``None``: until the queue is empty). ``overlap`` fetches, encodes
+    and marks while POSTs are in flight, with up to ``max_in_flight`` POSTs on the wire at once
+    (1: one at a time); without ``overlap`` every step waits for the previous one.
 
     When another worker holds the tenant's upload lock, :meth:`upload` raises
     :class:`TenantBusyError` at once without touching anything: two uploaders never send the
     same reading at the same time, and the caller decides whether that is worth a log line.
+    ``error_cause`` holds the exception behind ``report.error`` (callers map its type).
     """
 
     def __init__(
@@ -183,9 +264,10 @@ class MeterReadingUploadManager:
         self.overlap = overlap
         self.max_in_flight = max_in_flight
         self._stop_requested = False
+        self._profile: ClientProfile = METERSYNC
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = UploadReport(tenant_id=tenant_id)
-        #: The exception behind ``report.error`` (its type says what failed), else ``None``.
+        #: The exception behind ``report.error`` (``None`` when there is none).
         self.error_cause: BaseException | None = None
 
     def request_stop(self) -> None:
@@ -193,6 +275,10 @@ class MeterReadingUploadManager:
 
         Idempotent."""
         self._stop_requested = True
+
+    async def _client_profile(self) -> ClientProfile:
+        probe = getattr(self._client, "profile", None)
+        return METERSYNC if probe is None else await probe()
 
     async def upload(self) -> UploadReport:
         """Run one upload cycle and return its report (see the module docstring for failures).
@@ -203,21 +289,33 @@ class MeterReadingUploadManager:
         by the failing batch. ``self.report`` holds the counts up to that point.
         """
         self._stop_requested = False
+        self.error_cause = None
         started = time.perf_counter()
         statements0 = self._db.statements
         self.report = UploadReport(tenant_id=self.tenant_id)
-        self.error_cause = None
+        try:
+            self._profile = await self._client_profile()
+        except ClientSystemError as exc:
+            if isinstance(exc, AuthError):
+                raise
+            self.error_cause = exc
+            self.report = replace(
+                self.report,
+                error=f"the Client System's profile is unknown ({type(exc).__name__}: {exc})",
+                seconds=time.perf_counter() - started,
+            )
+            log.warning("tenant %s upload: %s", self.tenant_id, self.report.error)
+            return self.report
         settings = await self._cache.get(self.tenant_id)
         size = settings.batch.upload_batch_size
-        self.report = replace(self.report, upload_batch_size=size)
+        self.report = replace(self.report, upload_batch_size=size, profile=self._profile.name)
         try:
             async with self._db.tenant_lock(self.tenant_id, "upload"):  # or TenantBusyError
                 try:
                     await self._cycle(size, started)
                 except _Stop as stop:
-                    self.report = replace(self.report, error=str(stop))
-                    # The typed cause (exit codes and the scheduler's policy use the type).
                     self.error_cause = stop.__cause__ or stop
+                    self.report = replace(self.report, error=str(stop))
         finally:
             self.report = replace(
                 self.report,
@@ -225,39 +323,69 @@ class MeterReadingUploadManager:
                 seconds=time.perf_counter() - started,
             )
         r = self.report
+        if r.in_doubt and r.error is None:
+            self.error_cause = OutcomeUnknownError(
+                f"{r.in_doubt} readings held in_doubt: the Client System's answer did not say "
+                "which of them it stored"
+            )
+            self.report = r = replace(r, error=self._in_doubt_hint(str(self.error_cause)))
         log.log(
             logging.WARNING if r.error else logging.INFO,
-            "tenant %s upload: %d batches, %d readings (%d inserted, %d duplicates, "
-            "%d rejected, %d quarantined), %d statements, %.3f s%s",
+            "tenant %s upload (%s profile): %d batches, %d readings (%d inserted, "
+            "%d duplicates, %d rejected, %d quarantined, %d in doubt), %d statements, "
+            "%.3f s%s",
             self.tenant_id,
+            r.profile,
             r.batches,
             r.readings_sent,
             r.inserted,
             r.duplicates,
             r.rejected,
             r.quarantined,
+            r.in_doubt,
             r.statements,
             r.seconds,
-            f"; ended early: {r.error}" if r.error else "",
+            f"; {r.error}" if r.error else "",
         )
         return r
 
+    def _in_doubt_hint(self, why: str) -> str:
+        return (
+            f"{why}; held in_doubt, never resent automatically: check the Client System, then "
+            f"`metersync resolve --tenant {self.tenant_id} --resend` (not stored there) or "
+            "`--mark-synchronized` (stored)"
+        )
+
     # -- the cycle -----------------------------------------------------------------------------
 
-    async def _fetch(self, size: int, exclude: list[bytes]) -> tuple[pa.RecordBatch, bytes]:
-        batch = await self._db.fetch_unsynchronized(
-            self.tenant_id,
-            size,
-            max_retries=self.max_retries,
-            exclude=pa.array(exclude, type=pa.binary(16)) if exclude else None,
-        )
+    async def _fetch(
+        self, size: int, after: tuple[Any, bytes] | None
+    ) -> tuple[list[_Piece], tuple[Any, bytes] | None]:
+        """The next batch, split and encoded, and the keyset bound after it."""
+        if self._profile.idempotent:
+            batch = await self._db.fetch_unsynchronized(
+                self.tenant_id, size, max_retries=self.max_retries, after=after
+            )
+        else:
+            batch = await self._db.claim_unsynchronized(
+                self.tenant_id, size, max_retries=self.max_retries, after=after
+            )
         if batch.num_rows > size:  # a broken adapter must not make us exceed the tenant's size
             raise RuntimeError(
                 f"fetch_unsynchronized returned {batch.num_rows} rows for a limit of {size}"
             )
+        if not batch.num_rows:
+            return [], after
+        last = batch.num_rows - 1
+        bound = (batch.column("created_at")[last].as_py(), batch.column(ID_COLUMN)[last].as_py())
         failpoint("upload.after_fetch")
-        body = codec.json_rows(batch) if batch.num_rows else b"[]"
-        return batch, body
+        try:
+            pieces = [_Piece(p, _encode(p, self._profile)) for p in _split(batch, self._profile)]
+        except Exception:
+            if not self._profile.idempotent:
+                await self._release(batch.column(ID_COLUMN), "the batch could not be encoded")
+            raise
+        return pieces, bound
 
     def _may_start(self, started: float, batches_started: int) -> bool:
         """Whether another batch may be sent (stop request, batch and time budget)."""
@@ -267,14 +395,15 @@ class MeterReadingUploadManager:
             return False
         return self.max_seconds is None or time.perf_counter() - started < self.max_seconds
 
-    def _start_post(self, batch: pa.RecordBatch, body: bytes, batch_no: int) -> _Flight:
+    def _start_post(self, piece: _Piece, batch_no: int) -> _Flight:
+        batch = piece.batch
         ids = batch.column(ID_COLUMN)
         key = idempotency_key(self.tenant_id, ids)
         failpoint("upload.before_post")
         task = asyncio.ensure_future(
-            self._client.post_batch(body, batch.num_rows, idempotency_key=key)
+            self._client.post_batch(piece.body, batch.num_rows, idempotency_key=key)
         )
-        return _Flight(batch, body, ids, batch_no, task, time.perf_counter())
+        return _Flight(batch, piece.body, ids, batch_no, task, time.perf_counter())
 
     async def _cycle(self, size: int, started: float) -> None:
         """The batch loop around a FIFO window of at most ``W`` POSTs: 1 until the first
@@ -282,39 +411,37 @@ class MeterReadingUploadManager:
 
         ::
 
-            fill:    while < W in flight and may start: fetch (excluding) → start POST
+            fill:    while < W in flight and may start: next piece (fetch when none) → POST
             overlap: fetch+encode the next batch while the window is on the wire
             settle:  await the OLDEST POST → check its answer
-            refill:  start the prefetched batch (the wire stays busy) → mark the oldest
+            refill:  start the prefetched piece (the wire stays busy) → mark the oldest
 
-            N=2:  POST k   ───────────┐ POST k+2 ────────────
-                  POST k+1 ──────────────────────┐
-                  fetch k+2 ──┘  mark k ── fetch k+3 ──┘ mark k+1 ...
-
-        Every fetch excludes the ids in the window and those rejected in this cycle; the only
-        answered-but-unmarked batch is the oldest, between its settle and its mark, and no fetch
-        runs then (the refill uses a batch fetched while it was still in the window). Without
-        ``overlap``: N=1, no prefetch, so fetch → POST → mark strictly one after the other.
+        Every fetch starts after the last reading fetched (keyset bound). Pieces fetched but
+        not sent when the cycle ends are released (non-idempotent profile: they were claimed).
+        Without ``overlap``: N=1, no prefetch, so fetch → POST → mark one after the other.
         """
         # One POST until the Client System has answered one batch of this cycle well: a wrong
         # key, a 413 or a 400 then costs a single request, as with one POST at a time.
         width = 1
-        rejected_ids: list[bytes] = []  # rejected in this cycle: not fetched again until next
         window: deque[_Flight] = deque()  # POSTs started and not yet settled, oldest first
+        ready: deque[_Piece] = deque()  # fetched (and claimed), encoded, not yet sent
+        after: tuple[Any, bytes] | None = None  # keyset bound: the last reading fetched
         count = 0  # batches started (the batch budget)
-        drained = False  # a fetch came back empty: the queue (minus exclusions) is done
+        drained = False  # a fetch came back empty: the queue is done for this cycle
         fetch_error: Exception | None = None  # stops new POSTs; raised once the window is done
+        cancelled = False
 
         def may_start() -> bool:
-            return not drained and fetch_error is None and self._may_start(started, count)
+            return fetch_error is None and self._may_start(started, count)
 
-        async def fetch() -> tuple[pa.RecordBatch, bytes] | None:
-            """The next batch to send, or ``None`` when there is none (or the fetch failed
-            while POSTs are in flight: those are settled first, then the cycle stops)."""
-            nonlocal drained, fetch_error
-            exclude = rejected_ids + [i for f in window for i in f.ids.to_pylist()]
+        async def fetch() -> bool:
+            """Fetch the next batch into ``ready``; False when there is none (or the fetch
+            failed while POSTs are in flight: those are settled first, then the cycle stops)."""
+            nonlocal drained, fetch_error, after
+            if drained:
+                return False
             try:
-                batch, body = await self._fetch(size, exclude)
+                pieces, after = await self._fetch(size, after)
             except Exception as exc:
                 if not window:
                     raise
@@ -327,96 +454,184 @@ class MeterReadingUploadManager:
                     len(window),
                 )
                 fetch_error = exc
-                return None
-            if not batch.num_rows:
+                return False
+            if not pieces:
                 drained = True
-                return None
-            return batch, body
+                return False
+            ready.extend(pieces)
+            return True
 
-        def start(prepared: tuple[pa.RecordBatch, bytes]) -> None:
+        def start() -> None:
             nonlocal count
             count += 1
-            window.append(self._start_post(*prepared, count))
+            window.append(self._start_post(ready.popleft(), count))
 
         try:
             while True:
                 while len(window) < width and may_start():  # fill
-                    prepared = await fetch()
+                    if not ready and not await fetch():
+                        break
                     # Asked again: a stop or the time budget may have come during the fetch.
-                    if prepared is not None and may_start():
-                        start(prepared)
+                    if ready and may_start():
+                        start()
                 if not window:
                     break
-                prefetched = await fetch() if self.overlap and may_start() else None
-                oldest = window[0]
-                result = await self._await_post(oldest)
-                window.popleft()
+                if self.overlap and not ready and may_start():
+                    await fetch()  # prefetch while the window is on the wire
+                oldest = window.popleft()  # settled below, whatever its answer
+                try:
+                    result = await self._await_post(oldest)
+                except _Retry as retry:
+                    if retry.piece is not None:
+                        ready.appendleft(retry.piece)  # the rest of a 400'd batch: sent now
+                    continue
                 failpoint("upload.after_post")
-                confirmed_ids, rejected = self._check_answer(oldest, result)
                 if self.overlap:
                     width = self.max_in_flight  # the key and the body shape work: open up
-                if prefetched is not None and self._may_start(started, count):
-                    start(prefetched)  # before marking, so the wire stays busy
-                await self._mark(oldest, result, confirmed_ids, rejected, rejected_ids)
+                if ready and self._may_start(started, count) and fetch_error is None:
+                    start()  # before marking, so the wire stays busy
+                await self._settle(oldest, result)
             if fetch_error is not None:
                 raise _Stop(
                     f"fetching the next batch failed: {type(fetch_error).__name__}: {fetch_error}"
                 ) from fetch_error
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            await self._settle_abandoned(list(window))
+            await self._settle_abandoned(list(window), cancelled=cancelled)
+            if ready and not self._profile.idempotent:
+                ids = pa.concat_arrays([p.batch.column(ID_COLUMN) for p in ready])
+                await self._release(ids, "the cycle ended before this batch was sent")
 
-    async def _settle_abandoned(self, flights: list[_Flight]) -> None:
-        """POSTs still open when the cycle ends early (an error elsewhere): cancel them and
-        mark nothing. Their readings stay pending; if the Client System stored them anyway, the
-        next cycle's re-send is counted as duplicates and marked then."""
-        open_flights = [f for f in flights if not f.task.done()]
-        if not open_flights:
+    async def _settle_abandoned(self, flights: list[_Flight], *, cancelled: bool) -> None:
+        """POSTs still open when the cycle ends early (an error elsewhere).
+
+        Idempotent profile: cancel them and mark nothing (the next cycle's re-send is counted
+        as duplicates). Non-idempotent: await and settle each one (a cancelled POST would have
+        an unknown outcome); when the cycle itself was cancelled they stay ``in_doubt``.
+        """
+        open_flights = [f for f in flights if not f.task.done()] if cancelled else flights
+        if not flights:
             return
-        for flight in open_flights:
-            flight.task.cancel()
-        await asyncio.gather(*(f.task for f in open_flights), return_exceptions=True)
-        for flight in open_flights:
-            log.warning(
-                "tenant %s: batch %d was in flight when the cycle ended early; not marked, its "
-                "%d readings go again next cycle",
-                self.tenant_id,
-                flight.batch_no,
-                flight.batch.num_rows,
-            )
+        if self._profile.idempotent or cancelled:
+            for flight in open_flights:
+                flight.task.cancel()
+            await asyncio.gather(*(f.task for f in flights), return_exceptions=True)
+            for flight in flights:
+                log.warning(
+                    "tenant %s: batch %d was in flight when the cycle ended early; not marked, "
+                    "its %d readings %s",
+                    self.tenant_id,
+                    flight.batch_no,
+                    flight.batch.num_rows,
+                    "go again next cycle" if self._profile.idempotent else "stay in_doubt",
+                )
+            return
+        for flight in flights:
+            try:
+                result = await self._await_post(flight)
+                await self._settle(flight, result)
+            except _Retry as retry:
+                if retry.piece is not None:
+                    await self._release(retry.piece.batch.column(ID_COLUMN), "cycle ended")
+            except (_Stop, ClientSystemError) as exc:
+                log.warning(
+                    "tenant %s: batch %d (in flight when the cycle ended): %s",
+                    self.tenant_id,
+                    flight.batch_no,
+                    exc,
+                )
 
     async def _await_post(self, flight: _Flight) -> _Result:
+        """The answer to a flight; failures are settled here (release, hold, reject) and then
+        raised as ``_Stop`` (cycle ends), ``_Retry`` (send the rest of the batch now) or the
+        typed error an operator must see (401/403, 413, 400)."""
         n = flight.batch.num_rows
         where = f"tenant {self.tenant_id}: batch of {n} readings"
+        claimed = not self._profile.idempotent
         try:
             return await flight.task
+        except asyncio.CancelledError:
+            raise
         except AuthError as exc:
+            await self._release_if(claimed, flight, str(exc))
             raise AuthError(
-                f"{where}: the Client System refused the API key (HTTP {exc.status}); "
+                f"{where}: the Client System refused the API key (HTTP {exc.status}): {exc}; "
                 "upload stopped, no reading was marked. Check the tenant's api_key.",
                 status=exc.status,
             ) from exc
         except PayloadTooLargeError as exc:
+            await self._release_if(claimed, flight, str(exc))
             raise PayloadTooLargeError(
                 f"{where} ({len(flight.body)} bytes) is larger than the Client System accepts "
-                f"(HTTP 413); lower the tenant's upload_batch_size "
-                f"(metersync tenant set {self.tenant_id} --upload-batch-size N). "
-                "No reading was marked.",
+                f"(HTTP 413): {exc}; set max_body_bytes (or lower the tenant's "
+                f"upload_batch_size: metersync tenant set {self.tenant_id} --upload-batch-size "
+                "N). No reading was marked.",
                 status=exc.status,
             ) from exc
         except BadRequestError as exc:
+            if claimed:
+                await self._field_errors(flight, exc)  # raises _Retry when it attributed them
+                await self._release(flight.ids, str(exc))
             raise BadRequestError(
                 f"{where}: the Client System refused the body as malformed (HTTP 400): {exc}. "
                 "No reading was marked.",
                 status=exc.status,
             ) from exc
+        except OutcomeUnknownError as exc:
+            await self._hold(flight, f"outcome unknown: {exc}")
+            raise _Stop(self._in_doubt_hint(f"{where}: outcome unknown ({exc})")) from exc
         except (ClientSystemError, httpx.HTTPError) as exc:
             # Retries spent (timeouts, connection errors, 408/429/5xx) or counts that do not
-            # add up: the whole batch failed. Nothing is marked, retry_count is not touched.
-            # (httpx errors should arrive wrapped by the client; never mark on one either way.)
+            # add up: the whole batch failed. Idempotent: nothing is marked, retry_count is not
+            # touched. Non-idempotent: the client only lets failures through that prove
+            # nothing was stored (an httpx error should never arrive unwrapped; if one does it
+            # proves nothing, so the batch is held).
+            if claimed and isinstance(exc, httpx.HTTPError):
+                await self._hold(flight, f"outcome unknown: {exc}")
+                raise _Stop(self._in_doubt_hint(f"{where}: outcome unknown ({exc})")) from exc
+            await self._release_if(claimed, flight, str(exc))
             raise _Stop(
                 f"{where} failed as a whole ({type(exc).__name__}: {exc}); "
                 "nothing marked, the readings stay pending"
             ) from exc
+        except Exception as exc:
+            if claimed:  # a bug after the POST started: its outcome is unknown
+                await self._hold(flight, f"outcome unknown: {type(exc).__name__}: {exc}")
+            raise
+
+    async def _field_errors(self, flight: _Flight, exc: BadRequestError) -> None:
+        """A 400 naming readings by index: reject exactly those (failed → quarantine path) and
+        raise ``_Retry`` with the rest of the batch (the 400 proves nothing was stored). Returns
+        when the errors cannot all be attributed (the caller releases the whole batch)."""
+        errors = getattr(exc, "field_errors", ())
+        n = flight.batch.num_rows
+        if not errors or getattr(exc, "unattributed", 0) or any(e.index >= n for e in errors):
+            return
+        by_index: dict[int, list[str]] = {}
+        for e in errors:
+            by_index.setdefault(e.index, []).append(e.message)
+        bad = sorted(by_index)
+        mask = pa.array([i in by_index for i in range(n)])
+        bad_ids = flight.ids.filter(mask)
+        texts = [f"HTTP 400: {'; '.join(by_index[i])}" for i in bad]
+        quarantined = await self._mark_rejected(bad_ids, texts)
+        self._count(0, rejected=len(bad), quarantined=quarantined)
+        log.warning(
+            "tenant %s: batch %d: the Client System refused %d of %d readings (HTTP 400: %s); "
+            "the other %d are sent again",
+            self.tenant_id,
+            flight.batch_no,
+            len(bad),
+            n,
+            texts[0],
+            n - len(bad),
+        )
+        rest = flight.batch.filter(pc.invert(mask))
+        if not rest.num_rows:
+            raise _Retry(None)
+        raise _Retry(_Piece(rest, _encode(rest, self._profile)))
 
     def _check_answer(self, flight: _Flight, result: _Result) -> tuple[pa.Array, dict[str, str]]:
         """The ids to mark synchronized and the rejections; ``_Stop`` if the answer is odd."""
@@ -445,16 +660,119 @@ class MeterReadingUploadManager:
             ) from InconsistentResponseError("counts do not add up")
         return confirmed_ids, rejected
 
+    async def _settle(self, flight: _Flight, result: Any) -> None:
+        """Mark what an answered batch confirmed and record what it refused."""
+        skipped = int(getattr(result, "skipped", 0) or 0)
+        if skipped:
+            await self._settle_skips(flight, result)
+            return
+        try:
+            confirmed_ids, rejected = self._check_answer(flight, result)
+        except _Stop as stop:
+            if not self._profile.idempotent:  # an answer we cannot trust: outcome unknown
+                await self._hold(flight, f"outcome unknown: {stop}")
+                raise _Stop(self._in_doubt_hint(str(stop))) from stop.__cause__
+            raise
+        rejected_ids = None
+        texts: list[str] = []
+        if rejected:
+            rejected_ids = pa.array([uuid.UUID(s).bytes for s in rejected], type=pa.binary(16))
+            texts = list(rejected.values())
+        await self._mark(
+            flight,
+            confirmed_ids,
+            rejected_ids,
+            texts,
+            inserted=result.inserted,
+            duplicates=result.duplicates,
+        )
+
+    async def _settle_skips(self, flight: _Flight, result: Any) -> None:
+        """MeterTrack skipped readings and named their meters: attribute what is certain.
+
+        A meter whose every reading in the batch was skipped (one error per reading; e.g. its
+        only reading) → those readings are rejected (failed → quarantine path). A meter with
+        fewer errors than readings → all its readings are held in doubt with the server's
+        words. Meters without errors → synchronized. Errors that name no meter of the batch,
+        or fewer errors than skips → the whole batch is held in doubt.
+        """
+        n = flight.batch.num_rows
+        errors: Sequence[Any] = getattr(result, "meter_errors", ())
+        meters = flight.batch.column(METER_COLUMN)
+        per_meter: dict[int, list[str]] = {}
+        for e in errors:
+            per_meter.setdefault(e.meter_id, []).append(e.error)
+        counts: dict[int, int] = {}
+        if per_meter and None not in per_meter:
+            wanted = pa.array(list(per_meter), type=meters.type)
+            picked = meters.filter(pc.is_in(meters, value_set=wanted))
+            for item in pc.value_counts(picked).to_pylist():
+                counts[item["values"]] = item["counts"]
+        certain = (
+            len(errors) == result.skipped
+            and None not in per_meter
+            and all(m in counts and len(t) <= counts[m] for m, t in per_meter.items())
+        )
+        summary = getattr(result, "message", None) or f"{result.skipped} readings skipped"
+        if not certain:
+            await self._hold(
+                flight,
+                f"partial batch: {summary}: "
+                + "; ".join(f"meter {e.meter_id}: {e.error}" for e in errors[:5]),
+            )
+            self._count_partial()
+            log.error(
+                "tenant %s: batch %d: %s; the skips cannot be attributed to readings, so all %d "
+                "are held in_doubt",
+                self.tenant_id,
+                flight.batch_no,
+                summary,
+                n,
+            )
+            return
+        whole = [m for m, t in per_meter.items() if len(t) == counts[m]]
+        doubtful = [m for m, t in per_meter.items() if len(t) < counts[m]]
+        in_errored = pc.is_in(meters, value_set=pa.array(list(per_meter), type=meters.type))
+        confirmed_ids = flight.ids.filter(pc.invert(in_errored))
+        rejected_ids = None
+        texts: list[str] = []
+        if whole:
+            mask = pc.is_in(meters, value_set=pa.array(whole, type=meters.type))
+            rejected_ids = flight.ids.filter(mask)
+            meter_of = meters.filter(mask).to_pylist()
+            texts = [f"skipped by the Client System: {'; '.join(per_meter[m])}" for m in meter_of]
+        held_ids = None
+        if doubtful:
+            mask = pc.is_in(meters, value_set=pa.array(doubtful, type=meters.type))
+            held_ids = flight.ids.filter(mask)
+            held_texts = [
+                f"partial batch: meter {m}: {len(per_meter[m])} of {counts[m]} readings "
+                f"skipped, which ones is unknown: {'; '.join(per_meter[m])}"
+                for m in meters.filter(mask).to_pylist()
+            ]
+        await self._mark(
+            flight,
+            confirmed_ids,
+            rejected_ids,
+            texts,
+            inserted=result.inserted,
+            duplicates=0,
+            held=(held_ids, held_texts) if held_ids is not None else None,
+        )
+
     async def _mark(
         self,
         flight: _Flight,
-        result: _Result,
         confirmed_ids: pa.Array,
-        rejected: dict[str, str],
-        rejected_ids: list[bytes],
+        rejected_ids: pa.Array | None,
+        texts: list[str],
+        *,
+        inserted: int,
+        duplicates: int,
+        held: tuple[pa.Array, list[str]] | None = None,
     ) -> None:
         """Mark what the Client System confirmed and record what it rejected (ONE statement
-        each)."""
+        each) and what stays in doubt (one more, only for a partial answer)."""
         n = flight.batch.num_rows
         confirmed = len(confirmed_ids)
         quarantined = 0
@@ -472,67 +790,195 @@ class MeterReadingUploadManager:
                         confirmed,
                         marked,
                     )
-            if rejected:
-                texts = [str(uuid.UUID(s)) for s in rejected]
-                quarantined = await self._mark_rejected(texts, list(rejected.values()))
-                rejected_ids.extend(uuid.UUID(s).bytes for s in rejected)
+            if rejected_ids is not None and len(rejected_ids):
+                quarantined = await self._mark_rejected(rejected_ids, texts)
+            if held is not None:
+                await self._db.hold_in_doubt(self.tenant_id, held[0], held[1])
         except Exception as exc:
-            self._count(n, confirmed=0, inserted=0, duplicates=0, rejected=0, quarantined=0)
+            self._count(n)
             log.error(
                 "tenant %s: batch %d was accepted by the Client System but marking it failed "
-                "(%s: %s); its readings go up again next cycle and count as duplicates",
+                "(%s: %s); its readings %s",
+                self.tenant_id,
+                flight.batch_no,
+                type(exc).__name__,
+                exc,
+                "go up again next cycle and count as duplicates"
+                if self._profile.idempotent
+                else "stay in_doubt (never resent automatically)",
+            )
+            if not self._profile.idempotent:
+                self._count(0, in_doubt=n)
+            raise _Stop(
+                f"marking batch {flight.batch_no} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        rejected = 0 if rejected_ids is None else len(rejected_ids)
+        in_doubt = 0 if held is None else len(held[0])
+        self._count(
+            n,
+            confirmed=confirmed,
+            inserted=inserted,
+            duplicates=duplicates,
+            rejected=rejected,
+            quarantined=quarantined,
+            in_doubt=in_doubt,
+        )
+        if in_doubt:
+            self._count_partial()
+        log.debug(
+            "tenant %s upload batch %d: %d sent, %d inserted, %d duplicates, %d rejected "
+            "(%d quarantined), %d in doubt, %.3f s since the POST started",
+            self.tenant_id,
+            flight.batch_no,
+            n,
+            inserted,
+            duplicates,
+            rejected,
+            quarantined,
+            in_doubt,
+            time.perf_counter() - flight.started,
+        )
+
+    async def _mark_rejected(self, ids: pa.Array, errors: list[str]) -> int:
+        """Record individual rejections (ONE statement); return how many are now quarantined."""
+        result = await self._db.mark_rejected(self.tenant_id, ids, errors, self.max_retries)
+        return int(getattr(result, "quarantined", 0))
+
+    async def _release_if(self, claimed: bool, flight: _Flight, why: str) -> None:
+        if claimed:
+            await self._release(flight.ids, why)
+
+    async def _release(self, ids: pa.Array, why: str) -> None:
+        """Claimed readings back to the queue (a failure proved nothing was stored). If that
+        fails they stay in doubt: safe, an operator releases them."""
+        try:
+            released = await self._db.release_in_doubt(self.tenant_id, ids)
+        except Exception as exc:
+            log.error(
+                "tenant %s: %d claimed readings could not be released (%s: %s); they stay "
+                "in_doubt until `metersync resolve --tenant %s --resend` (%s)",
+                self.tenant_id,
+                len(ids),
+                type(exc).__name__,
+                exc,
+                self.tenant_id,
+                why,
+            )
+            self._count(0, in_doubt=len(ids))
+            return
+        self.report = replace(self.report, released=self.report.released + int(released))
+
+    async def _hold(self, flight: _Flight, why: str) -> None:
+        """Keep a batch in doubt and record why (``last_error``)."""
+        n = flight.batch.num_rows
+        self._count(n, in_doubt=n)
+        log.error(
+            "tenant %s: batch %d: %d readings held in_doubt: %s",
+            self.tenant_id,
+            flight.batch_no,
+            n,
+            why,
+        )
+        try:
+            await self._db.hold_in_doubt(self.tenant_id, flight.ids, [why] * n)
+        except Exception as exc:  # they are in doubt already (claimed); only the text is lost
+            log.error(
+                "tenant %s: recording why batch %d is in doubt failed (%s: %s)",
                 self.tenant_id,
                 flight.batch_no,
                 type(exc).__name__,
                 exc,
             )
-            raise _Stop(
-                f"marking batch {flight.batch_no} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._count(
-            n,
-            confirmed=confirmed,
-            inserted=result.inserted,
-            duplicates=result.duplicates,
-            rejected=len(rejected),
-            quarantined=quarantined,
-        )
-        log.debug(
-            "tenant %s upload batch %d: %d sent, %d inserted, %d duplicates, %d rejected "
-            "(%d quarantined), %.3f s since the POST started",
-            self.tenant_id,
-            flight.batch_no,
-            n,
-            result.inserted,
-            result.duplicates,
-            len(rejected),
-            quarantined,
-            time.perf_counter() - flight.started,
-        )
 
-    async def _mark_rejected(self, ids: list[str], errors: list[str]) -> int:
-        """Record individual rejections (ONE statement); return how many are now quarantined."""
-        result = await self._db.mark_rejected(self.tenant_id, ids, errors, self.max_retries)
-        return int(getattr(result, "quarantined", 0))
+    def _count_partial(self) -> None:
+        self.report = replace(self.report, partial_batches=self.report.partial_batches + 1)
 
     def _count(
         self,
         n: int,
         *,
-        confirmed: int,
-        inserted: int,
-        duplicates: int,
-        rejected: int,
-        quarantined: int,
+        confirmed: int = 0,
+        inserted: int = 0,
+        duplicates: int = 0,
+        rejected: int = 0,
+        quarantined: int = 0,
+        in_doubt: int = 0,
     ) -> None:
         r = self.report
         self.report = replace(
             r,
-            batches=r.batches + 1,
+            batches=r.batches + (1 if n else 0),
             readings_sent=r.readings_sent + n,
             confirmed=r.confirmed + confirmed,
             inserted=r.inserted + inserted,
             duplicates=r.duplicates + duplicates,
             rejected=r.rejected + rejected,
             quarantined=r.quarantined + quarantined,
+            in_doubt=r.in_doubt + in_doubt,
         )
+
+
+class _Retry(Exception):
+    """Internal: a 400 named the bad readings; send ``piece`` (the rest, or None) now."""
+
+    def __init__(self, piece: _Piece | None) -> None:
+        super().__init__("retry the rest of the batch")
+        self.piece = piece
+
+
+# -- in-doubt readings: the operator's resolution ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveResult:
+    """What :func:`resolve_in_doubt` did for one tenant."""
+
+    tenant_id: int
+    action: str
+    in_doubt_before: int
+    resolved: int
+    ids: list[str] = field(default_factory=list)
+
+
+async def resolve_in_doubt(
+    db: Any,
+    tenant_id: int,
+    action: Literal["resend", "mark_synchronized"],
+    *,
+    ids: Sequence[Any] | pa.Array | None = None,
+) -> ResolveResult:
+    """Release a tenant's in-doubt readings after an operator checked the Client System.
+
+    ``action="resend"``: they were NOT stored there — back to the queue (``pending``, or
+    ``failed`` if they had been rejected before), sent by the next upload.
+    ``action="mark_synchronized"``: they ARE stored there — marked synchronized.
+    ``ids``: only these readings (UUID text, ``uuid.UUID``, 16 bytes or an Arrow array); default
+    all of the tenant's in-doubt readings. ONE statement besides listing them.
+    """
+    if action not in ("resend", "mark_synchronized"):
+        raise ConfigError(f"action must be 'resend' or 'mark_synchronized', got {action!r}")
+    before = await db.in_doubt_ids(tenant_id)
+    listed = [str(uuid.UUID(bytes=b)) for b in before.to_pylist()]
+    if ids is not None:
+        from metersync.store.database import id_array
+
+        wanted = id_array(ids)
+        unknown = pc.invert(pc.is_in(wanted, value_set=before))
+        if len(wanted) and pc.any(unknown).as_py():
+            bad = wanted.filter(unknown)[0].as_py()
+            raise ConfigError(f"tenant {tenant_id}: reading {uuid.UUID(bytes=bad)} is not in doubt")
+        listed = [str(uuid.UUID(bytes=b)) for b in wanted.to_pylist()]
+        target: Any = wanted
+    else:
+        target = None
+    if action == "resend":
+        done = await db.release_in_doubt(tenant_id, target)
+    else:
+        done = await db.mark_in_doubt_synchronized(tenant_id, target)
+    log.warning(
+        "tenant %s: %d in-doubt readings resolved by the operator: %s",
+        tenant_id,
+        done,
+        "sent again by the next upload" if action == "resend" else "marked synchronized",
+    )
+    return ResolveResult(tenant_id, action, len(before), int(done), listed)

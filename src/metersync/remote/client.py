@@ -15,6 +15,20 @@ Failure policy:
   the server committed) is a connection error and *is* retried, with the same
   ``Idempotency-Key``: the retry then reports the readings as duplicates.
 
+Against a Client System that is NOT idempotent (the ``metertrack`` profile, see
+:mod:`metersync.remote.profiles`) a resend stores a second copy, so only failures that *prove*
+nothing was stored are retried: the request never left (connection refused, connect timeout),
+401/403, 400, 408, 413, 429 and other 4xx, and a 5xx whose body says the batch failed
+(``"success": false`` with ``"recordsProcessed": 0``, MeterTrack's ``Batch upload error``).
+Anything else — a read timeout, a connection dropped after the request was sent, another 5xx,
+an answer that cannot be understood — raises :class:`OutcomeUnknownError` at once, never a
+resend; the engine then holds the batch ``in_doubt``. In that profile the read timeout grows
+with the batch (``read_timeout + read_timeout_per_reading * count``) so that a healthy but slow
+server is not cut off in the middle of a batch.
+
+The server's own words (``message``, ``errors[].msg``, ``error``) are part of every error's
+text, whatever the status code.
+
 The API key travels only in the ``X-API-Key`` header; it never appears in logs, exception
 messages or ``repr``.
 """
@@ -30,6 +44,7 @@ import ipaddress
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -50,9 +65,12 @@ from metersync.errors import (
     ConfigError,
     InconsistentResponseError,
     MalformedPageError,
+    OutcomeUnknownError,
     PayloadTooLargeError,
     RemoteUnavailableError,
 )
+from metersync.remote import profiles
+from metersync.remote.profiles import ClientProfile
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +84,55 @@ _GZIP_LEVEL = 5
 # multi-megabyte batch does not stall the event loop.
 _GZIP_THREAD_BYTES = 256 * 1024
 _RETRY_STATUSES = frozenset({408, 429})
+#: Header naming the site an upload comes from (only to a server advertising ``site_filter``).
+SITE_HEADER = "X-Metersync-Site"
+#: Idle keep-alive connections are dropped after this many seconds: below Node's default
+#: ``keepAliveTimeout`` (5 s), so a request is never written into a connection the server is
+#: closing at that very moment (which would look like a dropped connection: an unknown outcome
+#: against a non-idempotent server).
+_KEEPALIVE_EXPIRY = 2.0
+#: Failures where the request provably never reached the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: How many server-side messages an error line quotes.
+_MAX_MESSAGES = 3
+#: ``GET /health`` statuses that mean "reachable" (lower-cased).
+_REACHABLE = frozenset({"ok", "degraded"})
+
+
+@dataclass(frozen=True, slots=True)
+class MeterError:
+    """One entry of MeterTrack's ``errors`` list: it names a meter, not a reading."""
+
+    meter_id: int | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One field error of a 400 answer, attributed to the reading at ``index`` of the body."""
+
+    index: int
+    message: str
+
+
+class FieldValidationError(BadRequestError):
+    """400 with per-field errors (MeterTrack's ``Validation error``): nothing was stored.
+
+    ``field_errors`` holds the errors whose ``path`` (``readings[3].voltage_thd``) names a
+    reading of the body; ``unattributed`` counts those that name none.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        field_errors: tuple[FieldError, ...] = (),
+        unattributed: int = 0,
+    ) -> None:
+        super().__init__(message, status=status)
+        self.field_errors = field_errors
+        self.unattributed = unattributed
 
 
 @dataclass(frozen=True)
@@ -74,12 +141,20 @@ class UploadResult:
 
     ``rejected`` maps each individually rejected ``meter_reading_id`` to the server's error
     text; every other reading of the batch was confirmed. ``attempts`` counts HTTP requests.
+
+    MeterTrack's answer (``recordsProcessed``/``inserted``/``skipped``/``errors``) sets
+    ``skipped`` and ``meter_errors`` instead: ``skipped`` readings were not stored, and the
+    errors name their *meters*, not the readings (the engine attributes them where it can).
+    ``message`` is the server's own summary, if it sent one.
     """
 
     inserted: int
     duplicates: int
     rejected: dict[str, str]
     attempts: int
+    skipped: int = 0
+    meter_errors: tuple[MeterError, ...] = ()
+    message: str | None = None
 
     @property
     def confirmed(self) -> int:
@@ -163,6 +238,13 @@ class ClientSystemApiClient:
         allow_insecure: permit ``verify=False`` and plain ``http://`` towards other hosts (the
             key then travels unprotected; logged at WARNING).
         transport: an httpx transport to use instead of the network (tests of odd servers).
+        client_profile: ``auto`` (negotiate on ``GET /health``), ``metersync`` or
+            ``metertrack`` (forced; see :mod:`metersync.remote.profiles`).
+        max_body_bytes: override of the profile's body limit (None: the profile's).
+        site_id: sent as ``X-Metersync-Site`` with uploads to a server that offers the site
+            filter (None: never sent).
+        read_timeout_per_reading: seconds added to the read timeout per reading of a batch
+            against a non-idempotent server (MeterTrack stores a reading in up to ~11 ms).
     """
 
     def __init__(
@@ -179,6 +261,10 @@ class ClientSystemApiClient:
         verify: bool | str = True,
         allow_insecure: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
+        client_profile: str | None = "auto",
+        max_body_bytes: int | None = None,
+        site_id: str | None = None,
+        read_timeout_per_reading: float = 0.03,
     ) -> None:
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
@@ -197,6 +283,26 @@ class ClientSystemApiClient:
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
         self._check_transport_security(url, verify, allow_insecure)
+        self.client_profile = profiles.check_profile_setting(client_profile)
+        # Checked now (a bad override is a ConfigError at construction, not at the first POST).
+        profiles.with_body_limit(profiles.METERTRACK, max_body_bytes)
+        self.max_body_bytes = max_body_bytes
+        if site_id is not None and (
+            not site_id or len(site_id) > 200 or any(not (0x20 < ord(c) < 0x7F) for c in site_id)
+        ):
+            raise ConfigError(
+                f"site_id must be 1..200 printable ASCII characters without spaces, got {site_id!r}"
+            )
+        self.site_id = site_id
+        if read_timeout_per_reading < 0:
+            raise ConfigError(
+                f"read_timeout_per_reading must be >= 0, got {read_timeout_per_reading}"
+            )
+        self.read_timeout_per_reading = read_timeout_per_reading
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._profile: ClientProfile | None = None
+        self._profile_lock = asyncio.Lock()
         self.base_url = str(url)
         self._api_key = api_key
         self.max_retries = max_retries
@@ -211,6 +317,7 @@ class ClientSystemApiClient:
             timeout=timeout,
             verify=_ssl_context(verify) if verify is not False else False,
             transport=transport,
+            limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_EXPIRY),
         )
         self._health_timeout = httpx.Timeout(min(connect_timeout, read_timeout, 5.0))
         self._rng = random.Random()
@@ -247,29 +354,115 @@ class ClientSystemApiClient:
 
     # -- requests --------------------------------------------------------------------------
 
+    async def profile(self) -> ClientProfile:
+        """The Client System's profile: negotiated once (``GET /health``) unless configured.
+
+        ``client_profile="auto"``: a server whose health answer advertises ``contract:
+        "metersync"`` gets the capabilities it advertises; any other answer (MeterTrack's
+        ``{"status":"OK",...}``, a 404, JSON without the contract) means ``metertrack``. A
+        server that cannot be reached (or answers a 5xx without JSON) decides nothing:
+        :class:`RemoteUnavailableError`, and the next call asks again. A forced ``metersync``
+        still reads the advertised body limit and site filter when the server offers them.
+        The ``max_body_bytes`` setting overrides the limit in every case.
+        """
+        if self._profile is not None:
+            return self._profile
+        async with self._profile_lock:
+            if self._profile is None:
+                if self.client_profile == "metertrack":
+                    chosen = profiles.configured("metertrack")
+                else:
+                    advertised = await self._negotiate(required=self.client_profile == "auto")
+                    chosen = (
+                        advertised
+                        if self.client_profile == "auto" and advertised is not None
+                        else profiles.configured("metersync", advertised)
+                    )
+                self._profile = profiles.with_body_limit(chosen, self.max_body_bytes)
+                log.info(
+                    "Client System %s: profile %s (%s; idempotent=%s, download=%s, "
+                    "max_body_bytes=%d, site_filter=%s)",
+                    self.base_url,
+                    self._profile.name,
+                    self._profile.source,
+                    self._profile.idempotent,
+                    self._profile.download,
+                    self._profile.max_body_bytes,
+                    self._profile.site_filter,
+                )
+        return self._profile
+
+    async def _negotiate(self, *, required: bool) -> ClientProfile | None:
+        """The advertised profile from one ``GET /health`` (None when undecided and not
+        ``required``)."""
+        try:
+            response = await self._http.get(HEALTH_PATH, timeout=self._health_timeout)
+        except httpx.HTTPError as exc:
+            if not required:
+                return None
+            raise RemoteUnavailableError(
+                f"GET {HEALTH_PATH}: cannot reach the Client System to learn its profile "
+                f"({_describe(exc)}); set client_profile to skip the negotiation"
+            ) from None
+        body = _json_or_none(response.content)
+        if response.status_code >= 500 and not isinstance(body, dict):
+            if not required:
+                return None
+            raise RemoteUnavailableError(
+                f"GET {HEALTH_PATH} -> HTTP {response.status_code}{_error_text(response)}: "
+                "the Client System's profile is unknown yet",
+                status=response.status_code,
+            )
+        return profiles.from_health(body if response.status_code == 200 else None)
+
     async def post_batch(
         self, readings_json: bytes, count: int, *, idempotency_key: str
     ) -> UploadResult:
         """Upload one batch and return the Client System's per-reading verdict.
 
         Parameters:
-            readings_json: the JSON array of readings (the codec's output), sent as-is inside
-                ``{"readings": ...}``.
+            readings_json: the JSON array of readings (the codec's output for this client's
+                profile), sent as-is inside ``{"readings": ...}``.
             count: how many readings the array holds (checked against the answer's counts).
             idempotency_key: sent as ``Idempotency-Key``, the same on every retry.
+
+        Against a non-idempotent profile an outcome that is not known raises
+        :class:`OutcomeUnknownError` (never resent); see the module docstring.
         """
         if not idempotency_key or any(not (0x20 < ord(c) < 0x7F) for c in idempotency_key):
             raise ConfigError("idempotency_key must be non-empty printable ASCII without spaces")
+        profile = await self.profile()
         body = b'{"readings":' + readings_json + b"}"
         headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+        if profile.site_filter and self.site_id:
+            headers[SITE_HEADER] = self.site_id
         if self.gzip_min_bytes is not None and len(body) >= self.gzip_min_bytes:
             if len(body) >= _GZIP_THREAD_BYTES:
                 body = await asyncio.to_thread(gzip.compress, body, _GZIP_LEVEL)
             else:
                 body = gzip.compress(body, _GZIP_LEVEL)
             headers["Content-Encoding"] = "gzip"
-        response, attempts = await self._request("POST", BATCH_PATH, content=body, headers=headers)
-        return _upload_result(response, count, attempts)
+        timeout = None
+        if not profile.idempotent:
+            read = self.read_timeout + self.read_timeout_per_reading * max(count, 0)
+            timeout = httpx.Timeout(
+                connect=self.connect_timeout, read=read, write=read, pool=self.connect_timeout
+            )
+        response, attempts = await self._request(
+            "POST",
+            BATCH_PATH,
+            content=body,
+            headers=headers,
+            idempotent=profile.idempotent,
+            timeout=timeout,
+        )
+        try:
+            return _upload_result(response, count, attempts)
+        except InconsistentResponseError as exc:
+            if profile.idempotent:
+                raise
+            # A 2xx we cannot read: the server may well have stored (some of) the batch.
+            raise OutcomeUnknownError(str(exc), status=exc.status) from None
 
     async def get_readings(self, limit: int, after: str | None = None) -> DownloadPage:
         """Fetch one page of the tenant's readings (at most ``limit``) after cursor ``after``."""
@@ -282,9 +475,11 @@ class ClientSystemApiClient:
         return _download_page(response)
 
     async def health(self) -> bool:
-        """One ``GET /health`` (no key, no retry); True when it answers 200 ``{"status":"ok"}``.
+        """One ``GET /health`` (no key, no retry); True when the Client System is reachable.
 
-        Updates :attr:`connectivity`.
+        Reachable: 200 with a JSON object whose ``status`` is ``ok`` in any case (ours says
+        ``"ok"``, MeterTrack ``"OK"``) or MeterTrack's ``"Degraded"`` (up, answering; its
+        uploads decide the rest). Updates :attr:`connectivity`.
         """
         ok = False
         started = time.perf_counter()
@@ -295,9 +490,9 @@ class ClientSystemApiClient:
         else:
             self._log_response("GET", HEALTH_PATH, response, 0, started)
             if response.status_code == 200:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    body = orjson.loads(response.content)
-                    ok = isinstance(body, dict) and body.get("status") == "ok"
+                body = _json_or_none(response.content)
+                status = body.get("status") if isinstance(body, dict) else None
+                ok = isinstance(status, str) and status.lower() in _REACHABLE
         self._record_connectivity(ok)
         return ok
 
@@ -309,11 +504,18 @@ class ClientSystemApiClient:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str | int] | None = None,
+        idempotent: bool = True,
+        timeout: httpx.Timeout | None = None,
     ) -> tuple[httpx.Response, int]:
-        """Send with the retry policy; the 2xx response and the number of attempts."""
+        """Send with the retry policy; the 2xx response and the number of attempts.
+
+        ``idempotent=False``: only failures that prove nothing was stored are retried; any
+        other failure raises :class:`OutcomeUnknownError` at once (module docstring).
+        """
         if self._api_key is None:
             raise AuthError("no API key configured for the Client System client")
         all_headers = {"X-API-Key": self._api_key, **(headers or {})}
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         attempt = 0
         while True:
             attempt += 1
@@ -321,12 +523,17 @@ class ClientSystemApiClient:
             retry_after: float | None = None
             try:
                 response = await self._http.request(
-                    method, path, content=content, headers=all_headers, params=params
+                    method, path, content=content, headers=all_headers, params=params, **extra
                 )
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 status: int | None = None
                 cause = _describe(exc)
                 log.debug("%s %s failed: %s", method, path, cause)
+                if not idempotent and not isinstance(exc, _NOT_SENT):
+                    raise OutcomeUnknownError(
+                        f"{method} {path}: outcome unknown after the request was sent "
+                        f"({cause}); the Client System is not idempotent, so it is not resent"
+                    ) from None
             except httpx.HTTPError as exc:  # local protocol errors, unsupported URL: not transient
                 raise ClientSystemError(f"{method} {path} failed: {_describe(exc)}") from None
             else:
@@ -336,6 +543,13 @@ class ClientSystemApiClient:
                     return response, attempt
                 _raise_for_final_status(method, path, response)
                 cause = f"HTTP {status}{_error_text(response)}"
+                if not idempotent and not _proves_nothing_stored(response):
+                    raise OutcomeUnknownError(
+                        f"{method} {path} -> {cause}: outcome unknown (the answer does not say "
+                        "the batch failed); the Client System is not idempotent, so it is not "
+                        "resent",
+                        status=status,
+                    )
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if attempt > self.max_retries:
                 raise RemoteUnavailableError(
@@ -440,6 +654,33 @@ class ClientSystemApiClient:
         await self.aclose()
 
 
+def default_site_id() -> str:
+    """This host's name as a site id (printable ASCII, no spaces), when none is configured and
+    the sync database stores none."""
+    name = "".join(c for c in socket.gethostname() if 0x20 < ord(c) < 0x7F)[:200]
+    return name or "metersync-site"
+
+
+def client_from_settings(
+    settings: Any, api_key: str | None, *, site_id: str | None = None, **overrides: Any
+) -> ClientSystemApiClient:
+    """A client configured from :class:`metersync.settings.Settings`: URL, timeouts, CA
+    bundle, ``client_profile``, ``max_body_bytes``, ``read_timeout_per_reading`` and the site
+    id (``site_id`` argument — e.g. the one stored in the sync database — else the setting,
+    else the host name). ``overrides`` win over the settings (tests, tools)."""
+    kwargs: dict[str, Any] = {
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+        "verify": settings.ca_bundle or True,
+        "client_profile": settings.client_profile,
+        "max_body_bytes": settings.max_body_bytes,
+        "site_id": site_id or settings.site_id or default_site_id(),
+        "read_timeout_per_reading": settings.read_timeout_per_reading,
+    }
+    kwargs.update(overrides)
+    return ClientSystemApiClient(settings.api_url, api_key, **kwargs)
+
+
 def _describe(exc: httpx.HTTPError) -> str:
     # httpx messages name the URL at most, never headers; fall back to the type for empty ones.
     text = str(exc)
@@ -452,15 +693,99 @@ def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} chars)"
 
 
-def _error_text(response: httpx.Response) -> str:
-    """The server's error message, if it sent one in the usual shape (short)."""
+def _json_or_none(content: bytes) -> Any:
     try:
-        body = orjson.loads(response.content)
+        return orjson.loads(content)
     except orjson.JSONDecodeError:
-        return ""
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return f": {body['error'][:200]}"
-    return ""
+        return None
+
+
+def _server_words(body: Any) -> list[str]:
+    """The server's own explanation in an answer: ``message``, each ``errors[].msg`` (with its
+    ``path``) or ``errors[].error`` (with its meter), and ``error``."""
+    if not isinstance(body, dict):
+        return []
+    words: list[str] = []
+    message = body.get("message")
+    if isinstance(message, str) and message:
+        words.append(message)
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        shown = 0
+        for item in errors:
+            if not isinstance(item, dict):
+                continue
+            text = item.get("msg") if isinstance(item.get("msg"), str) else item.get("error")
+            if not isinstance(text, str):
+                continue
+            if shown == _MAX_MESSAGES:
+                words.append(f"(+{len(errors) - shown} more)")
+                break
+            where = item.get("path") if isinstance(item.get("path"), str) else None
+            if where is None and item.get("meter_id") is not None:
+                where = f"meter_id {item.get('meter_id')}"
+            words.append(f"{text} ({_clip(str(where), 60)})" if where else text)
+            shown += 1
+    error = body.get("error")
+    if isinstance(error, str) and error and error not in words:
+        words.append(error)
+    return words
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's own words for an error line (``": msg; msg"``, short), or ``""``."""
+    words = _server_words(_json_or_none(response.content))
+    return f": {_clip('; '.join(words), 300)}" if words else ""
+
+
+def _proves_nothing_stored(response: httpx.Response) -> bool:
+    """Whether a non-2xx answer proves the batch was not stored (non-idempotent retries).
+
+    4xx: the server refused the request (401/403/400/413 never reach here, they raise). A 5xx
+    only when its body says so: ``"success": false`` with ``"recordsProcessed": 0``
+    (MeterTrack's ``Batch upload error``: its transaction failed and was rolled back).
+    """
+    status = response.status_code
+    if 400 <= status < 500:
+        return True
+    body = _json_or_none(response.content)
+    return (
+        isinstance(body, dict)
+        and body.get("success") is False
+        and _is_count(body.get("recordsProcessed"))
+        and body.get("recordsProcessed") == 0
+    )
+
+
+def _field_errors(response: httpx.Response, what: str) -> FieldValidationError | None:
+    """A 400 listing field errors with ``path = readings[i]....`` (MeterTrack's validation)."""
+    body = _json_or_none(response.content)
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list) or not errors:
+        return None
+    found: list[FieldError] = []
+    unattributed = 0
+    for item in errors:
+        path = item.get("path") if isinstance(item, dict) else None
+        msg = item.get("msg") if isinstance(item, dict) else None
+        index = _reading_index(path)
+        if index is None:
+            unattributed += 1
+            continue
+        found.append(FieldError(index, _clip(str(msg or "invalid field"), 300)))
+    return FieldValidationError(
+        what, status=400, field_errors=tuple(found), unattributed=unattributed
+    )
+
+
+def _reading_index(path: Any) -> int | None:
+    """``readings[12].voltage_thd`` → 12; anything else → None."""
+    if not isinstance(path, str) or not path.startswith("readings["):
+        return None
+    digits, sep, _ = path[len("readings[") :].partition("]")
+    if not sep or not digits.isdigit() or len(digits) > 9:
+        return None
+    return int(digits)
 
 
 def _raise_for_final_status(method: str, path: str, response: httpx.Response) -> None:
@@ -471,7 +796,7 @@ def _raise_for_final_status(method: str, path: str, response: httpx.Response) ->
     if status in (401, 403):
         raise AuthError(f"{what} (API key refused)", status=status)
     if status == 400:
-        raise BadRequestError(what, status=status)
+        raise _field_errors(response, what) or BadRequestError(what, status=status)
     if status == 413:
         raise PayloadTooLargeError(what, status=status)
     raise ClientSystemError(what, status=status)
@@ -494,12 +819,8 @@ def _upload_result(response: httpx.Response, count: int, attempts: int) -> Uploa
         raise bad("not JSON") from None
     if not isinstance(body, dict) or body.get("success") is not True:
         raise bad('no "success": true')
-    if "recordsProcessed" in body and "inserted" not in body:
-        # The old server: all or nothing.
-        processed = body["recordsProcessed"]
-        if not _is_count(processed) or processed != count:
-            raise bad(f"recordsProcessed={_clip(repr(processed))} for {count} sent")
-        return UploadResult(processed, 0, {}, attempts)
+    if "recordsProcessed" in body:
+        return _metertrack_result(body, count, attempts, bad)
     inserted, duplicates, rejected_list = (
         body.get("inserted"),
         body.get("duplicates"),
@@ -525,6 +846,69 @@ def _upload_result(response: httpx.Response, count: int, attempts: int) -> Uploa
             f"{total}, but {count} were sent"
         )
     return UploadResult(inserted, duplicates, rejected, attempts)
+
+
+def _metertrack_result(
+    body: dict[str, Any],
+    count: int,
+    attempts: int,
+    bad: Callable[[str], InconsistentResponseError],
+) -> UploadResult:
+    """MeterTrack's 200: ``recordsProcessed`` (= inserted), ``inserted``, ``skipped`` and
+    ``errors`` naming meters; or the oldest shape, ``recordsProcessed`` alone (all or nothing).
+    """
+    processed = body["recordsProcessed"]
+    message = body.get("message") if isinstance(body.get("message"), str) else None
+    if not _is_count(processed):
+        raise bad(f"recordsProcessed={_clip(repr(processed))} is not a count")
+    if "inserted" not in body and "skipped" not in body:
+        if processed != count:
+            raise bad(f"recordsProcessed={processed} for {count} sent")
+        return UploadResult(processed, 0, {}, attempts, message=message)
+    inserted, skipped, errors = body.get("inserted"), body.get("skipped", 0), body.get("errors")
+    if not (_is_count(inserted) and _is_count(skipped)):
+        raise bad("inserted or skipped missing or of the wrong type")
+    if inserted != processed:
+        raise bad(f"recordsProcessed={processed} but inserted={inserted}")
+    if inserted + skipped != count:
+        total = inserted + skipped
+        raise bad(f"inserted {inserted} + skipped {skipped} = {total}, but {count} were sent")
+    meter_errors: list[MeterError] = []
+    for item in errors if isinstance(errors, list) else []:
+        if not isinstance(item, dict):
+            raise bad("an errors entry is not an object")
+        meter = item.get("meter_id")
+        meter_id = _meter_id(meter)
+        if meter is not None and meter_id is None:
+            raise bad(f"an errors entry names meter_id {_clip(repr(meter))}")
+        text = "; ".join(
+            f"{k}: {_clip(str(item[k]), 200)}"
+            for k in ("error", "code", "detail", "data_point")
+            if item.get(k) not in (None, "")
+        )
+        meter_errors.append(MeterError(meter_id, text or "skipped by the Client System"))
+    if skipped and errors is not None and not isinstance(errors, list):
+        raise bad('"errors" is not a list')
+    return UploadResult(
+        inserted,
+        0,
+        {},
+        attempts,
+        skipped=skipped,
+        meter_errors=tuple(meter_errors),
+        message=message,
+    )
+
+
+def _meter_id(value: Any) -> int | None:
+    """A meter id as MeterTrack may echo it (number or numeric string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -215,12 +215,14 @@ class RejectResult:
 
 @dataclass(frozen=True, slots=True)
 class QueueStatus:
-    """One tenant's queue: the four counts partition its readings.
+    """One tenant's queue: the five counts partition its readings.
 
     ``pending``: never rejected, waiting; ``failed``: rejected fewer than ``max_retries``
     times, will retry; ``quarantined``: rejected ``max_retries`` times, skipped until requeued;
-    ``synchronized``: confirmed by the Client System. The oldest pending reading counts pending
-    and failed ones (those the queue still serves).
+    ``in_doubt``: sent to a non-idempotent Client System with an unknown outcome, skipped until
+    ``metersync resolve``; ``synchronized``: confirmed by the Client System. The oldest pending
+    reading counts pending and failed ones (those the queue still serves); the oldest in-doubt
+    one says how long an operator has left them waiting.
     """
 
     tenant_id: int
@@ -230,6 +232,9 @@ class QueueStatus:
     synchronized: int
     oldest_pending_at: datetime | None
     oldest_pending_age_s: float | None
+    in_doubt: int = 0
+    oldest_in_doubt_at: datetime | None = None
+    oldest_in_doubt_age_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,17 +525,31 @@ class SyncDatabase:
     # -- schema --------------------------------------------------------------------------------
 
     @_operation
-    async def migrate(self) -> list[str]:
+    async def migrate(self, *, max_retries: int = 5) -> list[str]:
         """Create or upgrade the schema (spec §2); return the actions applied.
 
         One transaction under an advisory lock; idempotent (a second run returns ``[]``).
+        ``max_retries`` (the setting of the same name) is only used to report how many readings
+        of an upgraded old table are quarantined by their ``retry_count``.
         """
         async with self._transaction():
-            actions = await migrate(self._execute)
+            actions = await migrate(self._execute, max_retries=max_retries)
         self._layout = None
         for action in actions:
             log.info("migrate: %s", action)
         return actions
+
+    @_operation
+    async def site_id(self) -> str | None:
+        """This site's stable id, generated once by :meth:`migrate` (table ``sync_site``);
+        ``None`` when the database was not migrated yet (the caller picks its own fallback).
+
+        Sent as ``X-Metersync-Site`` with uploads, so that a download from a Client System with
+        a site filter skips the readings this site uploaded itself (issue 12)."""
+        try:
+            return await self._scalar(q.GET_SITE_ID)
+        except psycopg.errors.UndefinedTable:
+            return None
 
     @_operation
     async def layout(self, *, refresh: bool = False) -> TableLayout:
@@ -718,14 +737,16 @@ class SyncDatabase:
         *,
         max_retries: int = 5,
         exclude: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None,
+        after: tuple[Any, bytes] | None = None,
     ) -> pa.RecordBatch:
         """The tenant's oldest ``limit`` unsynchronized readings (order ``created_at,
         meter_reading_id``), skipping quarantined ones (``retry_count >= max_retries``) and the
-        ``exclude`` ids, as a record batch of the upload columns. One COPY statement."""
+        ``exclude`` ids, as a record batch of the upload columns. One COPY statement.
+        ``after``: keyset lower bound ``(created_at, id bytes)`` (only readings after it)."""
         self._fence(tenant_id)
         layout = await self.layout()
         statement = self.fetch_statement(
-            tenant_id, limit, max_retries=max_retries, exclude=exclude, layout=layout
+            tenant_id, limit, max_retries=max_retries, exclude=exclude, layout=layout, after=after
         )
         self.statements += 1
         async with self._conn.cursor() as cur, cur.copy(statement) as copy:
@@ -741,6 +762,7 @@ class SyncDatabase:
         exclude: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None,
         layout: TableLayout | None = None,
         copy: bool = True,
+        after: tuple[Any, bytes] | None = None,
     ) -> Any:
         """The exact COPY statement :meth:`fetch_unsynchronized` runs; with ``copy=False``
         its inner ``SELECT`` (what a test EXPLAINs: COPY itself cannot be explained)."""
@@ -757,7 +779,9 @@ class SyncDatabase:
             # Hex digits only: safe as a literal (COPY takes no parameters).
             ids = id_array(exclude)
             literal = "{" + ",".join(b.hex() for b in ids.to_pylist() if b is not None) + "}"
-        select = q.queue_select(layout.upload_columns, tenant_id, limit, max_retries, literal)
+        select = q.queue_select(
+            layout.upload_columns, tenant_id, limit, max_retries, literal, after=after
+        )
         return q.copy_out(select) if copy else select
 
     @_operation
@@ -823,6 +847,98 @@ class SyncDatabase:
         """Ids of the tenant's quarantined readings (oldest first), ``fixed_size_binary(16)``."""
         _check_tenant_id(tenant_id)
         cur = await self._execute(q.QUARANTINED_IDS, (tenant_id, max_retries))
+        return pa.array([r[0].bytes for r in await cur.fetchall()], type=pa.binary(16))
+
+    # -- in doubt (non-idempotent Client System; upload owner) ----------------------------------
+
+    @_operation
+    async def claim_unsynchronized(
+        self,
+        tenant_id: int,
+        limit: int,
+        *,
+        max_retries: int = 5,
+        after: tuple[Any, bytes] | None = None,
+    ) -> pa.RecordBatch:
+        """Claim the tenant's oldest ``limit`` queue readings (``sync_status = 'in_doubt'``,
+        committed) and return them in queue order, in ONE statement: ``COPY (UPDATE ...
+        RETURNING ...) TO STDOUT`` (:func:`sql.queue_claim`). Readings already in doubt are
+        skipped; ``after`` is a keyset lower bound ``(created_at, id bytes)``."""
+        _check_tenant_id(tenant_id)
+        self._fence(tenant_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
+            raise ValueError(f"max_retries must be a positive integer, got {max_retries!r}")
+        layout = await self.layout()
+        statement = q.copy_out(
+            q.queue_claim(layout.upload_columns, tenant_id, limit, max_retries, after)
+        )
+        self.statements += 1
+        async with self._conn.cursor() as cur, cur.copy(statement) as copy:
+            chunks = await _read_copy(self._conn, copy)
+        batch = codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
+        if batch.num_rows > 1:  # RETURNING has no order: restore the queue order
+            batch = batch.sort_by([("created_at", "ascending"), ("meter_reading_id", "ascending")])
+        return batch
+
+    @_operation
+    async def release_in_doubt(
+        self, tenant_id: int, ids: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None
+    ) -> int:
+        """Put in-doubt readings back in the queue with the status they had (``failed`` when
+        rejected before, else ``pending``): the given ids, or all of the tenant's. ONE
+        statement; returns the rows released."""
+        _check_tenant_id(tenant_id)
+        if ids is None:
+            cur = await self._execute(q.RELEASE_IN_DOUBT_ALL, (tenant_id,))
+        else:
+            self._fence(tenant_id)
+            param = uuid_param(ids)
+            if not param.count:
+                return 0
+            cur = await self._execute(q.RELEASE_IN_DOUBT_IDS, (tenant_id, param))
+        return cur.rowcount
+
+    @_operation
+    async def hold_in_doubt(
+        self, tenant_id: int, ids: Sequence[Any] | pa.Array, errors: Sequence[str]
+    ) -> int:
+        """Keep readings in doubt and record why (``last_error``). ONE statement."""
+        _check_tenant_id(tenant_id)
+        self._fence(tenant_id)
+        arr = id_array(ids)
+        if len(arr) != len(errors):
+            raise ValueError(f"{len(arr)} ids but {len(errors)} error texts")
+        if not len(arr):
+            return 0
+        texts = [_clean_text(e) for e in errors]
+        cur = await self._execute(
+            q.HOLD_IN_DOUBT, (UuidArray(codec.uuid_array_binary(arr), len(arr)), texts, tenant_id)
+        )
+        return cur.rowcount
+
+    @_operation
+    async def mark_in_doubt_synchronized(
+        self, tenant_id: int, ids: pa.Array | pa.ChunkedArray | Sequence[Any] | None = None
+    ) -> int:
+        """Mark in-doubt readings synchronized (an operator found them on the Client System):
+        the given ids, or all of the tenant's. ONE statement; returns the rows marked."""
+        _check_tenant_id(tenant_id)
+        if ids is None:
+            cur = await self._execute(q.MARK_IN_DOUBT_SYNCHRONIZED_ALL, (tenant_id,))
+        else:
+            param = uuid_param(ids)
+            if not param.count:
+                return 0
+            cur = await self._execute(q.MARK_IN_DOUBT_SYNCHRONIZED_IDS, (tenant_id, param))
+        return cur.rowcount
+
+    @_operation
+    async def in_doubt_ids(self, tenant_id: int) -> pa.Array:
+        """Ids of the tenant's in-doubt readings (oldest first), ``fixed_size_binary(16)``."""
+        _check_tenant_id(tenant_id)
+        cur = await self._execute(q.IN_DOUBT_IDS, (tenant_id,))
         return pa.array([r[0].bytes for r in await cur.fetchall()], type=pa.binary(16))
 
     # -- insert / download ---------------------------------------------------------------------

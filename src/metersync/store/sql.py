@@ -20,7 +20,8 @@ from metersync.model import KEY_COLUMNS, MEASUREMENT_COLUMNS, SYNC_STATUSES
 READING = "meter_reading"
 QUEUE_INDEX = "meter_reading_queue_idx"
 STATUS_CHECK = "meter_reading_sync_status_check"
-SYNC_LOG_INDEX = "sync_log_tenant_id_idx"
+#: The index of sync_log before its primary key became (tenant_id, id); migrate drops it.
+OLD_SYNC_LOG_INDEX = "sync_log_tenant_id_idx"
 
 # ---------------------------------------------------------------------------------- migrate
 
@@ -45,10 +46,19 @@ ORDER BY a.attnum
 """
 
 TABLE_EXISTS = "SELECT to_regclass(%s::text) IS NOT NULL"
-CONSTRAINT_EXISTS = (
-    "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s::text) "
-    "AND conname = %s)"
+CONSTRAINT_DEF = (
+    "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(%s::text) "
+    "AND conname = %s"
 )
+#: A table's primary key: its name and its columns in key order (no row: no primary key).
+PRIMARY_KEY = """
+SELECT c.conname, array_agg(a.attname::text ORDER BY k.ord)
+FROM pg_constraint c
+CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+WHERE c.conrelid = to_regclass(%s::text) AND c.contype = 'p'
+GROUP BY c.conname
+"""
 INDEX_EXISTS = "SELECT to_regclass(%s::text) IS NOT NULL"
 
 _STATUS_LIST = ", ".join(f"'{s}'" for s in SYNC_STATUSES)
@@ -73,7 +83,7 @@ _MEASUREMENTS = ",\n".join(f"    {name} numeric(18,4)" for name in MEASUREMENT_C
 assert KEY_COLUMNS == ("meter_reading_id", "created_at", "meter_id", "meter_element_id")
 CREATE_READING = f"""
 CREATE TABLE meter_reading (
-    meter_reading_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    meter_reading_id uuid NOT NULL DEFAULT gen_random_uuid(),
     created_at timestamptz NOT NULL DEFAULT now(),
     tenant_id bigint NOT NULL,
     meter_id bigint NOT NULL,
@@ -83,6 +93,7 @@ CREATE TABLE meter_reading (
     sync_status varchar(20) NOT NULL DEFAULT 'pending',
     retry_count integer NOT NULL DEFAULT 0,
     last_error text,
+    CONSTRAINT meter_reading_pkey PRIMARY KEY (tenant_id, meter_reading_id),
     CONSTRAINT {STATUS_CHECK} CHECK (sync_status IN ({_STATUS_LIST}))
 )
 """
@@ -95,9 +106,11 @@ CREATE TABLE sync_state (
 )
 """
 
+# Every primary key includes tenant_id: Citus requires the distribution column in every key and
+# unique constraint of a distributed table (docs/scaling.md; tests/store/test_schema.py checks).
 CREATE_SYNC_LOG = """
 CREATE TABLE sync_log (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint GENERATED ALWAYS AS IDENTITY,
     tenant_id bigint NOT NULL,
     operation text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),
@@ -106,9 +119,24 @@ CREATE TABLE sync_log (
     statements bigint NOT NULL DEFAULT 0,
     duration_s double precision NOT NULL DEFAULT 0,
     success boolean NOT NULL,
-    error text
+    error text,
+    CONSTRAINT sync_log_pkey PRIMARY KEY (tenant_id, id)
 )
 """
+
+#: One row: this site's stable id (the upload's ``X-Metersync-Site``, issue 12's site filter).
+CREATE_SYNC_SITE = """
+CREATE TABLE sync_site (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    site_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+GET_SITE_ID = "SELECT site_id FROM sync_site"
+INSERT_SITE_ID = (
+    "INSERT INTO sync_site (site_id) "
+    "VALUES ('site-' || left(replace(gen_random_uuid()::text, '-', ''), 16)) RETURNING site_id"
+)
 
 # The queue index. Partial on NOT is_synchronized: "oldest unsynchronized readings of tenant T"
 # is a range scan over exactly the queue, however many synchronized rows the table holds.
@@ -119,12 +147,13 @@ CREATE INDEX {QUEUE_INDEX} ON meter_reading (tenant_id, created_at, meter_readin
 WHERE NOT is_synchronized
 """
 
-CREATE_SYNC_LOG_INDEX = f"CREATE INDEX {SYNC_LOG_INDEX} ON sync_log (tenant_id, id)"
+DROP_OLD_SYNC_LOG_INDEX = f"DROP INDEX {OLD_SYNC_LOG_INDEX}"
 
 ADD_STATUS_CHECK = (
     f"ALTER TABLE meter_reading ADD CONSTRAINT {STATUS_CHECK} "
     f"CHECK (sync_status IN ({_STATUS_LIST}))"
 )
+DROP_STATUS_CHECK = f"ALTER TABLE meter_reading DROP CONSTRAINT {STATUS_CHECK}"
 BAD_STATUS_VALUES = (
     f"SELECT DISTINCT sync_status FROM meter_reading WHERE sync_status NOT IN ({_STATUS_LIST}) "
     "ORDER BY 1 LIMIT 5"
@@ -133,6 +162,31 @@ STATUS_FROM_FLAG = (
     "UPDATE meter_reading SET sync_status = 'synchronized' "
     "WHERE is_synchronized AND sync_status <> 'synchronized'"
 )
+
+
+COUNT_QUARANTINED = (
+    "SELECT count(*) FROM meter_reading WHERE NOT is_synchronized AND retry_count >= %s"
+)
+
+
+def add_primary_key(table: str, columns: Sequence[str]) -> sql.Composed:
+    """``ALTER TABLE t ADD CONSTRAINT t_pkey PRIMARY KEY (columns)``."""
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+        sql.Identifier(table),
+        sql.Identifier(f"{table}_pkey"),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+    )
+
+
+def replace_primary_key(table: str, old_name: str, columns: Sequence[str]) -> sql.Composed:
+    """Drop the key ``old_name`` and add ``t_pkey (columns)`` in one ``ALTER TABLE`` (one
+    rebuild of the key's index; the migration's transaction makes it all or nothing)."""
+    return sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+        sql.Identifier(table),
+        sql.Identifier(old_name),
+        sql.Identifier(f"{table}_pkey"),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+    )
 
 
 def add_column(table: str, column: str, type_sql: str, default: str | None) -> sql.Composed:
@@ -218,8 +272,14 @@ def queue_select(
     limit: int,
     max_retries: int,
     exclude_literal: str | None = None,
+    after: tuple[object, bytes] | None = None,
 ) -> sql.Composed:
     """``SELECT`` of a tenant's oldest unsynchronized, not quarantined readings.
+
+    ``after``: a keyset lower bound ``(created_at, meter_reading_id)`` (a datetime and the
+    16 id bytes) — only readings after it in queue order; the upload cycle passes the last
+    reading it fetched, so readings in flight or rejected earlier in the cycle are skipped
+    without an exclusion list (the bound is one index condition of the range scan).
 
     COPY takes no parameters, so the values are literals: ``tenant_id``, ``limit`` and
     ``max_retries`` are checked ints; ``exclude_literal`` is a ``{uuid,...}`` array text built
@@ -230,13 +290,17 @@ def queue_select(
     for name, value in (("tenant_id", tenant_id), ("limit", limit), ("max_retries", max_retries)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {value!r}")
-    where = sql.SQL("tenant_id = {} AND NOT is_synchronized AND retry_count < {}").format(
-        sql.Literal(tenant_id), sql.Literal(max_retries)
-    )
+    # In-doubt readings (outcome unknown at a non-idempotent Client System) are never resent
+    # automatically: the queue skips them until `metersync resolve` releases them.
+    where = sql.SQL(
+        "tenant_id = {} AND NOT is_synchronized AND retry_count < {} AND sync_status <> 'in_doubt'"
+    ).format(sql.Literal(tenant_id), sql.Literal(max_retries))
     if exclude_literal is not None:
         where = where + sql.SQL(" AND NOT (meter_reading_id = ANY({}::uuid[]))").format(
             sql.Literal(exclude_literal)
         )
+    if after is not None:
+        where = where + keyset_after(after)
     return sql.SQL(
         "SELECT {cols} FROM meter_reading WHERE {where} "
         "ORDER BY created_at, meter_reading_id LIMIT {limit}"
@@ -244,6 +308,62 @@ def queue_select(
         cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
         where=where,
         limit=sql.Literal(limit),
+    )
+
+
+def keyset_after(after: tuple[object, bytes]) -> sql.Composed:
+    """`` AND (created_at, meter_reading_id) > (ts, id)`` from a datetime and 16 id bytes
+    (literals: COPY takes no parameters; the id is hex digits only)."""
+    created_at, raw_id = after
+    if not isinstance(raw_id, bytes | bytearray) or len(raw_id) != 16:
+        raise TypeError(f"keyset id must be 16 bytes, got {raw_id!r}")
+    if not hasattr(created_at, "isoformat"):
+        raise TypeError(f"keyset created_at must be a datetime, got {created_at!r}")
+    return sql.SQL(" AND (created_at, meter_reading_id) > ({}::timestamptz, {}::uuid)").format(
+        sql.Literal(created_at.isoformat()), sql.Literal(bytes(raw_id).hex())
+    )
+
+
+#: A batch whose outcome is unknown against a non-idempotent Client System (issue 10).
+IN_DOUBT = "in_doubt"
+
+
+def queue_claim(
+    columns: Sequence[str],
+    tenant_id: int,
+    limit: int,
+    max_retries: int,
+    after: tuple[object, bytes] | None = None,
+) -> sql.Composed:
+    """Claim-and-fetch of the non-idempotent upload path, ONE statement (inside ``COPY``).
+
+    ``UPDATE ... SET sync_status = 'in_doubt'`` on the tenant's oldest ``limit`` readings that
+    :func:`queue_select` would return (minus those already in doubt), ``RETURNING`` the upload
+    columns. The claim is committed before the POST, so a process killed between the POST and
+    the mark leaves the readings held ``in_doubt`` — never resent — instead of pending. The
+    inner ``SELECT ... FOR UPDATE SKIP LOCKED`` walks the queue index like the plain fetch.
+    ``RETURNING`` has no guaranteed order: the caller sorts the (small) batch.
+    """
+    for name, value in (("tenant_id", tenant_id), ("limit", limit), ("max_retries", max_retries)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+    where = sql.SQL(
+        "tenant_id = {} AND NOT is_synchronized AND retry_count < {} AND sync_status <> {}"
+    ).format(sql.Literal(tenant_id), sql.Literal(max_retries), sql.Literal(IN_DOUBT))
+    if after is not None:
+        where = where + keyset_after(after)
+    return sql.SQL(
+        "UPDATE meter_reading SET sync_status = {doubt} "
+        "WHERE tenant_id = {tenant} AND meter_reading_id IN ("
+        "SELECT meter_reading_id FROM meter_reading WHERE {where} "
+        "ORDER BY created_at, meter_reading_id LIMIT {limit} FOR UPDATE SKIP LOCKED) "
+        "RETURNING {cols}"
+    ).format(
+        doubt=sql.Literal(IN_DOUBT),
+        tenant=sql.Literal(tenant_id),
+        where=where,
+        limit=sql.Literal(limit),
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
     )
 
 
@@ -284,6 +404,33 @@ REQUEUE_ALL = """
 UPDATE meter_reading SET retry_count = 0, sync_status = 'pending'
 WHERE tenant_id = %s AND NOT is_synchronized AND (retry_count <> 0 OR sync_status <> 'pending')
 """
+# In-doubt readings (non-idempotent Client System). Released back to the queue with their old
+# status (failed if they were rejected before, else pending), held with the server's words as
+# last_error, or marked synchronized after an operator checked the Client System.
+_RELEASE = (
+    "UPDATE meter_reading SET sync_status = CASE WHEN retry_count > 0 THEN 'failed' "
+    "ELSE 'pending' END WHERE tenant_id = %s AND sync_status = 'in_doubt' AND "
+)
+RELEASE_IN_DOUBT_IDS = _RELEASE + f"meter_reading_id = ANY(%s) AND {_NOT_SYNCED}"
+RELEASE_IN_DOUBT_ALL = _RELEASE + "NOT is_synchronized"
+HOLD_IN_DOUBT = f"""
+UPDATE meter_reading AS m SET last_error = r.error
+FROM unnest(%s::uuid[], %s::text[]) AS r(id, error)
+WHERE m.tenant_id = %s AND m.meter_reading_id = r.id AND m.sync_status = 'in_doubt'
+  AND m.{_NOT_SYNCED}
+"""
+_IN_DOUBT_SYNCED = (
+    "UPDATE meter_reading SET is_synchronized = true, sync_status = 'synchronized', "
+    "last_error = NULL WHERE tenant_id = %s AND sync_status = 'in_doubt' AND "
+)
+MARK_IN_DOUBT_SYNCHRONIZED_IDS = _IN_DOUBT_SYNCED + f"meter_reading_id = ANY(%s) AND {_NOT_SYNCED}"
+MARK_IN_DOUBT_SYNCHRONIZED_ALL = _IN_DOUBT_SYNCED + "NOT is_synchronized"
+IN_DOUBT_IDS = """
+SELECT meter_reading_id FROM meter_reading
+WHERE tenant_id = %s AND NOT is_synchronized AND sync_status = 'in_doubt'
+ORDER BY created_at, meter_reading_id
+"""
+
 QUARANTINED_IDS = """
 SELECT meter_reading_id FROM meter_reading
 WHERE tenant_id = %s AND NOT is_synchronized AND retry_count >= %s
@@ -339,22 +486,30 @@ FROM sync_log WHERE tenant_id = %s ORDER BY id DESC LIMIT %s
 """
 
 # pending: waiting for its first upload; failed: rejected, will retry; quarantined: rejected
-# max_retries times, skipped by the queue; synchronized: confirmed. The four partition a tenant's
-# readings. The counts are a LATERAL subquery per tenant, so even "all tenants" stays keyed by
-# tenant_id (the tenants of table ``tenant``: readings of an unknown tenant cannot be synced).
+# max_retries times, skipped by the queue; in_doubt: sent to a non-idempotent Client System with
+# an unknown outcome, skipped until resolved; synchronized: confirmed. The five partition a
+# tenant's readings. The counts are a LATERAL subquery per tenant, so even "all tenants" stays
+# keyed by tenant_id (the tenants of table ``tenant``: readings of an unknown tenant cannot be
+# synced).
 _QUEUE_STATUS = """
 SELECT t.tenant_id, s.pending, s.failed, s.quarantined, s.synchronized, s.oldest,
-       extract(epoch FROM now() - s.oldest)::float8
+       extract(epoch FROM now() - s.oldest)::float8,
+       s.in_doubt, s.oldest_in_doubt, extract(epoch FROM now() - s.oldest_in_doubt)::float8
 FROM {tenants} AS t
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE NOT m.is_synchronized AND m.retry_count < %(r)s
-                            AND m.sync_status <> 'failed') AS pending,
+                            AND m.sync_status NOT IN ('failed', 'in_doubt')) AS pending,
            count(*) FILTER (WHERE NOT m.is_synchronized AND m.retry_count < %(r)s
                             AND m.sync_status = 'failed') AS failed,
-           count(*) FILTER (WHERE NOT m.is_synchronized AND m.retry_count >= %(r)s) AS quarantined,
+           count(*) FILTER (WHERE NOT m.is_synchronized AND m.retry_count >= %(r)s
+                            AND m.sync_status <> 'in_doubt') AS quarantined,
            count(*) FILTER (WHERE m.is_synchronized) AS synchronized,
-           min(m.created_at) FILTER (WHERE NOT m.is_synchronized AND m.retry_count < %(r)s)
-               AS oldest
+           min(m.created_at) FILTER (WHERE NOT m.is_synchronized AND m.retry_count < %(r)s
+                                     AND m.sync_status <> 'in_doubt') AS oldest,
+           count(*) FILTER (WHERE NOT m.is_synchronized AND m.sync_status = 'in_doubt')
+               AS in_doubt,
+           min(m.created_at) FILTER (WHERE NOT m.is_synchronized AND m.sync_status = 'in_doubt')
+               AS oldest_in_doubt
     FROM meter_reading AS m WHERE m.tenant_id = t.tenant_id
 ) AS s
 ORDER BY t.tenant_id
