@@ -634,3 +634,65 @@ def test_counts_always_add_up(reference_server: ServerHandle, kinds: list[str]) 
     assert sorted(rejected) == sorted(expect_rejected)
     per_tenant = reference_server.stats()["rows_per_tenant"]
     assert (per_tenant[str(tenant_id)], per_tenant[str(foreign_id)]) == (1 + expect_inserted, 1)
+
+
+# -- site filter (issue 12) ----------------------------------------------------------------
+
+
+def test_downloads_can_exclude_what_a_site_uploaded(reference_server: ServerHandle) -> None:
+    tenant_id, key = reference_server.new_tenant()
+    from_a = [reading() for _ in range(3)]
+    from_b = [reading() for _ in range(2)]
+    unsited = [reading()]
+    assert post(reference_server, key, orjson.dumps({"readings": from_a[:2]}), **{
+        "X-Metersync-Site": "site-a"
+    }).json()["inserted"] == 2  # fmt: skip
+    reference_server.load_readings(tenant_id, unsited)
+    # Site B sends one of A's readings again: it stays A's (the first upload stored it).
+    assert post(reference_server, key, orjson.dumps({"readings": [*from_b, from_a[0]]}), **{
+        "X-Metersync-Site": "site-b"
+    }).json()["duplicates"] == 1  # fmt: skip
+    post(reference_server, key, orjson.dumps({"readings": from_a[2:]}), **{
+        "X-Metersync-Site": "site-a"
+    })  # fmt: skip
+    ids = lambda rs: [r["meter_reading_id"] for r in rs]  # noqa: E731
+
+    everything = get(reference_server, key, "limit=100").json()["readings"]
+    assert ids(everything) == ids(from_a[:2] + unsited + from_b + from_a[2:])
+    # Site A pages through what others uploaded, two at a time.
+    seen: list[dict[str, Any]] = []
+    cursor = ""
+    for _ in range(5):
+        query = "limit=2&exclude_site=site-a" + (f"&after={cursor}" if cursor else "")
+        page = get(reference_server, key, query).json()
+        seen += page["readings"]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+        if len(page["readings"]) < 2:
+            break
+    assert ids(seen) == ids(unsited + from_b)
+    # The last cursor is past A's trailing reading: nothing comes again.
+    after = get(reference_server, key, f"limit=2&exclude_site=site-a&after={cursor}").json()
+    assert after == {"readings": [], "next_cursor": None}
+    assert decode_cursor(cursor) == decode_cursor(
+        get(reference_server, key, "limit=100").json()["next_cursor"]
+    )
+    only_a = get(reference_server, key, "limit=100&exclude_site=site-b").json()["readings"]
+    assert ids(only_a) == ids(from_a[:2] + unsited + from_a[2:])
+    with psycopg.connect(reference_server.dsn) as conn:
+        sites = conn.execute(
+            "SELECT site_id, count(*) FROM cs_meter_reading WHERE tenant_id = %s"
+            " GROUP BY site_id ORDER BY site_id",
+            (tenant_id,),
+        ).fetchall()
+    assert sites == [("site-a", 3), ("site-b", 2), (None, 1)]
+
+
+def test_site_ids_are_checked(reference_server: ServerHandle) -> None:
+    _, key = reference_server.new_tenant()
+    assert get(reference_server, key, "limit=1&exclude_site=").status_code == 400
+    too_long = post(reference_server, key, orjson.dumps({"readings": [reading()]}), **{
+        "X-Metersync-Site": "x" * 201
+    })  # fmt: skip
+    assert too_long.status_code == 400 and "X-Metersync-Site" in too_long.json()["error"]

@@ -42,6 +42,9 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # How many Idempotency-Keys each server remembers (per tenant, oldest forgotten first).
 IDEMPOTENCY_MEMORY = 10_000
 BATCH_LOG_SIZE = 2_000
+#: Header naming the site an upload comes from (issue 12); ``exclude_site`` on download.
+SITE_HEADER = "X-Metersync-Site"
+MAX_SITE_ID = 200
 
 
 def key_digest(api_key: str) -> str:
@@ -250,7 +253,10 @@ async def upload_batch(request: web.Request) -> web.Response:
         state.idempotency[memo] = state.idempotency.get(memo, 0) + 1
         while len(state.idempotency) > IDEMPOTENCY_MEMORY:
             state.idempotency.popitem(last=False)
-    outcome = await ingest(state, tenant_id, raw, apply_faults=True)
+    site = request.headers.get(SITE_HEADER)
+    if site is not None and (problem := _site_problem(site)):
+        return _error(400, f"{SITE_HEADER} {problem}")
+    outcome = await ingest(state, tenant_id, raw, apply_faults=True, site_id=site)
     if isinstance(outcome, web.Response):
         return outcome
     injector = state.injector
@@ -265,10 +271,25 @@ async def upload_batch(request: web.Request) -> web.Response:
     return _json(outcome)
 
 
+def _site_problem(site: str) -> str | None:
+    """Why a site id (header or query) is unusable, or None."""
+    if not site or len(site) > MAX_SITE_ID:
+        return f"must be 1..{MAX_SITE_ID} characters"
+    if not site.isprintable():
+        return "must be printable text"
+    return None
+
+
 async def ingest(
-    state: ServerState, tenant_id: int, raw: bytes, *, apply_faults: bool
+    state: ServerState,
+    tenant_id: int,
+    raw: bytes,
+    *,
+    apply_faults: bool,
+    site_id: str | None = None,
 ) -> dict[str, Any] | web.Response:
-    """Validate and store an upload body; the success answer, or an error response."""
+    """Validate and store an upload body (uploaded by ``site_id``, if known); the success
+    answer, or an error response."""
     try:
         body = UploadBody(raw)
     except BodyError as exc:
@@ -307,7 +328,7 @@ async def ingest(
                 body.measurements_text(i - 1),
             )
         )
-    outcomes = await state.store.insert_batch(tenant_id, staged)
+    outcomes = await state.store.insert_batch(tenant_id, staged, site_id)
     inserted = duplicates = 0
     stored: set[int] = set()
     for row in outcomes:
@@ -364,7 +385,11 @@ def decode_cursor(cursor: str) -> int:
 
 
 async def download(request: web.Request) -> web.Response:
-    """``GET /api/sync/readings?limit=N&after=CURSOR``."""
+    """``GET /api/sync/readings?limit=N&after=CURSOR[&exclude_site=SITE]``.
+
+    With ``exclude_site`` the readings uploaded by that site are left out, and a short page's
+    cursor moves past them too (it may then come with an empty page: store it all the same).
+    """
     state = request.app[STATE]
     tenant_id = await _tenant_of(request)
     if tenant_id is None:
@@ -378,7 +403,14 @@ async def download(request: web.Request) -> web.Response:
         after_seq = decode_cursor(after) if after else 0
     except ValueError:
         return _error(400, "after is not a cursor returned by this server")
-    rows = await state.store.page(tenant_id, after_seq, limit + 1)
+    exclude = request.query.get("exclude_site")
+    top: int | None = None
+    if exclude is not None:
+        if problem := _site_problem(exclude):
+            return _error(400, f"exclude_site {problem}")
+        rows, top = await state.store.page_excluding_site(tenant_id, after_seq, limit + 1, exclude)
+    else:
+        rows = await state.store.page(tenant_id, after_seq, limit + 1)
     more = len(rows) > limit
     injector = state.injector
     if injector.take("garbage_page"):
@@ -394,6 +426,9 @@ async def download(request: web.Request) -> web.Response:
     # so a client that caught up stores it and next time asks only for what is new; null
     # means the page is empty (nothing after `after`): keep the cursor you have.
     cursor = encode_cursor(rows[min(limit, len(rows)) - 1][0]) if rows else None
+    if top is not None and not more:
+        # Excluded readings after the last one served: the next download starts past them.
+        cursor = encode_cursor(top)
     state.counters["readings_served"] += len(texts)
     body = b'{"readings":[' + b",".join(texts) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
     return web.Response(body=body, content_type="application/json")

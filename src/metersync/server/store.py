@@ -41,9 +41,12 @@ CREATE TABLE IF NOT EXISTS cs_meter_reading (
     meter_id bigint NOT NULL,
     meter_element_id bigint,
     measurements text NOT NULL,
-    received_at timestamptz DEFAULT now()
+    received_at timestamptz DEFAULT now(),
+    site_id text
 );
 CREATE INDEX IF NOT EXISTS cs_meter_reading_tenant_seq ON cs_meter_reading (tenant_id, seq);
+-- The site (X-Metersync-Site) whose upload stored the reading: downloads may exclude it.
+ALTER TABLE cs_meter_reading ADD COLUMN IF NOT EXISTS site_id text;
 DO $$
 BEGIN
     -- A database made by an older server stored jsonb: its text keeps every number's digits.
@@ -84,8 +87,8 @@ TENANT_FOR_KEY_SQL = "SELECT tenant_id FROM cs_tenant WHERE api_key_sha256 = %s"
 # by ON CONFLICT and told apart by what comes back.
 INSERT_BATCH_SQL = """
 INSERT INTO cs_meter_reading
-    (meter_reading_id, tenant_id, created_at, meter_id, meter_element_id, measurements)
-SELECT meter_reading_id, %s, created_at, meter_id, meter_element_id, measurements
+    (meter_reading_id, tenant_id, created_at, meter_id, meter_element_id, measurements, site_id)
+SELECT meter_reading_id, %s, created_at, meter_id, meter_element_id, measurements, %s
 FROM cs_staging ORDER BY ord
 ON CONFLICT (meter_reading_id) DO NOTHING
 RETURNING meter_reading_id::text
@@ -112,6 +115,25 @@ FROM (
     LIMIT %s
 ) AS page
 ORDER BY seq
+"""
+
+# With exclude_site: the page of readings stored by other sites (or by none), and, in the same
+# snapshot, the highest seq after the cursor whatever its site, so that a short page's cursor
+# moves past the excluded readings too (else every download would scan them again).
+PAGE_EXCLUDING_SITE_SQL = """
+WITH top AS (
+    SELECT max(seq) AS top FROM cs_meter_reading WHERE tenant_id = %(tenant)s AND seq > %(after)s
+), page AS (
+    SELECT * FROM cs_meter_reading
+    WHERE tenant_id = %(tenant)s AND seq > %(after)s AND site_id IS DISTINCT FROM %(site)s
+    ORDER BY seq
+    LIMIT %(limit)s
+)
+SELECT top.top, page.seq, page.meter_reading_id::text,
+       to_char(page.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       page.meter_id, page.meter_element_id, page.tenant_id, page.measurements
+FROM top LEFT JOIN page ON true
+ORDER BY page.seq
 """
 
 ROWS_PER_TENANT_SQL = (
@@ -190,6 +212,25 @@ class RowOutcome:
     owner: int | None  # tenant holding the id when not inserted (None: unknown)
 
 
+def _page_text(
+    seq: int,
+    rid: str,
+    created: str,
+    meter: int,
+    element: int | None,
+    tenant: int,
+    measurements: str,
+) -> tuple[int, str]:
+    """(seq, JSON text) of one stored reading: identity fields glued before its measurements."""
+    head = (
+        f'{{"meter_reading_id":"{rid}","created_at":"{created}","meter_id":{meter},'
+        f'"meter_element_id":{"null" if element is None else element},'
+        f'"tenant_id":{tenant}'
+    )
+    tail = "}" if measurements == "{}" else "," + measurements[1:]
+    return int(seq), head + tail
+
+
 class Store:
     """The reference server's database, through a connection pool."""
 
@@ -226,16 +267,19 @@ class Store:
             row = await cur.fetchone()
         return None if row is None else int(row[0])
 
-    async def insert_batch(self, tenant_id: int, rows: Sequence[StagedReading]) -> list[RowOutcome]:
-        """Insert ``rows`` (distinct lowercase ids) for ``tenant_id``: one binary COPY into the
-        staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
+    async def insert_batch(
+        self, tenant_id: int, rows: Sequence[StagedReading], site_id: str | None = None
+    ) -> list[RowOutcome]:
+        """Insert ``rows`` (distinct lowercase ids) for ``tenant_id``, uploaded by ``site_id``:
+        one binary COPY into the staging table, then one INSERT ... SELECT ... ON CONFLICT DO
+        NOTHING."""
         if not rows:
             return []
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=tuple_row)
             async with cur.copy(COPY_STAGING_SQL) as copy:
                 await copy.write(copy_data(rows))
-            await cur.execute(INSERT_BATCH_SQL, (tenant_id,))
+            await cur.execute(INSERT_BATCH_SQL, (tenant_id, site_id))
             inserted = {rid for (rid,) in await cur.fetchall()}
             missed = [r.meter_reading_id for r in rows if r.meter_reading_id not in inserted]
             owners: dict[str, int] = {}
@@ -254,16 +298,22 @@ class Store:
         async with self._pool.connection() as conn:
             cur = await conn.execute(PAGE_SQL, (tenant_id, after_seq, limit))
             rows = await cur.fetchall()
-        page = []
-        for seq, rid, created, meter, element, tenant, measurements in rows:
-            head = (
-                f'{{"meter_reading_id":"{rid}","created_at":"{created}","meter_id":{meter},'
-                f'"meter_element_id":{"null" if element is None else element},'
-                f'"tenant_id":{tenant}'
+        return [_page_text(*row) for row in rows]
+
+    async def page_excluding_site(
+        self, tenant_id: int, after_seq: int, limit: int, site_id: str
+    ) -> tuple[list[tuple[int, str]], int | None]:
+        """Like :meth:`page`, without the readings uploaded by ``site_id``; also the highest
+        seq after ``after_seq`` (any site; None when there is none), from the same snapshot."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                PAGE_EXCLUDING_SITE_SQL,
+                {"tenant": tenant_id, "after": after_seq, "limit": limit, "site": site_id},
             )
-            tail = "}" if measurements == "{}" else "," + measurements[1:]
-            page.append((int(seq), head + tail))
-        return page
+            rows = await cur.fetchall()
+        top = rows[0][0] if rows else None
+        page = [_page_text(*row[1:]) for row in rows if row[1] is not None]
+        return page, None if top is None else int(top)
 
     async def reset(self) -> None:
         """Delete every tenant and reading (tests: a clean server without a restart)."""
