@@ -27,4 +27,6 @@ BOOKKEEPING_COLUMNS: frozenset[str] = frozenset(
     {"tenant_id", "is_synchronized", "sync_status", "retry_count", "last_error"}
 )
 
-SYNC_STATUSES: tuple[str, ...] = ("pending", "synchronized", "failed")
+#: ``in_doubt``: sent to a Client System that is not idempotent, outcome unknown; never resent
+#: automatically (``metersync resolve`` releases it).
+SYNC_STATUSES: tuple[str, ...] = ("pending", "synchronized", "failed", "in_doubt")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import uuid
 from typing import Any
 
 import psycopg
@@ -199,3 +202,219 @@ def test_reflect_needs_the_bookkeeping_columns() -> None:
         reflect([c for c in _catalog() if c.name != "sync_status"])
     with pytest.raises(SchemaError, match="does not exist"):
         reflect([])
+
+
+# ---------------------------------------------------------------------------------- issue 11, 9
+
+
+async def test_migrate_brings_every_table_to_the_current_shape(fresh_dsn: str) -> None:
+    """Old tables lacking columns the product needs (tenant without api_key and the sizes, a
+    hand-made sync_state and sync_log): migrate adds them all, and every command then works."""
+    _sql(fresh_dsn, "CREATE TABLE tenant (tenant_id bigint primary key, name text)")
+    _sql(fresh_dsn, "INSERT INTO tenant VALUES (1, 'one'), (2, NULL)")
+    _sql(fresh_dsn, "CREATE TABLE sync_state (tenant_id bigint primary key)")
+    _sql(fresh_dsn, "CREATE TABLE sync_log (id bigserial primary key, tenant_id bigint not null, "
+                    "operation text)")  # fmt: skip
+    _sql(fresh_dsn, "INSERT INTO sync_log (tenant_id, operation) VALUES (1, 'upload')")
+    async with await SyncDatabase.connect(fresh_dsn) as db:
+        with pytest.raises(SchemaError, match="migrate"):
+            await db.get_tenant(1)  # what every command said before
+        actions = await db.migrate()
+        assert any("tenant.api_key" in a for a in actions), actions
+        assert any("sync_log.success" in a for a in actions), actions
+        assert any("sync_state.download_cursor" in a for a in actions), actions
+        assert await db.migrate() == []  # up to date now, and the commands agree:
+        row = await db.get_tenant(2)
+        assert row is not None and row.name == "tenant 2" and row.api_key is None
+        assert (row.upload_batch_size, row.download_batch_size, row.active) == (100, 1000, True)
+        assert [t.tenant_id for t in await db.list_tenants()] == [1, 2]
+        await db.set_tenant_batch_sizes(1, upload=7)
+        await db.write_sync_log(1, "download", 1, 2, 3, 0.5, True)
+        assert [c.operation for c in await db.recent_cycles(1)] == ["download", "upload"]
+        await db.store_download_page(1, _one_reading(), 10, "c-9")
+        assert await db.get_download_cursor(1) == "c-9"
+        assert await db.site_id()
+
+
+def _one_reading() -> pa.RecordBatch:
+    from metersync.tools.synthetic import reading_batch
+
+    return reading_batch(1, seed=3, tenant_id=None)
+
+
+async def test_migrate_reports_readings_quarantined_by_old_retry_counts(fresh_dsn: str) -> None:
+    _old_database(fresh_dsn)
+    # retry_count cycles 1, 2, 3, 0 (NULL on every 5th): some unsynchronized rows reach 3.
+    expected = _sql(
+        fresh_dsn,
+        "SELECT count(*) FROM meter_reading WHERE is_synchronized IS NOT TRUE AND retry_count >= 3",
+    )[0][0]
+    assert expected > 0
+    async with await SyncDatabase.connect(fresh_dsn) as db:
+        actions = await db.migrate(max_retries=3)
+        notes = [a for a in actions if "quarantined" in a]
+        assert len(notes) == 1 and notes[0].startswith(f"note: {expected} ")
+        assert "requeue" in notes[0]
+        (status,) = await db.queue_status(1, max_retries=3)
+        (other,) = await db.queue_status(2, max_retries=3)
+        assert status.quarantined + other.quarantined == expected
+        assert await db.migrate(max_retries=3) == []  # said once, at the upgrade
+
+
+@pytest.mark.parametrize("id_type", ["text", "bigint"])
+async def test_meter_reading_id_not_uuid_is_refused_at_migrate_and_reflect(
+    fresh_dsn: str, id_type: str
+) -> None:
+    _sql(fresh_dsn, f"""CREATE TABLE meter_reading (meter_reading_id {id_type} primary key,
+        created_at timestamptz not null, tenant_id bigint not null, meter_id bigint not null,
+        power numeric(18,4))""")  # fmt: skip
+    snapshot = _sql(fresh_dsn, SNAPSHOT)
+    with pytest.raises(SchemaError) as info:
+        await _migrate(fresh_dsn)
+    message = str(info.value)
+    assert "meter_reading.meter_reading_id" in message and id_type in message
+    assert "uuid" in message and "migrate changed nothing" in message
+    if id_type == "text":
+        assert "USING meter_reading_id::uuid" in message  # what to do
+    assert _sql(fresh_dsn, SNAPSHOT) == snapshot
+    catalog = [c for c in _catalog() if c.name != "meter_reading_id"]
+    catalog.insert(0, CatalogColumn("meter_reading_id", "int8" if id_type == "bigint" else "text",
+                                    id_type, -1, True, None))  # fmt: skip
+    with pytest.raises(SchemaError, match=rf"meter_reading\.meter_reading_id has type {id_type}"):
+        reflect(catalog)
+    # The command line says it in one line and exits 2.
+    proc = subprocess.run(
+        [sys.executable, "-m", "metersync", "--dsn", fresh_dsn, "migrate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "meter_reading_id" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_created_at_without_time_zone_is_refused_with_what_to_do(fresh_dsn: str) -> None:
+    _sql(
+        fresh_dsn,
+        """CREATE TABLE meter_reading (meter_reading_id uuid primary key,
+        created_at timestamp not null, tenant_id bigint not null, meter_id bigint not null)""",
+    )
+    snapshot = _sql(fresh_dsn, SNAPSHOT)
+    with pytest.raises(SchemaError) as info:
+        await _migrate(fresh_dsn)
+    message = str(info.value)
+    assert "meter_reading.created_at" in message and "timestamp without time zone" in message
+    assert "TYPE timestamptz USING created_at AT TIME ZONE" in message
+    assert _sql(fresh_dsn, SNAPSHOT) == snapshot
+    catalog = [
+        c
+        if c.name != "created_at"
+        else CatalogColumn("created_at", "timestamp", "timestamp without time zone", -1, 1, None)
+        for c in _catalog()
+    ]
+    with pytest.raises(SchemaError, match=r"meter_reading\.created_at"):
+        reflect(catalog)
+
+
+#: Every primary key / unique constraint / unique index of our tables, with its columns.
+UNIQUE_KEYS = """
+SELECT c.relname, i.indexrelid::regclass::text,
+       array_agg(a.attname::text ORDER BY k.ord)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE i.indisunique
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
+@pytest.mark.parametrize("start", ["fresh", "old system", "previous metersync"])
+async def test_every_key_of_a_distributable_table_includes_tenant_id(
+    fresh_dsn: str, start: str
+) -> None:
+    """Citus: every primary key and unique constraint (index) of a table distributed by
+    ``tenant_id`` must include it. Checked on the migrated catalog, for every table that has a
+    ``tenant_id`` column (``sync_site`` has none: a reference table)."""
+    if start == "old system":
+        _old_database(fresh_dsn)
+    elif start == "previous metersync":  # the keys as metersync created them before
+        _old_database(fresh_dsn)
+        _sql(fresh_dsn, "CREATE TABLE sync_log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY "
+                        "KEY, tenant_id bigint NOT NULL, operation text NOT NULL, started_at "
+                        "timestamptz NOT NULL DEFAULT now(), batches integer NOT NULL DEFAULT 0, "
+                        "records bigint NOT NULL DEFAULT 0, statements bigint NOT NULL DEFAULT 0, "
+                        "duration_s double precision NOT NULL DEFAULT 0, success boolean NOT NULL, "
+                        "error text)")  # fmt: skip
+        _sql(fresh_dsn, "CREATE INDEX sync_log_tenant_id_idx ON sync_log (tenant_id, id)")
+        _sql(
+            fresh_dsn, "INSERT INTO sync_log (tenant_id, operation, success) VALUES (1, 'x', true)"
+        )
+    actions = await _migrate(fresh_dsn)
+    if start != "fresh":
+        assert any("primary key of meter_reading" in a for a in actions), actions
+    distributable = {
+        r[0]
+        for r in _sql(
+            fresh_dsn,
+            "SELECT table_name FROM information_schema.columns WHERE "
+            "table_schema = 'public' AND column_name = 'tenant_id'",
+        )
+    }
+    assert distributable == {"tenant", "meter_reading", "sync_state", "sync_log"}
+    keys = _sql(fresh_dsn, UNIQUE_KEYS)
+    seen = {table for table, _, _ in keys}
+    assert distributable <= seen  # each has a key at all
+    for table, index, columns in keys:
+        if table in distributable:
+            assert "tenant_id" in columns, f"{table}: unique index {index} on {columns}"
+    primary = {r[0]: r[1] for r in _sql(fresh_dsn, """
+        SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint
+        WHERE contype = 'p' AND connamespace = 'public'::regnamespace""")}  # fmt: skip
+    assert primary["meter_reading"] == "PRIMARY KEY (tenant_id, meter_reading_id)"
+    assert primary["sync_log"] == "PRIMARY KEY (tenant_id, id)"
+    assert _sql(fresh_dsn, "SELECT to_regclass('sync_log_tenant_id_idx')") == [(None,)]
+    assert await _migrate(fresh_dsn) == []
+
+
+async def test_in_doubt_is_a_status_the_queue_skips_and_the_status_counts(fresh_dsn: str) -> None:
+    # A database migrated before in_doubt existed has the old check constraint.
+    _old_database(fresh_dsn)
+    await _migrate(fresh_dsn)
+    _sql(fresh_dsn, "ALTER TABLE meter_reading DROP CONSTRAINT meter_reading_sync_status_check")
+    _sql(fresh_dsn, "ALTER TABLE meter_reading ADD CONSTRAINT meter_reading_sync_status_check "
+                    "CHECK (sync_status IN ('pending', 'synchronized', 'failed'))")  # fmt: skip
+    actions = await _migrate(fresh_dsn)
+    assert any("in_doubt" in a for a in actions), actions
+    assert await _migrate(fresh_dsn) == []
+    async with await SyncDatabase.connect(fresh_dsn) as db:
+        queue = await db.fetch_unsynchronized(1, 100)
+        doubt = [d[0] for d in _sql(fresh_dsn, "SELECT meter_reading_id::text FROM meter_reading "
+                                               "WHERE tenant_id = 1 AND NOT is_synchronized "
+                                               "ORDER BY created_at LIMIT 2")]  # fmt: skip
+        _sql(fresh_dsn, "UPDATE meter_reading SET sync_status = 'in_doubt' "
+                        "WHERE meter_reading_id = ANY(%s::uuid[])", doubt)  # fmt: skip
+        after = await db.fetch_unsynchronized(1, 100)
+        assert after.num_rows == queue.num_rows - 2
+        fetched = {str(uuid.UUID(bytes=b)) for b in after.column("meter_reading_id").to_pylist()}
+        assert not fetched & set(doubt)
+        (status,) = await db.queue_status(1, max_retries=100)
+        assert status.in_doubt == 2 and status.oldest_in_doubt_age_s is not None
+        assert status.oldest_in_doubt_age_s > 0
+        total = _sql(fresh_dsn, "SELECT count(*) FROM meter_reading WHERE tenant_id = 1")[0][0]
+        parts = status.pending + status.failed + status.quarantined + status.synchronized
+        assert parts + status.in_doubt == total
+
+
+async def test_site_id_is_generated_once_and_stable(fresh_dsn: str) -> None:
+    async with await SyncDatabase.connect(fresh_dsn) as db:
+        assert await db.site_id() is None  # not migrated yet
+        actions = await db.migrate()
+        assert any("site's id" in a for a in actions)
+        site = await db.site_id()
+        assert site and site.startswith("site-") and site.isascii() and " " not in site
+        assert await db.migrate() == []
+        assert await db.site_id() == site
+    with pytest.raises(psycopg.errors.Error):  # one row, ever
+        _sql(fresh_dsn, "INSERT INTO sync_site (site_id) VALUES ('another')")
