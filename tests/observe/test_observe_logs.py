@@ -122,3 +122,24 @@ def test_text_format_stays_human() -> None:
 def test_unknown_format_is_named() -> None:
     with pytest.raises(ValueError, match="unknown log format 'xml': use one of text, json"):
         logs.formatter("xml")
+
+
+def test_report_fields_of_the_engine_reports() -> None:
+    from metersync.engine.download import DownloadReport
+    from metersync.engine.upload import UploadReport
+
+    up = UploadReport(
+        17, batches=2, readings_sent=2000, confirmed=1990, rejected=10, seconds=1.23456
+    )
+    fields = logs.report_fields(up)
+    assert fields["tenant"] == 17 and fields["seconds"] == 1.235
+    assert fields["counts"]["readings_sent"] == 2000 and fields["counts"]["confirmed"] == 1990
+    assert "tenant_id" not in fields["counts"] and "error" not in fields
+    down = DownloadReport(18, pages=1, readings=5, error="fetching a page failed")
+    assert logs.report_fields(down)["error"] == "fetching a page failed"
+    assert logs.report_fields(object()) == {"counts": {}}
+
+    logger, stream = capture()
+    logger.info("tenant 17 upload done", extra=fields)
+    (line,) = lines(stream)
+    assert line["tenant"] == 17 and line["counts"]["rejected"] == 10

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from metersync.observe.activity import ACTIVITY
 from metersync.observe.health import Health, HealthReport
-from metersync.observe.logs import bind, log_context, register_secret, unbind
+from metersync.observe.logs import bind, log_context, register_secret, report_fields, unbind
 from metersync.observe.metrics import (
     BATCH_PHASES,
     QUEUE,
@@ -58,6 +58,7 @@ __all__ = [
     "queue",
     "readings",
     "register_secret",
+    "report_fields",
     "serve",
     "statements",
     "unbind",

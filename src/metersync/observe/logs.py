@@ -36,6 +36,7 @@ __all__ = [
     "log_context",
     "redact",
     "register_secret",
+    "report_fields",
     "unbind",
 ]
 
@@ -178,3 +179,33 @@ def formatter(log_format: str = "text") -> logging.Formatter:
     if log_format == "text":
         return RedactingFormatter(_TEXT_FORMAT)
     raise ValueError(f"unknown log format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+
+
+def report_fields(report: Any) -> dict[str, Any]:
+    """``extra=`` fields of an end-of-operation log line from an Upload/DownloadReport.
+
+    ``tenant``, ``counts`` (every integer field of the report but the tenant id: batches,
+    readings_sent, confirmed, pages, inserted, statements, ...), ``seconds`` and, when the
+    operation ended early, ``error``. Never raises: a report of another shape gives what it has.
+    """
+    fields: dict[str, Any] = {}
+    try:
+        names = [f for f in getattr(report, "__dataclass_fields__", {}) if f != "tenant_id"]
+        counts = {
+            name: value
+            for name in names
+            if isinstance(value := getattr(report, name, None), int) and not isinstance(value, bool)
+        }
+        fields["counts"] = counts
+        tenant = getattr(report, "tenant_id", None)
+        if tenant is not None:
+            fields["tenant"] = tenant
+        seconds = getattr(report, "seconds", None)
+        if isinstance(seconds, int | float):
+            fields["seconds"] = round(float(seconds), 3)
+        error = getattr(report, "error", None)
+        if error:
+            fields["error"] = str(error)
+    except Exception:  # logging must never fail an operation
+        pass
+    return fields
