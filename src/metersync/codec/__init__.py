@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from metersync.codec._impl import IMPL, impl_module
+from metersync.errors import CodecValueError
 
 __all__ = [
     "IMPL",
@@ -30,8 +31,9 @@ def copy_binary(batch: pa.RecordBatch) -> bytes:
     field length-prefixed, big-endian) and the ``\\xff\\xff`` trailer, ready for
     ``COPY table (columns...) FROM STDIN (FORMAT BINARY)`` with the batch's columns in order.
 
-    Raises ``TypeError`` naming the column for an Arrow type without a PostgreSQL mapping, and
-    ``ValueError`` naming column and row for a value PostgreSQL would refuse.
+    Raises :class:`~metersync.errors.CodecTypeError` (a ``TypeError``) naming the column for an
+    Arrow type without a PostgreSQL mapping, and :class:`~metersync.errors.CodecValueError` (a
+    ``ValueError``) naming column and row for a value PostgreSQL would refuse.
     """
     return impl_module.copy_binary(batch)
 
@@ -51,7 +53,7 @@ def from_copy_binary(data: bytes | bytearray | memoryview, schema: pa.Schema) ->
     """Decode PostgreSQL binary COPY output (header, tuples, trailer) into a record batch.
 
     ``schema`` gives the Arrow type of each field in COPY column order. Truncated or corrupt
-    input raises ``ValueError``; it never crashes the process.
+    input raises ``CodecValueError`` naming the byte; it never crashes the process.
     """
     return impl_module.from_copy_binary(data, schema)
 
@@ -60,7 +62,7 @@ def uuid_array_binary(ids: pa.Array | pa.ChunkedArray) -> bytes:
     """Encode a ``fixed_size_binary(16)`` (or ``uuid``) array as a PostgreSQL binary ``uuid[]``.
 
     Used to pass a batch's ids to ``... WHERE meter_reading_id = ANY($2)`` without building
-    Python ``uuid.UUID`` objects. Nulls are rejected with ``ValueError``.
+    Python ``uuid.UUID`` objects. Nulls are rejected with ``CodecValueError``.
     """
     return impl_module.uuid_array_binary(ids)
 
@@ -71,6 +73,6 @@ def slices(batch: pa.RecordBatch, n: int) -> Iterator[pa.RecordBatch]:
     An empty batch yields nothing. ``n`` must be a positive integer.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"slice size must be a positive integer, got {n!r}")
+        raise CodecValueError(f"slice size must be a positive integer, got {n!r}")
     for start in range(0, batch.num_rows, n):
         yield batch.slice(start, n)

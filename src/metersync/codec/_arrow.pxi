@@ -169,7 +169,7 @@ cdef _Columns _open(object data):
         if normal is not batch:
             c.close()
             return _open(normal)
-        plan = _types.column_plan(batch.schema)  # TypeError naming an unsupported column
+        plan = _types.column_plan(batch.schema)  # CodecTypeError naming an unsupported column
         entry = (plan, _key_slots(plan))
         if len(_plans) >= PLAN_ENTRIES:
             _plans.clear()
@@ -177,9 +177,9 @@ cdef _Columns _open(object data):
     c.plan, c.keys = entry
     c.ncols = len(c.plan)
     if c.c_array.n_children != c.ncols or c.c_schema.n_children != c.ncols:
-        raise ValueError("exported Arrow array does not match the batch schema")
+        raise CodecValueError("exported Arrow array does not match the batch schema")
     if c.c_array.length != c.nrows:
-        raise ValueError("exported Arrow array length does not match the batch")
+        raise CodecValueError("exported Arrow array length does not match the batch")
     c.cols = <Col*>calloc(c.ncols if c.ncols else 1, sizeof(Col))
     if c.cols == NULL:
         raise MemoryError()
@@ -189,7 +189,7 @@ cdef _Columns _open(object data):
         col = &c.cols[i]
         child = c.c_array.children[i]
         if not _format_matches(spec.kind, c.c_schema.children[i].format):
-            raise TypeError(
+            raise CodecTypeError(
                 f"column {spec.name!r}: exported Arrow format "
                 f"{c.c_schema.children[i].format.decode()!r} does not match {spec.arrow_type}"
             )
@@ -200,11 +200,11 @@ cdef _Columns _open(object data):
         col.offset = child.offset + c.c_array.offset
         need = 3 if spec.kind == KIND_STRING or spec.kind == KIND_LARGE_STRING else 2
         if child.n_buffers != need:
-            raise ValueError(
+            raise CodecValueError(
                 f"column {spec.name!r}: {child.n_buffers} Arrow buffers, expected {need}"
             )
         if child.length < c.c_array.offset + c.nrows:
-            raise ValueError(f"column {spec.name!r}: Arrow child shorter than the batch")
+            raise CodecValueError(f"column {spec.name!r}: Arrow child shorter than the batch")
         col.validity = NULL
         if child.null_count != 0:
             col.validity = <const uint8_t*>child.buffers[0]
@@ -213,7 +213,7 @@ cdef _Columns _open(object data):
             col.chars = <const uint8_t*>child.buffers[2]
         if c.nrows and (col.data == NULL or (need == 3 and col.chars == NULL and
                                              _text_end(col, c.nrows - 1) > _text_start(col, 0))):
-            raise ValueError(f"column {spec.name!r}: Arrow producer gave a NULL data buffer")
+            raise CodecValueError(f"column {spec.name!r}: Arrow producer gave a NULL data buffer")
         if spec.kind == KIND_DECIMAL:
             col.max_groups = (max(0, spec.precision - spec.scale) + 3) // 4 + (spec.scale + 3) // 4
             col.limit = ms_u128_pow10(spec.precision)

@@ -34,6 +34,7 @@ from libc.string cimport memchr, memcpy, memset, strcmp, strncmp
 import pyarrow as pa
 
 from metersync.codec import _types
+from metersync.errors import CodecTypeError, CodecValueError
 
 __all__ = ["copy_binary", "from_copy_binary", "json_rows", "uuid_array_binary"]
 

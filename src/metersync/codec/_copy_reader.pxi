@@ -173,7 +173,7 @@ cdef _decode_error(DFail* f, plan):
         pg_type=spec.pg_type if spec else "",
         width=_WIDTH.get(spec.kind, 0) if spec else 0,
     )
-    return ValueError(f"invalid binary COPY data at byte {f.pos}: {what}")
+    return CodecValueError(f"invalid binary COPY data at byte {f.pos}: {what}")
 
 
 cdef inline uint8_t* _address(object buf):

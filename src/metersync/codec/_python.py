@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from metersync.codec import _types as t
 from metersync.codec._types import ColumnSpec
+from metersync.errors import CodecTypeError, CodecValueError
 
 __all__ = ["copy_binary", "from_copy_binary", "json_rows", "uuid_array_binary"]
 
@@ -279,14 +280,14 @@ def json_rows(batch: pa.RecordBatch) -> bytes:
 
 
 class _Reader:
-    """Bounds-checked big-endian reads over the COPY bytes; every failure is a ValueError."""
+    """Bounds-checked big-endian reads over the COPY bytes; every failure is a CodecValueError."""
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.data = memoryview(data).cast("B")
         self.pos = 0
 
-    def fail(self, what: str) -> ValueError:
-        return ValueError(f"invalid binary COPY data at byte {self.pos}: {what}")
+    def fail(self, what: str) -> CodecValueError:
+        return CodecValueError(f"invalid binary COPY data at byte {self.pos}: {what}")
 
     def take(self, n: int) -> memoryview:
         if n > len(self.data) - self.pos:
@@ -335,7 +336,10 @@ _PG_FORMAT = {
 
 
 def numeric_unscaled(field: memoryview, spec: ColumnSpec, reader: _Reader) -> int:
-    """Unscaled integer at the column's scale from a binary numeric; ValueError if it won't fit."""
+    """Unscaled integer at the column's scale from a binary numeric.
+
+    Raises ``CodecValueError`` if it won't fit.
+    """
     ndigits = struct.unpack(">h", field[:2])[0] if len(field) >= 8 else -1
     if ndigits < 0 or len(field) != 8 + 2 * ndigits:
         raise reader.fail(f"column {spec.name!r}: malformed numeric field of {len(field)} bytes")
@@ -443,7 +447,7 @@ class _ColumnBuilder:
             fmt = "<i" if k == t.KIND_STRING else "<q"
             offsets = b"".join(struct.pack(fmt, o) for o in self.offsets)
             if k == t.KIND_STRING and self.offsets[-1] > 2**31 - 1:
-                raise ValueError(f"column {spec.name!r}: more text than a string array holds")
+                raise CodecValueError(f"column {spec.name!r}: more text than a string array holds")
             buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(bytes(self.data))]
         elif k == t.KIND_BOOL:
             buffers = [validity, pa.py_buffer(_pack_bits(self.bools))]
@@ -497,17 +501,20 @@ def from_copy_binary(data: bytes | bytearray | memoryview, schema: pa.Schema) ->
 
 
 def uuid_ids(ids: pa.Array | pa.ChunkedArray) -> list[bytes]:
-    """The 16-byte values of a uuid array: ``TypeError`` for other types, ``ValueError`` on null."""
+    """The 16-byte values of a uuid array.
+
+    ``CodecTypeError`` for other types, ``CodecValueError`` on null.
+    """
     chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
     if not t.is_uuid(ids.type):
-        raise TypeError(f"expected a fixed_size_binary(16) or uuid array, got {ids.type}")
+        raise CodecTypeError(f"expected a fixed_size_binary(16) or uuid array, got {ids.type}")
     values: list[bytes] = []
     for chunk in chunks:
         storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
         values += storage.to_pylist()
     for i, v in enumerate(values):
         if v is None:
-            raise ValueError(f"uuid array element {i} is null: ids must not be null")
+            raise CodecValueError(f"uuid array element {i} is null: ids must not be null")
     return values
 
 

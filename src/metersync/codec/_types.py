@@ -17,6 +17,8 @@ from functools import lru_cache
 
 import pyarrow as pa
 
+from metersync.errors import CodecTypeError, CodecValueError
+
 __all__ = [
     "KIND_BOOL",
     "KIND_DATE",
@@ -81,9 +83,9 @@ class ColumnSpec:
     json_key: bytes = b""
 
 
-def _unsupported(column: str, arrow_type: pa.DataType, why: str = "") -> TypeError:
+def _unsupported(column: str, arrow_type: pa.DataType, why: str = "") -> CodecTypeError:
     detail = f" ({why})" if why else ""
-    return TypeError(
+    return CodecTypeError(
         f"column {column!r}: Arrow type {arrow_type} has no PostgreSQL mapping{detail}; "
         f"supported: {_SUPPORTED}"
     )
@@ -115,7 +117,7 @@ def as_batch(data: object) -> pa.RecordBatch:
     elif hasattr(data, "__arrow_c_stream__"):
         return as_batch(pa.table(data))
     else:
-        raise TypeError(
+        raise CodecTypeError(
             f"expected a pyarrow RecordBatch (or an Arrow producer), got {type(data)!r}"
         )
     if any(pa.types.is_string_view(f.type) for f in batch.schema):
@@ -128,7 +130,7 @@ def as_batch(data: object) -> pa.RecordBatch:
 
 
 def column_spec(name: str, arrow_type: pa.DataType) -> ColumnSpec:
-    """Validate one column and describe its encoding; ``TypeError`` naming it if unsupported."""
+    """Validate one column and describe its encoding; ``CodecTypeError`` if unsupported."""
     t = arrow_type
     key = json.dumps(name, ensure_ascii=False).encode("utf-8") + b":"
     if is_uuid(t):
@@ -187,7 +189,7 @@ def column_plan(schema: pa.Schema) -> tuple[ColumnSpec, ...]:
     """Validate ``schema`` and return one :class:`ColumnSpec` per field, in order.
 
     Cached per schema: the JSON encoder runs per 1000-row slice of the same batch.
-    Raises ``TypeError`` naming the first unsupported column and its Arrow type.
+    Raises ``CodecTypeError`` naming the first unsupported column and its Arrow type.
     """
     hit = _BY_IDENTITY.get(id(schema))
     if hit is not None and hit[0] is schema:
@@ -222,10 +224,10 @@ ERROR_TEXT: dict[int, str] = {
 }
 
 
-def value_error(spec: ColumnSpec, row: int, code: int, value: object = None) -> ValueError:
+def value_error(spec: ColumnSpec, row: int, code: int, value: object = None) -> CodecValueError:
     """The error both twins raise for a value PostgreSQL or the JSON form cannot hold."""
     what = ERROR_TEXT[code].format(value=value, pg_type=spec.pg_type)
-    return ValueError(f"column {spec.name!r}, row {row}: {what}")
+    return CodecValueError(f"column {spec.name!r}, row {row}: {what}")
 
 
 def arrow_to_pg(arrow_type: pa.DataType, column: str = "?") -> str:
@@ -293,7 +295,7 @@ def pg_to_arrow(
     spelling (``bigint``, ``timestamp with time zone``, ``character varying``); a typmod suffix
     such as ``numeric(18,4)`` or ``varchar(20)`` is understood too. ``precision``/``scale`` are the
     numeric typmod (e.g. ``information_schema.columns.numeric_precision/_scale``); a numeric
-    without them is refused because decimal128 needs a fixed scale. Raises ``TypeError`` naming
+    without them is refused because decimal128 needs a fixed scale. Raises ``CodecTypeError`` naming
     ``column`` for anything unsupported.
     """
     # Split "numeric(18,4)", "varchar(20)", "timestamp(3) with time zone" into name + typmod.
@@ -302,32 +304,32 @@ def pg_to_arrow(
         type_name.lower(),
     )
     if match is None:
-        raise TypeError(f"column {column!r}: PostgreSQL type {type_name!r} is not supported")
+        raise CodecTypeError(f"column {column!r}: PostgreSQL type {type_name!r} is not supported")
     name = " ".join(f"{match[1]} {match[4]}".split())
     if _PG_ALIASES.get(name) == "numeric" and precision is None and match[2] is not None:
         precision = int(match[2])
         scale = int(match[3]) if match[3] is not None else 0
     pg = _PG_ALIASES.get(name)
     if pg is None:
-        raise TypeError(
+        raise CodecTypeError(
             f"column {column!r}: PostgreSQL type {type_name!r} is not supported by metersync "
             f"(supported: {', '.join(sorted(set(_PG_ALIASES.values())))})"
         )
     if pg != "numeric":
         return _PG_TO_ARROW[pg]
     if precision is None:
-        raise TypeError(
+        raise CodecTypeError(
             f"column {column!r}: numeric without precision and scale cannot be mapped to a "
             "fixed-scale decimal; declare it as numeric(p,s)"
         )
     scale = 0 if scale is None else scale
     if not 1 <= precision <= MAX_PRECISION:
-        raise TypeError(
+        raise CodecTypeError(
             f"column {column!r}: numeric({precision},{scale}) exceeds the largest supported "
             f"precision {MAX_PRECISION}"
         )
     if not 0 <= scale <= precision:
-        raise TypeError(
+        raise CodecTypeError(
             f"column {column!r}: numeric({precision},{scale}) needs 0 <= scale <= precision"
         )
     return pa.decimal128(precision, scale)

@@ -41,7 +41,7 @@ def uuid_array_binary(ids):
     cdef uint8_t* p
     cdef _Out out
     if not _types.is_uuid(ids.type):
-        raise TypeError(f"expected a fixed_size_binary(16) or uuid array, got {ids.type}")
+        raise CodecTypeError(f"expected a fixed_size_binary(16) or uuid array, got {ids.type}")
     if n == 0:
         return b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0b\x86"
     out = _Out(20 + 20 * n)
@@ -60,13 +60,13 @@ def uuid_array_binary(ids):
         c_array = <ArrowArray*>PyCapsule_GetPointer(capsules[1], b"arrow_array")
         try:
             if strcmp(c_schema.format, b"w:16") != 0 or c_array.n_buffers != 2:
-                raise TypeError(f"expected a fixed_size_binary(16) array, got {storage.type}")
+                raise CodecTypeError(f"expected a fixed_size_binary(16) array, got {storage.type}")
             validity = <const uint8_t*>c_array.buffers[0] if c_array.null_count else NULL
             values = <const uint8_t*>c_array.buffers[1]
             for k in range(c_array.length):
                 j = c_array.offset + k
                 if validity != NULL and not ((validity[j >> 3] >> (j & 7)) & 1):
-                    raise ValueError(
+                    raise CodecValueError(
                         f"uuid array element {done + k} is null: ids must not be null"
                     )
                 ms_put32(p, 16)
