@@ -41,6 +41,11 @@ class ServerHandle:
         """Admin API root."""
         return self.thread.admin_url
 
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers for a raw admin request (the admin API always requires its token)."""
+        return {"X-Admin-Token": self.thread.admin_token}
+
     def register_tenant(self, tenant_id: int, api_key: str, name: str | None = None) -> None:
         """Register (or replace) a tenant with this API key."""
         self.admin.register_tenant(tenant_id, api_key, name)
@@ -86,7 +91,7 @@ def _reference_server_session(
     dsn = create_database(pg_admin_dsn, "ms_cs")
     thread = ServerThread(dsn).start()
     try:
-        with AdminClient(thread.admin_url) as admin:
+        with AdminClient(thread.admin_url, thread.admin_token) as admin:
             yield thread, admin, dsn
     finally:
         thread.stop()
@@ -100,7 +105,7 @@ def _metertrack_server_session(
     dsn = create_database(pg_admin_dsn, "ms_mt")
     thread = ServerThread(dsn, profile="metertrack").start()
     try:
-        with AdminClient(thread.admin_url) as admin:
+        with AdminClient(thread.admin_url, thread.admin_token) as admin:
             yield thread, admin, dsn
     finally:
         thread.stop()

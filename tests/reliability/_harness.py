@@ -319,7 +319,7 @@ def load_on_server(world: World, tenant_id: int, n: int, seed: int) -> None:
     r = httpx.post(
         f"{world.server.admin_url}/readings",
         content=raw,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **world.server.admin_headers},
         timeout=60,
     )
     assert r.status_code == 200, r.text[:500]

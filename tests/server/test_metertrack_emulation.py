@@ -418,7 +418,9 @@ def test_faults_this_profile_cannot_inject_are_refused(metertrack_server: Server
             metertrack_server.dsn, profile="metertrack", faults=FaultPlan(throttle_count=1)
         )
     answer = HTTP.post(
-        f"{metertrack_server.admin_url}/faults", content=orjson.dumps({"spec": "legacy=1"})
+        f"{metertrack_server.admin_url}/faults",
+        content=orjson.dumps({"spec": "legacy=1"}),
+        headers=metertrack_server.admin_headers,
     )
     assert answer.status_code == 400 and "legacy" in answer.json()["error"]
 

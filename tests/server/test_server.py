@@ -411,13 +411,21 @@ def test_tenant_key_replacement_and_hashing(reference_server: ServerHandle) -> N
     ],
 )
 def test_admin_tenant_validation(reference_server: ServerHandle, payload: dict[str, Any]) -> None:
-    answer = HTTP.post(f"{reference_server.admin_url}/tenants", content=orjson.dumps(payload))
+    answer = HTTP.post(
+        f"{reference_server.admin_url}/tenants",
+        content=orjson.dumps(payload),
+        headers=reference_server.admin_headers,
+    )
     assert answer.status_code == 400
 
 
 def test_admin_faults_endpoint_validates(reference_server: ServerHandle) -> None:
     for bad in ({"spec": "nope=1"}, {"fail_count": -2}, {"unknown": 1}, [1]):
-        answer = HTTP.post(f"{reference_server.admin_url}/faults", content=orjson.dumps(bad))
+        answer = HTTP.post(
+            f"{reference_server.admin_url}/faults",
+            content=orjson.dumps(bad),
+            headers=reference_server.admin_headers,
+        )
         assert answer.status_code == 400, bad
     plan = reference_server.set_faults(FaultPlan(fail_count=1, fail_status=500))
     assert plan["fail_count"] == 1
@@ -559,7 +567,7 @@ def test_server_thread_with_faults_and_admin_client(reference_server: ServerHand
         reference_server.dsn, faults=FaultPlan.from_spec("fail=1:503,path=/api/health")
     ) as thread:
         assert HTTP.get(f"{thread.base_url}/health").status_code == 503
-        with AdminClient(thread.admin_url) as admin:
+        with AdminClient(thread.admin_url, thread.admin_token) as admin:
             assert admin.stats()["faults_injected"] == {"fail": 1}
         assert HTTP.get(f"{thread.base_url}/health").status_code == 200
     with pytest.raises(httpx.ConnectError):
@@ -696,3 +704,47 @@ def test_site_ids_are_checked(reference_server: ServerHandle) -> None:
         "X-Metersync-Site": "x" * 201
     })  # fmt: skip
     assert too_long.status_code == 400 and "X-Metersync-Site" in too_long.json()["error"]
+
+
+# -- the admin API is never open (issue 11, item 3) ---------------------------------------
+
+
+@pytest.mark.parametrize("profile", ["metersync", "metertrack", "sink"])
+def test_admin_api_requires_the_generated_token(
+    reference_server: ServerHandle, profile: str
+) -> None:
+    with ServerThread(reference_server.dsn, host="0.0.0.0", profile=profile) as thread:
+        token = thread.admin_token
+        assert thread.server.admin_token_generated and len(token) >= 32
+        url = f"{thread.admin_url}/stats"
+        assert HTTP.get(url).status_code == 401
+        assert HTTP.get(url, headers={"X-Admin-Token": token + "x"}).status_code == 401
+        reset = HTTP.post(f"{thread.admin_url}/reset", headers={"X-Admin-Token": "wrong"})
+        assert reset.status_code == 401
+        assert HTTP.get(url, headers={"X-Admin-Token": token}).status_code == 200
+        with AdminClient(thread.admin_url, token) as admin:
+            admin.register_tenant(1, f"key-{profile}")
+        with (
+            AdminClient(thread.admin_url) as anonymous,
+            pytest.raises(ClientSystemError, match="401"),
+        ):
+            anonymous.stats()
+    # A token given is the one required (and not reported as generated).
+    with ServerThread(reference_server.dsn, admin_token="chosen-token") as thread:
+        assert not thread.server.admin_token_generated and thread.admin_token == "chosen-token"
+        assert (
+            HTTP.get(
+                f"{thread.admin_url}/stats", headers={"X-Admin-Token": "chosen-token"}
+            ).status_code
+            == 200
+        )
+
+
+def test_admin_refusal_without_a_configured_token() -> None:
+    from metersync.server.admin_auth import admin_refusal
+
+    assert admin_refusal(None, "anything") == (
+        "the admin API is disabled: this server has no admin token"
+    )
+    assert admin_refusal("t", None) is not None and admin_refusal("t", "u") is not None
+    assert admin_refusal("t", "t") is None

@@ -83,8 +83,9 @@ def serve(
 ) -> int:
     """Run the reference Client System until SIGINT/SIGTERM.
 
-    The admin API (/admin/tenants, /admin/faults, /admin/stats, /admin/readings) is guarded by
-    the token in METERSYNC_ADMIN_TOKEN when set.
+    The admin API (/admin/tenants, /admin/faults, /admin/stats, /admin/readings, /admin/reset)
+    always requires the header X-Admin-Token: the token in METERSYNC_ADMIN_TOKEN, else a random
+    one printed on stderr at start.
     """
     from metersync.server import FaultPlan
 
@@ -96,8 +97,11 @@ def serve(
     if sink:
         if profile != "metersync":
             raise ConfigError("--sink cannot go with --profile metertrack")
-        if faults is not None or server_dsn or data_dir:
+        source = click.get_current_context().get_parameter_source("server_dsn")
+        from_env = source is click.core.ParameterSource.ENVIRONMENT
+        if faults is not None or (server_dsn and not from_env) or data_dir:
             raise ConfigError("--sink takes no --faults, --dsn or --data-dir (it stores nothing)")
+        server_dsn = None  # METERSYNC_SERVE_DSN in the environment: not needed, not used
         profile = "sink"
     elif sink_download:
         raise ConfigError("--sink-download applies to --sink only")
@@ -156,7 +160,7 @@ async def _serve(
             count = 0
             async with open_db(sync_dsn) as db:
                 tenants = list(await db.list_tenants())
-            headers = {"X-Admin-Token": admin_token} if admin_token else {}
+            headers = {"X-Admin-Token": server.admin_token}
             async with httpx.AsyncClient(base_url=server.admin_url, headers=headers) as http:
                 for row in tenants:
                     if not row.api_key:
@@ -177,6 +181,14 @@ async def _serve(
         state.output.info(
             f"{what} listening on {server.base_url} (admin: {server.admin_url}); Ctrl-C to stop"
         )
+        if server.admin_token_generated:
+            # Never an open admin API: the operator needs this token for /admin (always said,
+            # even with --quiet; it is this run's own random token, not a configured secret).
+            click.echo(
+                f"admin token (X-Admin-Token): {server.admin_token}  "
+                "(set METERSYNC_ADMIN_TOKEN to choose it)",
+                err=True,
+            )
         # A line on stdout for scripts that start `serve --port 0` and need the real URL.
         click.echo(server.base_url, nl=True)
         await stop.wait()

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import hmac
 import logging
 import time
 from collections import Counter, OrderedDict, deque
@@ -27,6 +26,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from psycopg_pool import PoolTimeout
 
 from metersync.errors import ConfigError
+from metersync.server.admin_auth import ADMIN_TOKEN_HEADER, admin_refusal
 from metersync.server.bodies import BodyError, UploadBody
 from metersync.server.faults import BATCH_PATH, FaultInjector, FaultPlan
 from metersync.server.store import StagedReading, Store
@@ -112,10 +112,9 @@ async def _middleware(
     state = request.app[STATE]
     path = request.path
     if path.startswith("/admin"):
-        token = state.admin_token
-        supplied = request.headers.get("X-Admin-Token", "")
-        if token is not None and not hmac.compare_digest(supplied.encode(), token.encode()):
-            return _error(401, "missing or wrong X-Admin-Token")
+        refusal = admin_refusal(state.admin_token, request.headers.get(ADMIN_TOKEN_HEADER))
+        if refusal is not None:
+            return _error(401, refusal)
         try:
             return await handler(request)
         except ConfigError as exc:

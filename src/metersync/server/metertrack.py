@@ -30,7 +30,6 @@ reported by meter). The admin API adds what the original lacks, for verification
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import random
 import time
@@ -47,6 +46,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from metersync.errors import ConfigError
+from metersync.server.admin_auth import ADMIN_TOKEN_HEADER, admin_refusal
 from metersync.server.app import key_digest
 from metersync.server.faults import BATCH_PATH, FaultPlan
 from metersync.server.metertrack_rules import BodyParseError, parse_body, validation_errors
@@ -207,10 +207,9 @@ async def _middleware(
 ) -> web.StreamResponse:
     state = request.app[MT_STATE]
     if request.path.startswith("/admin"):
-        token = state.admin_token
-        supplied = request.headers.get("X-Admin-Token", "")
-        if token is not None and not hmac.compare_digest(supplied.encode(), token.encode()):
-            return _json({"success": False, "error": "missing or wrong X-Admin-Token"}, 401)
+        refusal = admin_refusal(state.admin_token, request.headers.get(ADMIN_TOKEN_HEADER))
+        if refusal is not None:
+            return _json({"success": False, "error": refusal}, 401)
         try:
             return await handler(request)
         except ConfigError as exc:

@@ -11,6 +11,7 @@ from types import TracebackType
 from aiohttp import web
 
 from metersync.errors import ConfigError
+from metersync.server.admin_auth import new_admin_token
 from metersync.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, STATE, create_app
 from metersync.server.faults import FaultPlan
 from metersync.server.metertrack import MT_STATE, check_plan, create_metertrack_app
@@ -74,7 +75,9 @@ class ReferenceServer:
         self.port = port
         self._max_batch = max_batch
         self._max_body_bytes = max_body_bytes
-        self._admin_token = admin_token
+        # Never an open admin API (it can delete everything): no token given, one is made.
+        self.admin_token_generated = not admin_token
+        self._admin_token = admin_token or new_admin_token()
         self._faults = faults
         self._pool_size = pool_size
         self._shutdown_timeout = shutdown_timeout
@@ -102,8 +105,9 @@ class ReferenceServer:
         return f"[{self.host}]" if ":" in self.host else self.host
 
     @property
-    def admin_token(self) -> str | None:
-        """The token the admin API requires (``X-Admin-Token``)."""
+    def admin_token(self) -> str:
+        """The token the admin API requires (``X-Admin-Token``): the one given, else a random
+        one made at construction (:attr:`admin_token_generated` then says so)."""
         return self._admin_token
 
     @property
@@ -231,7 +235,7 @@ class ServerThread:
         return self.server.port
 
     @property
-    def admin_token(self) -> str | None:
+    def admin_token(self) -> str:
         """See :attr:`ReferenceServer.admin_token`."""
         return self.server.admin_token
 

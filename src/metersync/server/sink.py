@@ -19,7 +19,6 @@ server) or ``serve --import-tenants``. Nothing is stored anywhere: no database i
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import pyarrow as pa
 from aiohttp import web
 
 from metersync.errors import ConfigError
+from metersync.server.admin_auth import ADMIN_TOKEN_HEADER, admin_refusal
 from metersync.server.app import (
     DEFAULT_MAX_BODY_BYTES,
     MAX_PAGE,
@@ -146,10 +146,9 @@ async def _middleware(
     state = request.app[SINK_STATE]
     state.counters["requests"] += 1
     if request.path.startswith("/admin"):
-        token = state.admin_token
-        supplied = request.headers.get("X-Admin-Token", "")
-        if token is not None and not hmac.compare_digest(supplied.encode(), token.encode()):
-            return _error(401, "missing or wrong X-Admin-Token")
+        refusal = admin_refusal(state.admin_token, request.headers.get(ADMIN_TOKEN_HEADER))
+        if refusal is not None:
+            return _error(401, refusal)
         try:
             return await handler(request)
         except ConfigError as exc:

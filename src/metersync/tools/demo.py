@@ -305,7 +305,7 @@ async def _run(
     keys = {t.tenant_id: f"sk_demo_{secrets.token_hex(16)}" for t, _, _ in plan}
     server = ServerThread(cs_dsn)
     await asyncio.to_thread(server.start)
-    admin = AdminClient(server.admin_url)
+    admin = AdminClient(server.admin_url, server.admin_token)
     try:
         ui.say(f"reference Client System on {server.base_url}")
         async with await SyncDatabase.connect(sync_dsn) as db:
