@@ -652,11 +652,14 @@ class Scheduler:
         self,
         tenant_ids: Iterable[int] | None = None,
         operations: Sequence[str] = OPERATIONS,
+        *,
+        on_result: Callable[[OperationResult], Any] | None = None,
     ) -> list[OperationResult]:
         """Run ``operations`` (in order) for every tenant, ``concurrency`` tenants at a time.
 
-        Returns the results in tenant order. An outage (database, Client System) ends the cycle:
-        tenants not started yet are left out. A stop request starts no new tenant.
+        Returns the results in tenant order (``on_result`` also gets each as it ends). An outage
+        (database, Client System) ends the cycle: tenants not started yet are left out. A stop
+        request starts no new tenant.
         """
         ids = list(self._tenants if tenant_ids is None else tenant_ids)
         for tenant_id in ids:
@@ -677,6 +680,8 @@ class Scheduler:
                         break
                     result = await self.run_operation(tenant_id, operation)
                     mine.append(result)
+                    if on_result is not None:
+                        on_result(result)
                     if _ends_cycle(result.error):
                         outage.set()
                         break

@@ -1,0 +1,288 @@
+"""The one orchestration path: bounded concurrency, per-tenant locks across schedulers, live
+sizes, the error policy (outage recovery, refused keys), clean stops, and what "success" means."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from fix_engine import Engine
+from metersync.engine.manager import SyncManager
+from metersync.engine.scheduler import EngineOptions, OperationResult, Scheduler
+from metersync.errors import DatabaseUnavailable
+from metersync.remote.client import ClientSystemApiClient
+from metersync.store.database import SyncDatabase
+
+
+async def _until(predicate: Any, timeout: float = 20.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(await predicate())
+
+
+def _factory(engine: Engine) -> Any:
+    """Clients built from the tenant row's key, like the CLI's (closed by the scheduler)."""
+
+    def build(tenant_id: int, api_key: str) -> ClientSystemApiClient:
+        return ClientSystemApiClient(
+            engine.server.base_url,
+            api_key,
+            verify=False,
+            max_retries=1,
+            backoff_base=0.01,
+            backoff_max=0.02,
+        )
+
+    return build
+
+
+@contextlib.asynccontextmanager
+async def scheduler_for(
+    engine: Engine, tenants: list[int], **kwargs: Any
+) -> AsyncIterator[Scheduler]:
+    kwargs.setdefault("client_factory", _factory(engine))
+    scheduler = Scheduler(dsn=engine.dsn, **kwargs)
+    async with scheduler:
+        for tenant in tenants:
+            scheduler.add_tenant(tenant)
+        yield scheduler
+
+
+async def test_concurrency_is_bounded_and_used(engine: Engine) -> None:
+    tenants = [await engine.tenant(upload=10) for _ in range(6)]
+    for tenant in tenants:
+        await engine.seed(tenant, 30)
+    engine.server.set_faults("delay=0.05")  # each batch takes a while: tenants overlap
+    peak = 0
+    async with scheduler_for(engine, tenants, concurrency=2) as scheduler:
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(scheduler.running))
+                await asyncio.sleep(0.005)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            results = await scheduler.run_cycle(operations=["upload"])
+        finally:
+            sampler.cancel()
+        # The pool never grew past the bound (its own connections, seen by the server).
+        backends = await engine.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+    assert peak == 2  # bounded, and actually concurrent
+    assert [r.tenant_id for r in results] == tenants  # reported in tenant order
+    assert all(r.outcome == "ok" and r.readings == 30 for r in results)
+    # engine.db + the scheduler's <= 2 + its one LISTEN connection (+ the test's own)
+    assert backends <= 1 + 2 + 1 + 1
+
+
+async def test_two_schedulers_respect_the_tenant_lock(engine: Engine) -> None:
+    tenants = [await engine.tenant(upload=5) for _ in range(4)]
+    for tenant in tenants:
+        await engine.seed(tenant, 40)
+    engine.server.set_faults("delay=0.02")
+    async with (
+        scheduler_for(engine, tenants, concurrency=2) as first,
+        scheduler_for(engine, tenants, concurrency=2) as second,
+    ):
+        a, b = await asyncio.gather(
+            first.run_cycle(operations=["upload"]), second.run_cycle(operations=["upload"])
+        )
+    results = a + b
+    busy = [r for r in results if r.outcome == "busy"]
+    assert busy, "the two schedulers never met on a tenant"
+    assert all(r.error is None for r in results)
+    assert sum(r.readings for r in results) == 4 * 40
+    assert engine.server.stats()["duplicates_seen"] == 0  # no reading went up twice
+    for tenant in tenants:
+        assert engine.server.rows(tenant) == 40
+
+
+async def test_a_size_change_applies_from_the_next_cycle(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=5)
+    await engine.seed(tenant, 20)
+    async with (
+        await SyncDatabase.connect(engine.dsn) as other,
+        scheduler_for(engine, [tenant]) as scheduler,
+    ):
+        (first,) = await scheduler.run_cycle(operations=["upload"])
+        await other.set_tenant_batch_sizes(tenant, upload=10)  # NOTIFY from another session
+
+        async def heard() -> bool:
+            return not scheduler.cache.cached(tenant)
+
+        assert await _until(heard)
+        await engine.seed(tenant, 20)
+        (second,) = await scheduler.run_cycle(operations=["upload"])
+    assert (first.report.upload_batch_size, first.report.batches) == (5, 4)  # type: ignore[union-attr]
+    assert (second.report.upload_batch_size, second.report.batches) == (10, 2)  # type: ignore[union-attr]
+
+
+async def test_database_outage_mid_loop_recovers(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = await engine.tenant(upload=10)
+    await engine.seed(tenant, 10)
+    caplog.set_level(logging.WARNING, logger="metersync.engine.scheduler")
+    cycles: list[list[OperationResult]] = []
+    async with scheduler_for(engine, [tenant], concurrency=2) as scheduler:
+        loop = asyncio.create_task(
+            scheduler.run_forever(0.2, on_cycle=lambda results, _s: cycles.append(results))
+        )
+        try:
+
+            async def first_done() -> bool:
+                return len(await engine.local_ids(tenant, "is_synchronized")) == 10
+
+            assert await _until(first_done)
+            # Every session of the sync database dies (the scheduler's, its listener's).
+            await engine.scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            with contextlib.suppress(DatabaseUnavailable):
+                await engine.db.get_tenant(tenant)  # engine.db met the outage too: reconnect
+            await engine.seed(tenant, 15)
+
+            async def recovered() -> bool:
+                return len(await engine.local_ids(tenant, "is_synchronized")) == 25
+
+            assert await _until(recovered)
+        finally:
+            scheduler.request_stop()
+            await asyncio.wait_for(loop, 30)
+    outages = [r for r in caplog.records if "sync database unavailable" in r.getMessage()]
+    assert outages, "the outage was not reported"
+    ended = [c for c in cycles if any(r.outcome == "error" for r in c)]
+    assert len(outages) == len(ended)  # one line per cycle that met it, not one per operation
+    assert engine.server.rows(tenant) == 25
+
+
+async def test_refused_key_stops_that_tenant_only(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = await engine.tenant(upload=10)
+    bad = await engine.tenant(upload=10, server=False)  # the server does not know its key
+    await engine.seed(good, 10)
+    await engine.seed(bad, 10)
+    caplog.set_level(logging.ERROR, logger="metersync.engine.scheduler")
+    cycles: list[list[OperationResult]] = []
+    async with scheduler_for(engine, [bad, good]) as scheduler:
+        loop = asyncio.create_task(
+            scheduler.run_forever(
+                0.05,
+                operations=["upload"],
+                on_cycle=lambda results, _s: cycles.append(results),
+            )
+        )
+
+        async def several() -> bool:
+            return len(cycles) >= 4
+
+        try:
+            assert await _until(several)
+        finally:
+            scheduler.request_stop()
+            await asyncio.wait_for(loop, 30)
+    bad_runs = [r for c in cycles for r in c if r.tenant_id == bad]
+    good_runs = [r for c in cycles for r in c if r.tenant_id == good]
+    assert len(bad_runs) == 1 and bad_runs[0].outcome == "error"
+    assert len(good_runs) == len(cycles)
+    refused = [r for r in caplog.records if f"tenant {bad}" in r.getMessage()]
+    assert len(refused) == 1 and "api_key changes" in refused[0].getMessage()
+    assert await engine.local_ids(bad, "is_synchronized") == set()
+    assert len(await engine.local_ids(good, "is_synchronized")) == 10
+
+
+async def test_sigterm_mid_batch_leaves_no_half_marked_batch(engine: Engine) -> None:
+    tenants = [await engine.tenant(upload=5) for _ in range(3)]
+    for tenant in tenants:
+        await engine.seed(tenant, 100)
+    engine.server.set_faults("delay=0.05")
+    loop = asyncio.get_running_loop()
+    async with scheduler_for(engine, tenants, concurrency=3) as scheduler:
+        loop.add_signal_handler(signal.SIGTERM, scheduler.request_stop)
+        try:
+            task = asyncio.create_task(scheduler.run_forever(60))
+
+            async def some_marked() -> bool:
+                return bool(await engine.local_ids(tenants[0], "is_synchronized"))
+
+            assert await _until(some_marked)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await asyncio.wait_for(task, 30) == 1
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+    engine.server.clear_faults()
+    for tenant in tenants:
+        marked = await engine.local_ids(tenant, "is_synchronized")
+        # What the server holds is exactly what is marked, in whole batches of 5.
+        assert await engine.server_ids(tenant) == marked
+        assert len(marked) % 5 == 0
+        assert len(marked) < 100  # the stop came before the queue was drained
+
+
+async def test_every_reading_rejected_is_not_success(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=10)
+    await engine.seed(tenant, 10, meters=1)  # all meter_id 1
+    engine.server.set_faults("reject=meter_id:1")
+    async with scheduler_for(engine, [tenant]) as scheduler:
+        (result,) = await scheduler.run_cycle(operations=["upload"])
+    assert result.outcome == "rejected" and not result.success and not result.ok
+    row = await engine.rows(
+        "SELECT success, error FROM sync_log WHERE tenant_id = %s AND operation = 'upload'",
+        tenant,
+    )
+    assert row[0][0] is False and "every reading sent was rejected" in row[0][1]
+
+
+async def test_partial_and_empty_uploads_are_success(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=10)
+    batch = await engine.seed(tenant, 40, meters=2)
+    assert 0 < sum(1 for m in batch.column("meter_id").to_pylist() if m == 1) < 40
+    engine.server.set_faults("reject=meter_id:1")
+    async with scheduler_for(engine, [tenant], options=EngineOptions(max_retries=1)) as scheduler:
+        (partial,) = await scheduler.run_cycle(operations=["upload"])
+        (empty,) = await scheduler.run_cycle(operations=["upload"])  # nothing left to send
+    assert partial.outcome == "partial" and partial.success
+    assert empty.outcome == "ok" and empty.success and empty.report.readings_sent == 0  # type: ignore[union-attr]
+    rows = await engine.rows(
+        "SELECT success FROM sync_log WHERE tenant_id = %s ORDER BY id", tenant
+    )
+    assert [r[0] for r in rows] == [True, True]
+
+
+async def test_managers_sharing_a_connection_take_turns(engine: Engine) -> None:
+    tenants = [await engine.tenant(upload=5) for _ in range(3)]
+    for tenant in tenants:
+        await engine.seed(tenant, 25)
+    managers = [
+        SyncManager(tenant_id=t, database=engine.db, api_client=engine.client(t)) for t in tenants
+    ]
+    for manager in managers:
+        await manager.initialize()
+    try:
+        reports = await asyncio.gather(*(m.run_cycle() for m in managers))
+    finally:
+        for manager in managers:
+            await manager.close()
+    assert all(r.success for r in reports)
+    for tenant, report in zip(tenants, reports, strict=True):
+        assert report.upload is not None and report.upload.confirmed == 25
+        assert engine.server.rows(tenant) == 25
+        # Each report counted its own statements only (no interleaving on the connection).
+        assert report.upload.statements <= 2 * 5 + 10
