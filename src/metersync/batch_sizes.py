@@ -1,9 +1,18 @@
-"""Batch-size configuration: the per-tenant sizes, their defaults and their validation (spec §3)."""
+"""Batch-size configuration: the per-tenant sizes, their defaults, their validation and the
+fallback policy when a stored value cannot be used (spec §3).
+
+The database adapter only reads the tenant row; what a missing, NULL or invalid value means is
+decided here (:func:`sizes_from_row`).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DOWNLOAD_BATCH_SIZE = 1000
 DEFAULT_UPLOAD_BATCH_SIZE = 100
@@ -45,3 +54,83 @@ class BatchSizes:
 
 #: The seed's and SPEC §8's name for :class:`BatchSizes`; kept so existing imports work.
 BatchConfig = BatchSizes
+
+
+#: The size columns of table ``tenant`` and their defaults, in the order the policy reads them.
+SIZE_DEFAULTS: dict[str, int] = {
+    "download_batch_size": DEFAULT_DOWNLOAD_BATCH_SIZE,
+    "upload_batch_size": DEFAULT_UPLOAD_BATCH_SIZE,
+}
+
+
+def sizes_from_row(tenant_id: int, row: Mapping[str, Any] | None) -> BatchSizes:
+    """The spec §3 fallback policy: a tenant's sizes from its row (a column -> value mapping,
+    ``None`` when there is no row).
+
+    No row, a missing column (schema not migrated) or a NULL: WARNING, that field's default. A
+    stored value <= 0 or > 10000 (or not an integer): ERROR naming tenant, column and value,
+    that field's default. The other field is unaffected. Never raises.
+    """
+    if row is None:
+        log.warning(
+            "tenant %s: no row in table tenant; using the default batch sizes "
+            "download_batch_size=%d upload_batch_size=%d",
+            tenant_id,
+            DEFAULT_DOWNLOAD_BATCH_SIZE,
+            DEFAULT_UPLOAD_BATCH_SIZE,
+        )
+        return BatchSizes(source="default")
+    values: dict[str, int] = {}
+    for column, default in SIZE_DEFAULTS.items():
+        if column not in row:
+            log.warning(
+                "tenant %s: table tenant has no column %s (run `metersync migrate`); "
+                "using the default %s=%d",
+                tenant_id,
+                column,
+                column,
+                default,
+            )
+            continue
+        stored = row[column]
+        if stored is None:
+            log.warning(
+                "tenant %s: %s is NULL; using the default %s=%d", tenant_id, column, column, default
+            )
+            continue
+        problem = batch_size_problem(stored)
+        if problem:
+            log.error(
+                "tenant %s: stored %s=%s is invalid (%s); using the default %s=%d",
+                tenant_id,
+                column,
+                stored,
+                problem,
+                column,
+                default,
+            )
+            continue
+        values[column] = stored
+    source: BatchSource = (
+        "tenant" if len(values) == 2 else "tenant+default" if values else "default"
+    )
+    return BatchSizes(
+        download_batch_size=values.get("download_batch_size", DEFAULT_DOWNLOAD_BATCH_SIZE),
+        upload_batch_size=values.get("upload_batch_size", DEFAULT_UPLOAD_BATCH_SIZE),
+        source=source,
+    )
+
+
+def sizes_after_failed_lookup(tenant_id: int, exc: BaseException) -> BatchSizes:
+    """The defaults, with the WARNING of spec §3, when reading the tenant row failed."""
+    text = str(exc).strip()
+    log.warning(
+        "tenant %s: loading the batch sizes failed (%s: %s); using the defaults "
+        "download_batch_size=%d upload_batch_size=%d",
+        tenant_id,
+        type(exc).__name__,
+        text.splitlines()[0] if text else "",
+        DEFAULT_DOWNLOAD_BATCH_SIZE,
+        DEFAULT_UPLOAD_BATCH_SIZE,
+    )
+    return BatchSizes(source="default")

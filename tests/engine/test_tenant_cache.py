@@ -9,10 +9,11 @@ import psycopg
 import pytest
 
 from fix_engine import Engine
+from fix_server import ServerHandle
 from metersync.batch_sizes import BatchSizes
 from metersync.engine.manager import SyncManager
 from metersync.engine.tenant_cache import NOTIFY_CHANNEL, TenantCache, TenantSettings
-from metersync.errors import DatabaseUnavailableError
+from metersync.errors import ConfigError, DatabaseUnavailableError
 from metersync.store.database import SyncDatabase
 
 
@@ -173,3 +174,45 @@ async def test_managers_sharing_a_cache_share_its_one_listener(engine: Engine) -
     finally:
         await cache.stop_listening()
     assert not cache.listening
+
+
+async def test_a_missing_size_column_warns_and_the_cycle_uses_the_default(
+    fresh_dsn: str, reference_server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11 item 9: a ``tenant`` table without ``upload_batch_size`` (a migration not run
+    after an upgrade) is a WARNING and the default at run time, not a failed cycle; ``tenant
+    set`` on it is a ConfigError asking for ``metersync migrate``."""
+    from metersync.engine.upload import MeterReadingUploadManager
+    from metersync.remote.client import ClientSystemApiClient
+    from metersync.tools.synthetic import reading_batch
+
+    tenant_id, key = reference_server.new_tenant()
+    async with await SyncDatabase.connect(fresh_dsn) as db:
+        await db.migrate()
+        await db.add_tenant(tenant_id, "old", key, download_batch_size=300)
+        async with await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True) as conn:
+            await conn.execute("ALTER TABLE tenant DROP COLUMN upload_batch_size")
+        await db.insert_readings(reading_batch(250, seed=5, tenant_id=tenant_id), 1000)
+        cache = TenantCache(db)
+        with caplog.at_level(logging.WARNING, logger="metersync"):
+            settings = await cache.get(tenant_id)
+        assert settings.batch == BatchSizes(300, 100, "tenant+default")
+        assert settings.api_key == key
+        assert any(
+            "upload_batch_size" in r.getMessage() and "migrate" in r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING
+        )
+        client = ClientSystemApiClient(reference_server.base_url, key, verify=False)
+        try:
+            uploader = MeterReadingUploadManager(db, client, cache, tenant_id=tenant_id)
+            report = await uploader.upload()
+        finally:
+            await client.aclose()
+        assert report.error is None and report.confirmed == 250 and report.batches == 3
+        row = await db.get_tenant(tenant_id)
+        assert row is not None and row.upload_batch_size == 100  # shown as used
+        with pytest.raises(ConfigError, match="run `metersync migrate`"):
+            await db.set_tenant_batch_sizes(tenant_id, upload=50)
+        with pytest.raises(ConfigError, match="run `metersync migrate`"):
+            await db.add_tenant(tenant_id + 1, "new", None)

@@ -121,7 +121,7 @@ def test_loaded_sizes_are_the_stored_ones_or_the_defaults(
     _sql(dsn, "INSERT INTO tenant (tenant_id, name, upload_batch_size, download_batch_size) "
               "VALUES (%s, 'p', %s, %s)", t, upload, download)  # fmt: skip
     handler = _Collect()
-    logger = logging.getLogger("metersync.store.database")
+    logger = logging.getLogger("metersync.batch_sizes")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.DEBUG)

@@ -64,8 +64,11 @@ from metersync.batch_sizes import (
     DEFAULT_UPLOAD_BATCH_SIZE,
     MAX_BATCH_SIZE,
     MIN_BATCH_SIZE,
+    SIZE_DEFAULTS,
     BatchSizes,
     batch_size_problem,
+    sizes_after_failed_lookup,
+    sizes_from_row,
 )
 from metersync.codec._types import as_batch, is_uuid
 from metersync.errors import (
@@ -565,26 +568,20 @@ class SyncDatabase:
 
     @_operation
     async def get_tenant(self, tenant_id: int) -> TenantRow | None:
-        """The tenant's row, or ``None``."""
-        try:
-            cur = await self._execute(q.GET_TENANT, (_check_tenant_id(tenant_id),))
-        except psycopg.errors.UndefinedColumn as exc:
-            raise SchemaError(
-                f"table tenant is missing a column ({_first_line(exc)}): run `metersync migrate`"
-            ) from None
+        """The tenant's row, or ``None``.
+
+        Works on a ``tenant`` table that lacks the batch-size columns (not migrated yet): the
+        row then shows the defaults, as the sync cycles use them (spec §3). A table without
+        ``api_key`` or ``name`` is a :class:`SchemaError` asking for ``metersync migrate``."""
+        cur = await self._execute(q.GET_TENANT_JSON, (_check_tenant_id(tenant_id),))
         row = await cur.fetchone()
-        return None if row is None else TenantRow(*row)
+        return None if row is None else _tenant_row(row[0])
 
     @_operation
     async def list_tenants(self) -> list[TenantRow]:
-        """All tenants, by id."""
-        try:
-            cur = await self._execute(q.LIST_TENANTS)
-        except psycopg.errors.UndefinedColumn as exc:
-            raise SchemaError(
-                f"table tenant is missing a column ({_first_line(exc)}): run `metersync migrate`"
-            ) from None
-        return [TenantRow(*row) for row in await cur.fetchall()]
+        """All tenants, by id (like :meth:`get_tenant`, also before migrating)."""
+        cur = await self._execute(q.LIST_TENANTS_JSON)
+        return [_tenant_row(row[0]) for row in await cur.fetchall()]
 
     @_operation
     async def add_tenant(
@@ -616,6 +613,8 @@ class SyncDatabase:
                 await self._execute(q.NOTIFY_TENANT, (tenant_id,))
         except psycopg.errors.UniqueViolation:
             raise ConfigError(f"tenant {tenant_id} already exists") from None
+        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
+            raise _needs_migrate(exc) from None
         assert row is not None
         return TenantRow(*row)
 
@@ -633,12 +632,15 @@ class SyncDatabase:
             _validate_size(tenant_id, "upload_batch_size", upload)
         if download is not None:
             _validate_size(tenant_id, "download_batch_size", download)
-        async with self._transaction():
-            cur = await self._execute(q.SET_TENANT_SIZES, (upload, download, tenant_id))
-            row = await cur.fetchone()
-            if row is None:
-                raise UnknownTenantError(tenant_id)
-            await self._execute(q.NOTIFY_TENANT, (tenant_id,))
+        try:
+            async with self._transaction():
+                cur = await self._execute(q.SET_TENANT_SIZES, (upload, download, tenant_id))
+                row = await cur.fetchone()
+                if row is None:
+                    raise UnknownTenantError(tenant_id)
+                await self._execute(q.NOTIFY_TENANT, (tenant_id,))
+        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
+            raise _needs_migrate(exc) from None
         log.info(
             "tenant %s: batch sizes set to upload_batch_size=%s download_batch_size=%s",
             tenant_id,
@@ -649,83 +651,19 @@ class SyncDatabase:
 
     @_operation
     async def get_tenant_batch_config(self, tenant_id: int) -> BatchSizes:
-        """The tenant's batch sizes with the spec §3 rules.
-
-        A stored value <= 0 or > 10000: ERROR naming tenant, column and value, that field's
-        default. Tenant row missing, columns missing (schema not migrated) or the lookup
-        failing: WARNING, defaults. Raises only :class:`DatabaseUnavailableError` (the connection
-        was lost), never for another database problem.
-        """
+        """The tenant's batch sizes, with the spec §3 fallbacks of
+        :func:`metersync.batch_sizes.sizes_from_row` (missing row, column or value: WARNING and
+        the default; invalid value: ERROR and the default). Raises only
+        :class:`DatabaseUnavailableError` (the connection was lost), never for another database
+        problem (that is a WARNING and the defaults)."""
         _check_tenant_id(tenant_id)
-        defaults = {
-            "download_batch_size": DEFAULT_DOWNLOAD_BATCH_SIZE,
-            "upload_batch_size": DEFAULT_UPLOAD_BATCH_SIZE,
-        }
         try:
             data = await self._scalar(q.TENANT_BATCH_ROW, (tenant_id,))
         except psycopg.Error as exc:
             if self._connection_lost(exc):
                 raise  # DatabaseUnavailableError (``_operation``): defaults cannot help there
-            log.warning(
-                "tenant %s: loading the batch sizes failed (%s: %s); using the defaults "
-                "download_batch_size=%d upload_batch_size=%d",
-                tenant_id,
-                type(exc).__name__,
-                _first_line(exc),
-                DEFAULT_DOWNLOAD_BATCH_SIZE,
-                DEFAULT_UPLOAD_BATCH_SIZE,
-            )
-            return BatchSizes(source="default")
-        if data is None:
-            log.warning(
-                "tenant %s: no row in table tenant; using the default batch sizes "
-                "download_batch_size=%d upload_batch_size=%d",
-                tenant_id,
-                DEFAULT_DOWNLOAD_BATCH_SIZE,
-                DEFAULT_UPLOAD_BATCH_SIZE,
-            )
-            return BatchSizes(source="default")
-        values: dict[str, int] = {}
-        for column, default in defaults.items():
-            if column not in data:
-                log.warning(
-                    "tenant %s: table tenant has no column %s (run `metersync migrate`); "
-                    "using the default %s=%d",
-                    tenant_id,
-                    column,
-                    column,
-                    default,
-                )
-                continue
-            stored = data[column]
-            if stored is None:
-                log.warning(
-                    "tenant %s: %s is NULL; using the default %s=%d",
-                    tenant_id,
-                    column,
-                    column,
-                    default,
-                )
-                continue
-            problem = batch_size_problem(stored)
-            if problem:
-                log.error(
-                    "tenant %s: stored %s=%s is invalid (%s); using the default %s=%d",
-                    tenant_id,
-                    column,
-                    stored,
-                    problem,
-                    column,
-                    default,
-                )
-                continue
-            values[column] = stored
-        source = "tenant" if len(values) == 2 else "tenant+default" if values else "default"
-        return BatchSizes(
-            download_batch_size=values.get("download_batch_size", DEFAULT_DOWNLOAD_BATCH_SIZE),
-            upload_batch_size=values.get("upload_batch_size", DEFAULT_UPLOAD_BATCH_SIZE),
-            source=source,
-        )
+            return sizes_after_failed_lookup(tenant_id, exc)
+        return sizes_from_row(tenant_id, data)
 
     # -- upload --------------------------------------------------------------------------------
 
@@ -1171,6 +1109,38 @@ async def _read_copy(conn: psycopg.AsyncConnection[Any], copy: Any) -> list[Any]
     if hasattr(copy, "_read_gen"):
         return await conn.wait(_drain(copy))
     return [data async for data in copy]
+
+
+def _needs_migrate(exc: BaseException) -> ConfigError:
+    """A tenant write on a table ``tenant`` that lacks what it writes (not migrated yet)."""
+    return ConfigError(
+        f"table tenant is not up to date ({_first_line(exc)}): run `metersync migrate` first"
+    )
+
+
+def _tenant_row(data: dict[str, Any]) -> TenantRow:
+    """A :class:`TenantRow` from ``to_jsonb(tenant)``: absent size columns (an old table) show
+    their defaults, an absent ``active`` means active; no ``name``/``api_key``: SchemaError."""
+    missing = [c for c in ("name", "api_key") if c not in data]
+    if missing:
+        raise SchemaError(
+            f"table tenant has no column {', '.join(missing)}: run `metersync migrate`"
+        )
+    updated = data.get("updated_at")
+    return TenantRow(
+        tenant_id=int(data["tenant_id"]),
+        name=data["name"],
+        api_key=data["api_key"],
+        active=bool(data.get("active", True)),
+        download_batch_size=_stored_size(data, "download_batch_size"),
+        upload_batch_size=_stored_size(data, "upload_batch_size"),
+        updated_at=None if updated is None else datetime.fromisoformat(updated),
+    )
+
+
+def _stored_size(data: dict[str, Any], column: str) -> int:
+    value = data.get(column)
+    return SIZE_DEFAULTS[column] if value is None else int(value)
 
 
 def _validate_size(tenant_id: int, field: str, value: object) -> None:

@@ -240,8 +240,10 @@ def set_not_null(table: str, column: str) -> sql.Composed:
 _TENANT_COLUMNS = (
     "tenant_id, name, api_key, active, download_batch_size, upload_batch_size, updated_at"
 )
-GET_TENANT = f"SELECT {_TENANT_COLUMNS} FROM tenant WHERE tenant_id = %s"
-LIST_TENANTS = f"SELECT {_TENANT_COLUMNS} FROM tenant ORDER BY tenant_id"
+#: A tenant row as JSON: works on an old ``tenant`` lacking columns (they are absent from the
+#: object), so that reading a tenant never fails before ``metersync migrate`` (spec §3).
+GET_TENANT_JSON = "SELECT to_jsonb(t) FROM tenant AS t WHERE t.tenant_id = %s"
+LIST_TENANTS_JSON = "SELECT to_jsonb(t) FROM tenant AS t ORDER BY t.tenant_id"
 ADD_TENANT = f"""
 INSERT INTO tenant (tenant_id, name, api_key, active, download_batch_size, upload_batch_size,
                     updated_at)
@@ -341,7 +343,8 @@ def queue_claim(
     :func:`queue_select` would return (minus those already in doubt), ``RETURNING`` the upload
     columns. The claim is committed before the POST, so a process killed between the POST and
     the mark leaves the readings held ``in_doubt`` — never resent — instead of pending. The
-    inner ``SELECT ... FOR UPDATE SKIP LOCKED`` walks the queue index like the plain fetch.
+    ``SELECT ... FOR UPDATE SKIP LOCKED`` (a materialized CTE) walks the queue index like the
+    plain fetch.
     ``RETURNING`` has no guaranteed order: the caller sorts the (small) batch.
     """
     for name, value in (("tenant_id", tenant_id), ("limit", limit), ("max_retries", max_retries)):
@@ -352,18 +355,21 @@ def queue_claim(
     ).format(sql.Literal(tenant_id), sql.Literal(max_retries), sql.Literal(IN_DOUBT))
     if after is not None:
         where = where + keyset_after(after)
+    # A MATERIALIZED CTE, not ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)``: the planner
+    # may rescan such a subquery inside the join, and with SKIP LOCKED every rescan returns
+    # other rows (measured: 73 rows claimed for a limit of 40). The CTE runs exactly once.
     return sql.SQL(
-        "UPDATE meter_reading SET sync_status = {doubt} "
-        "WHERE tenant_id = {tenant} AND meter_reading_id IN ("
-        "SELECT meter_reading_id FROM meter_reading WHERE {where} "
+        "WITH c AS MATERIALIZED (SELECT meter_reading_id FROM meter_reading WHERE {where} "
         "ORDER BY created_at, meter_reading_id LIMIT {limit} FOR UPDATE SKIP LOCKED) "
+        "UPDATE meter_reading AS m SET sync_status = {doubt} FROM c "
+        "WHERE m.tenant_id = {tenant} AND m.meter_reading_id = c.meter_reading_id "
         "RETURNING {cols}"
     ).format(
         doubt=sql.Literal(IN_DOUBT),
         tenant=sql.Literal(tenant_id),
         where=where,
         limit=sql.Literal(limit),
-        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        cols=sql.SQL(", ").join(sql.Identifier("m", c) for c in columns),
     )
 
 
