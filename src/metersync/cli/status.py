@@ -1,4 +1,8 @@
-"""``metersync status`` (the queue per tenant and its last cycles) and ``metersync requeue``."""
+"""``metersync status`` (the queue per tenant and its last cycles) and ``metersync requeue``.
+
+``in_doubt`` readings (sent to a Client System that is not idempotent, outcome unknown) are
+counted per tenant with the age of the oldest one; ``metersync resolve`` releases them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from metersync.cli._app import AppState, json_option, open_db, pass_state, run
 from metersync.cli.output import ExitCode, format_age
 from metersync.errors import ConfigError, UnknownTenantError
 
-_QUEUE_FIELDS = ("pending", "failed", "quarantined", "synchronized")
+_QUEUE_FIELDS = ("pending", "failed", "quarantined", "in_doubt", "synchronized")
 
 
 def as_dict(value: Any) -> dict[str, Any]:
@@ -36,6 +40,9 @@ def queue_document(row: Any) -> dict[str, Any]:
         age = age.total_seconds()
     doc["oldest_pending_age_s"] = None if age is None else round(float(age), 3)
     doc["oldest_pending_at"] = raw.get("oldest_pending_at", raw.get("oldest_pending"))
+    doubt_age = raw.get("oldest_in_doubt_age_s")
+    doc["oldest_in_doubt_age_s"] = None if doubt_age is None else round(float(doubt_age), 3)
+    doc["oldest_in_doubt_at"] = raw.get("oldest_in_doubt_at")
     return doc
 
 
@@ -62,8 +69,8 @@ def cycle_document(row: Any) -> dict[str, Any]:
 @json_option
 @pass_state
 def status(state: AppState, tenant_id: int | None, cycles: int, max_retries: int | None) -> int:
-    """Queue per tenant: pending, failed, quarantined, synchronized, oldest pending age, and the
-    last cycles from sync_log."""
+    """Queue per tenant: pending, failed, quarantined, in doubt, synchronized, oldest pending
+    and oldest in-doubt age, and the last cycles from sync_log."""
     if max_retries is not None:
         state.override(max_retries=max_retries)
     retries = state.settings.max_retries
@@ -95,16 +102,16 @@ def status(state: AppState, tenant_id: int | None, cycles: int, max_retries: int
     elif not docs:
         out.line("no tenants")
     else:
-        columns = ["tenant", "name", *_QUEUE_FIELDS, "oldest pending"]
+        columns = ["tenant", "name", *_QUEUE_FIELDS, "oldest pending", "oldest in doubt"]
         out.table(
             f"queue (quarantine after {retries} rejections)",
             columns,
             [
                 [d["tenant_id"], d["name"], *(d[f] for f in _QUEUE_FIELDS),
-                 format_age(d["oldest_pending_age_s"])]
+                 format_age(d["oldest_pending_age_s"]), format_age(d["oldest_in_doubt_age_s"])]
                 for d in docs
             ],
-            right=[*_QUEUE_FIELDS, "oldest pending"],
+            right=[*_QUEUE_FIELDS, "oldest pending", "oldest in doubt"],
         )  # fmt: skip
         cycle_rows = [
             [
@@ -128,6 +135,13 @@ def status(state: AppState, tenant_id: int | None, cycles: int, max_retries: int
                 cycle_rows,
                 right=["batches", "readings", "statements", "s"],
             )  # fmt: skip
+    in_doubt = sum(d["in_doubt"] for d in docs)
+    if in_doubt and not out.json_mode:
+        out.info(
+            f"{in_doubt} reading(s) in doubt (sent to a Client System that is not idempotent, "
+            "outcome unknown; never resent automatically): check the Client System, then "
+            "`metersync resolve --tenant ID --resend` or `--mark-synchronized`"
+        )
     quarantined = sum(d["quarantined"] for d in docs)
     if quarantined and not out.json_mode:
         out.info(

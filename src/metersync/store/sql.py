@@ -450,11 +450,31 @@ EXISTING_IDS = (
 )
 
 
-def copy_in(columns: Sequence[str]) -> sql.Composed:
-    """``COPY meter_reading (columns) FROM STDIN (FORMAT BINARY)``."""
-    return sql.SQL("COPY meter_reading ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns))
+def copy_in(columns: Sequence[str], table: str = READING) -> sql.Composed:
+    """``COPY meter_reading (columns) FROM STDIN (FORMAT BINARY)`` (or into ``table``)."""
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
+
+
+#: The staging table of an insert that met a concurrent writer: a temporary copy of
+#: ``meter_reading``'s columns, dropped at commit (the fallback only; the fast path COPYs
+#: straight into the table).
+STAGE = "metersync_stage"
+CREATE_STAGE = (
+    f"CREATE TEMPORARY TABLE {STAGE} (LIKE meter_reading INCLUDING DEFAULTS) ON COMMIT DROP"
+)
+
+
+def insert_from_stage(columns: Sequence[str]) -> sql.Composed:
+    """Move the staged rows into ``meter_reading``, skipping those whose key is present by
+    then (whoever committed them). Only the key is a conflict target: a violation of any
+    other unique constraint still fails."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    return sql.SQL(
+        "INSERT INTO meter_reading ({cols}) SELECT {cols} FROM {stage} "
+        "ON CONFLICT (tenant_id, meter_reading_id) DO NOTHING"
+    ).format(cols=cols, stage=sql.Identifier(STAGE))
 
 
 GET_CURSOR = "SELECT download_cursor FROM sync_state WHERE tenant_id = %s"

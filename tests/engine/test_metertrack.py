@@ -1,0 +1,256 @@
+"""Upload against the emulation of the original MeterTrack Client System (issue 10).
+
+The emulation (``metertrack_server``) is not idempotent: a resend stores a second copy. It keeps
+the id each reading was sent with, so ``copies()`` counts the rows per reading: the tests prove
+exactly once (every reading stored once, none twice) through faults, and that readings whose
+outcome is unknown are held ``in_doubt``, never resent, until ``resolve_in_doubt``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from fix_engine import Engine, RecordingTransport
+from fix_server import ServerHandle
+from metersync.engine.upload import resolve_in_doubt
+from metersync.errors import AuthError
+from metersync.remote.profiles import METERTRACK_MAX_BODY_BYTES
+from metersync.store.database import SyncDatabase
+
+
+@pytest.fixture
+async def mt(engine_dsn: str, metertrack_server: ServerHandle) -> AsyncIterator[Engine]:
+    """The engine's world with the MeterTrack emulation as its Client System."""
+    db = await SyncDatabase.connect(engine_dsn)
+    eng = Engine(db, engine_dsn, metertrack_server)
+    try:
+        yield eng
+    finally:
+        await eng.aclose()
+        await db.close()
+
+
+def copies(eng: Engine, tenant_id: int) -> dict[str, int]:
+    """Rows the emulation holds per sent reading id."""
+    return eng.server.copies(tenant_id)
+
+
+async def assert_exactly_once(eng: Engine, tenant_id: int, n: int) -> None:
+    """Every one of the tenant's ``n`` readings is stored once and marked synchronized."""
+    got = copies(eng, tenant_id)
+    assert len(got) == n, f"{len(got)} distinct readings on the Client System, {n} expected"
+    assert set(got.values()) == {1}, {k: v for k, v in got.items() if v != 1}
+    assert await eng.local_ids(tenant_id) == set(got)
+    assert await eng.status_counts(tenant_id) == {"synchronized:true": n}
+
+
+async def test_profile_is_negotiated_from_the_health_answer(mt: Engine) -> None:
+    tenant = await mt.tenant()
+    client = mt.client(tenant)
+    assert await client.health() is True  # {"status":"OK"} is reachable
+    profile = await client.profile()
+    assert (profile.name, profile.idempotent, profile.download, profile.site_filter) == (
+        "metertrack",
+        False,
+        False,
+        False,
+    )
+    assert profile.max_body_bytes == METERTRACK_MAX_BODY_BYTES
+    forced = mt.client(tenant, client_profile="metersync", max_body_bytes=65536)
+    assert (await forced.profile()).idempotent is True  # configured, not assumed
+    assert (await forced.profile()).max_body_bytes == 65536
+
+
+async def test_nulls_omitted_and_18_digit_numerics_stored_exactly(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=40)
+    await mt.seed(tenant, 100, null_fraction=0.4)
+    biggest = Decimal("99999999999999.9999")
+    target = await mt.scalar(
+        "UPDATE meter_reading SET active_energy = %s, power = %s WHERE meter_reading_id = "
+        "(SELECT meter_reading_id FROM meter_reading WHERE tenant_id = %s LIMIT 1) "
+        "RETURNING meter_reading_id::text",
+        biggest,
+        Decimal("-12345678901234.5678"),
+        tenant,
+    )
+    assert target is not None
+    report = await mt.uploader(tenant).upload()
+    assert (report.error, report.profile, report.in_doubt) == (None, "metertrack", 0)
+    assert (report.confirmed, report.inserted, report.batches) == (100, 100, 3)
+    await assert_exactly_once(mt, tenant, 100)
+    with psycopg.connect(mt.server.dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT active_energy, power FROM mt_meter_reading WHERE sent_meter_reading_id = %s",
+            (str(await mt.scalar(
+                "SELECT meter_reading_id::text FROM meter_reading WHERE active_energy = %s "
+                "AND tenant_id = %s", biggest, tenant)),),
+        ).fetchone()  # fmt: skip
+        nulls = conn.execute(
+            "SELECT count(*) FILTER (WHERE voltage_thd IS NULL) FROM mt_meter_reading "
+            "WHERE tenant_id = %s",
+            (tenant,),
+        ).fetchone()[0]
+    assert row == (biggest, Decimal("-12345678901234.5678"))
+    local_nulls = await mt.scalar(
+        "SELECT count(*) FROM meter_reading WHERE tenant_id = %s AND voltage_thd IS NULL", tenant
+    )
+    assert nulls == local_nulls > 0  # nulls travelled (as absent keys) and stayed nulls
+
+
+async def test_a_10000_reading_wide_batch_is_split_below_10_mb(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=10_000)
+    await mt.seed(tenant, 10_000, null_fraction=0.0)
+    transport = RecordingTransport()
+    report = await mt.uploader(tenant, client=mt.client(tenant, transport=transport)).upload()
+    assert report.error is None
+    # ~1.3 KB per wide reading: about 13 MB for the batch, so at least two bodies.
+    assert len(transport.posted) >= 2 and sum(transport.posted) == 10_000
+    assert report.statements <= 2 * math.ceil(10_000 / 10_000) + 10
+    stats = mt.server.stats()
+    assert stats["requests_per_status"].get("500") is None  # never over the limit
+    await assert_exactly_once(mt, tenant, 10_000)
+
+
+async def test_401_stops_the_cycle_and_touches_nothing(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=10, server=False)  # the Client System does not know the key
+    await mt.seed(tenant, 25)
+    before = await mt.rows(
+        "SELECT meter_reading_id, sync_status, retry_count, last_error FROM meter_reading "
+        "WHERE tenant_id = %s ORDER BY 1",
+        tenant,
+    )
+    with pytest.raises(AuthError, match="Invalid API key"):
+        await mt.uploader(tenant).upload()
+    after = await mt.rows(
+        "SELECT meter_reading_id, sync_status, retry_count, last_error FROM meter_reading "
+        "WHERE tenant_id = %s ORDER BY 1",
+        tenant,
+    )
+    assert after == before  # the claim was undone: every reading exactly as before
+    # One GET /health (the profile) and ONE upload attempt.
+    assert mt.server.stats()["requests_per_status"] == {"200": 1, "401": 1}
+
+
+async def test_500_batch_upload_error_is_retried_and_stored_once(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=20)
+    await mt.seed(tenant, 50)
+    mt.server.set_faults("fail=2:500")  # "Batch upload error", recordsProcessed 0: nothing stored
+    report = await mt.uploader(tenant).upload()
+    assert (report.error, report.in_doubt) == (None, 0)
+    # One GET /health (the profile), two failed attempts, three stored batches.
+    assert mt.server.stats()["requests_per_status"] == {"500": 2, "200": 4}
+    await assert_exactly_once(mt, tenant, 50)
+
+
+async def test_read_timeout_holds_the_batch_in_doubt_and_never_resends_it(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=10)
+    await mt.seed(tenant, 30)
+    mt.server.set_faults("delay=1.5:1")  # stores the first batch, then answers too late
+    client = mt.client(tenant, read_timeout=0.5, read_timeout_per_reading=0.0)
+    report = await mt.uploader(tenant, client=client).upload()
+    assert report.in_doubt == 10 and report.confirmed == 0
+    assert "resolve" in (report.error or "")
+    held = await mt.local_ids(tenant, "sync_status = 'in_doubt'")
+    assert len(held) == 10
+    assert all("outcome unknown" in e for (e,) in await mt.rows(
+        "SELECT last_error FROM meter_reading WHERE tenant_id = %s AND sync_status = 'in_doubt'",
+        tenant))  # fmt: skip
+    # The next cycles send the rest, never the held batch.
+    mt.server.clear_faults()
+    report = await mt.uploader(tenant).upload()
+    assert (report.error, report.confirmed) == (None, 20)
+    assert set(copies(mt, tenant).values()) == {1}  # the delayed batch is there once
+    assert held <= set(copies(mt, tenant))
+    # The operator looked: they are on the Client System.
+    result = await resolve_in_doubt(mt.db, tenant, "mark_synchronized")
+    assert (result.in_doubt_before, result.resolved) == (10, 10)
+    await assert_exactly_once(mt, tenant, 30)
+
+
+async def test_5xx_without_a_verdict_is_in_doubt_and_resend_releases_it(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=10)
+    await mt.seed(tenant, 10)
+    mt.server.set_faults("fail=1:503")  # the error handler's body: it does not say "failed"
+    report = await mt.uploader(tenant).upload()
+    assert report.in_doubt == 10
+    assert "503" in (report.error or "")
+    assert copies(mt, tenant) == {}  # (not stored, but the client could not know)
+    report = await mt.uploader(tenant).upload()
+    assert report.readings_sent == 0  # held: not resent automatically
+    result = await resolve_in_doubt(mt.db, tenant, "resend")
+    assert result.resolved == 10
+    report = await mt.uploader(tenant).upload()
+    assert report.confirmed == 10
+    await assert_exactly_once(mt, tenant, 10)
+
+
+async def test_connection_dropped_after_commit_is_in_doubt(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=10)
+    await mt.seed(tenant, 25)
+    mt.server.set_faults("drop_after_commit=1")
+    report = await mt.uploader(tenant).upload()
+    assert report.in_doubt == 10
+    mt.server.clear_faults()
+    await mt.uploader(tenant).upload()
+    assert set(copies(mt, tenant).values()) == {1} and len(copies(mt, tenant)) == 25
+    await resolve_in_doubt(mt.db, tenant, "mark_synchronized")
+    await assert_exactly_once(mt, tenant, 25)
+
+
+async def test_skipped_readings_are_rejected_when_attributable_else_held(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=200)
+    batch = await mt.seed(tenant, 200, meters=400)  # most meters have one reading
+    meters = batch.column("meter_id").to_pylist()
+    single = next(m for m in meters if meters.count(m) == 1)
+    multi = next((m for m in meters if meters.count(m) > 1), None)
+    assert multi is not None
+    ids = [str(uuid.UUID(bytes=b)) for b in batch.column("meter_reading_id").to_pylist()]
+    one_of_multi = ids[meters.index(multi)]
+    # The Client System skips the lone reading of `single` and ONE of `multi`'s readings; its
+    # errors name the meters only.
+    mt.server.set_faults(f"reject=meter_id:{single},reject=meter_reading_id:{one_of_multi}")
+    report = await mt.uploader(tenant, max_batches=1).upload()
+    # `single`: skipped without doubt (its only reading) → rejected, the failed path.
+    assert report.rejected == 1
+    failed = await mt.rows(
+        "SELECT meter_id, last_error FROM meter_reading WHERE tenant_id = %s "
+        "AND sync_status = 'failed'",
+        tenant,
+    )
+    assert [m for m, _ in failed] == [single]
+    assert "skipped by the Client System" in failed[0][1]
+    # `multi`: 1 error for several readings: which one is unknown → all of them held in doubt
+    # with the server's words; the batch counts as partial and the cycle says so.
+    assert report.in_doubt == meters.count(multi)
+    assert report.partial_batches == 1
+    assert "resolve" in (report.error or "")
+    held = await mt.rows(
+        "SELECT meter_id, last_error FROM meter_reading WHERE tenant_id = %s "
+        "AND sync_status = 'in_doubt'",
+        tenant,
+    )
+    assert {m for m, _ in held} == {multi}
+    assert all("23514" in e or "check constraint" in e for _, e in held), held[0][1]
+    # Every other reading was confirmed; nothing was stored twice.
+    synced = await mt.scalar(
+        "SELECT count(*) FROM meter_reading WHERE tenant_id = %s AND is_synchronized", tenant
+    )
+    assert synced == report.confirmed == 200 - 1 - meters.count(multi)
+    assert set(copies(mt, tenant).values()) == {1}
+    assert len(copies(mt, tenant)) == 200 - 2
+
+
+async def test_uploader_statements_per_batch_match_the_idempotent_profile(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=50)
+    await mt.seed(tenant, 500)
+    report = await mt.uploader(tenant).upload()
+    # The claim IS the fetch (one statement) and the mark ends the claim: no extra statement.
+    assert report.statements <= 2 * math.ceil(500 / 50) + 10
+    assert uuid.UUID(next(iter(copies(mt, tenant))))  # sent ids are the site's ids
+    await assert_exactly_once(mt, tenant, 500)
