@@ -16,7 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from metersync.errors import ConfigError, DatabaseUnavailableError, UnknownTenantError
+from metersync.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    SchemaError,
+    UnknownTenantError,
+)
 from metersync.store.database import InsertResult, SyncDatabase, TenantRow
 from metersync.tools.synthetic import reading_batch
 
@@ -243,31 +248,73 @@ async def test_store_download_page_is_atomic(db: SyncDatabase, dsn: str) -> None
         await db.store_download_page(t, wrong, 10, "c-3")
 
 
-async def test_concurrent_insert_of_the_same_id_fails_cleanly(db: SyncDatabase, dsn: str) -> None:
-    t = await _tenant(db)
-    batch = _readings(50, t)
+async def _race_a_writer(dsn: str, t: int, rid: uuid.UUID, insert: Any) -> Any:
+    """Another writer inserts reading ``rid`` and commits only once our COPY waits on its
+    row (so our existing-id check could not see it): the COPY then meets a unique violation."""
     other = await psycopg.AsyncConnection.connect(dsn)
     try:
-        # Another writer inserts reading 40 and has not committed: our check cannot see it.
-        rid = uuid.UUID(bytes=batch.column("meter_reading_id")[40].as_py())
         await other.execute(
-            "INSERT INTO meter_reading (meter_reading_id, tenant_id, meter_id) VALUES (%s, %s, 1)",
+            "INSERT INTO meter_reading (meter_reading_id, tenant_id, meter_id, is_synchronized,"
+            " sync_status) VALUES (%s, %s, 1, true, 'synchronized')",
             (rid, t),
         )
-        task = asyncio.ensure_future(db.insert_readings(batch, 20))
-        for _ in range(200):  # wait until our COPY waits on the other writer's row
+        task = asyncio.ensure_future(insert())
+        for _ in range(250):  # wait until our COPY waits on the other writer's row
             waiting = _sql(dsn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%%' "
                                 "AND wait_event_type = 'Lock'")  # fmt: skip
             if waiting[0][0]:
                 break
             await asyncio.sleep(0.02)
+        else:
+            pytest.fail("our COPY never waited on the other writer")
         await other.commit()
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            await task
+        return await task
     finally:
         await other.close()
-    assert _sql(dsn, "SELECT count(*) FROM meter_reading WHERE tenant_id = %s", t) == [(1,)]
-    assert await db.insert_readings(batch, 20) == InsertResult(49, 1, 3)  # the retry works
+
+
+async def test_a_concurrent_writer_of_the_same_id_is_skipped_not_an_error(
+    db: SyncDatabase, dsn: str
+) -> None:
+    t = await _tenant(db)
+    batch = _readings(50, t)
+    rid = uuid.UUID(bytes=batch.column("meter_reading_id")[40].as_py())
+    result = await _race_a_writer(dsn, t, rid, lambda: db.insert_readings(batch, 20))
+    assert result == InsertResult(49, 1, 3)  # redone through the staging table
+    assert _sql(dsn, "SELECT count(*) FROM meter_reading WHERE tenant_id = %s", t) == [(50,)]
+    assert await db.insert_readings(batch, 20) == InsertResult(0, 50, 0)
+
+
+async def test_a_download_page_racing_a_concurrent_writer_is_stored_once(
+    db: SyncDatabase, dsn: str
+) -> None:
+    """Issue 11 item 3: no raw ``UniqueViolation`` from the download path; the page and its
+    cursor commit together, the raced reading is counted as already present."""
+    t = await _tenant(db)
+    page = _readings(3000, None)  # >= OVERLAP_MIN_ROWS: the encode-while-checking path
+    rid = uuid.UUID(bytes=page.column("meter_reading_id")[2999].as_py())
+    before = db.statements
+    result = await _race_a_writer(
+        dsn, t, rid, lambda: db.store_download_page(t, page, 1000, "c-race")
+    )
+    assert (result.inserted, result.skipped, result.chunks) == (2999, 1, 3)
+    assert db.statements - before >= 1 + 3 + 1 + 3 + 2  # fast path, then stage + insert
+    assert await db.get_download_cursor(t) == "c-race"
+    rows = _sql(dsn, "SELECT count(*), count(DISTINCT meter_reading_id), bool_and(is_synchronized) "
+                     "FROM meter_reading WHERE tenant_id = %s", t)  # fmt: skip
+    assert rows == [(3000, 3000, True)]
+    # A unique constraint of the site's own is refused clearly, not as a driver error.
+    _sql(dsn, "CREATE UNIQUE INDEX site_unique_meter_time ON meter_reading (tenant_id, meter_id, "
+              f"created_at) WHERE tenant_id = {t:d}")  # fmt: skip
+    try:
+        clash = _readings(2, None)
+        clash = clash.set_column(2, "meter_id", pa.array([7, 7], pa.int64()))
+        clash = clash.set_column(1, "created_at", pa.array([clash.column(1)[0]] * 2))
+        with pytest.raises(SchemaError, match="site_unique_meter_time"):
+            await db.store_download_page(t, clash, 10, "c-clash")
+        assert await db.get_download_cursor(t) == "c-race"
+    finally:
+        _sql(dsn, "DROP INDEX site_unique_meter_time")
 
 
 async def test_layout_with_fewer_and_extra_columns_round_trips(fresh_dsn: str) -> None:

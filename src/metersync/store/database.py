@@ -889,14 +889,14 @@ class SyncDatabase:
 
         One transaction: one existing-id check per tenant in the batch, then one binary COPY
         per chunk of ``chunk_rows``. A concurrent writer inserting one of the ids in between
-        makes it fail with ``psycopg.errors.UniqueViolation``: nothing written, retry.
+        (the COPY then meets its row): the transaction is redone through a staging table
+        (:meth:`_insert_staged`), which skips whatever is present by then.
         """
         layout = await self.layout()
         prepared = _prepare_insert(batch, layout, None, synchronized)
         if prepared.num_rows == 0:
             return InsertResult(0, 0, 0)
-        async with self._transaction():
-            return await self._insert(prepared, chunk_rows)
+        return await self._insert_unit(prepared, chunk_rows)
 
     @_operation
     async def store_download_page(
@@ -908,19 +908,78 @@ class SyncDatabase:
         self._fence(tenant_id)
         layout = await self.layout()
         prepared = _prepare_insert(batch, layout, tenant_id, True)
-        async with self._transaction():
-            result = (
-                await self._insert(prepared, chunk_rows)
-                if prepared.num_rows
-                else InsertResult(0, 0, 0)
-            )
+
+        async def cursor() -> None:
             failpoint("download.before_commit")
             await self._execute(q.UPSERT_CURSOR, (tenant_id, next_cursor))
-        return result
+
+        return await self._insert_unit(prepared, chunk_rows, cursor)
+
+    async def _insert_unit(
+        self,
+        batch: pa.RecordBatch,
+        chunk_rows: int,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> InsertResult:
+        """One transaction: insert ``batch`` (skipping present ids), then ``then()``.
+
+        The fast path (existing-id check, then COPY straight into ``meter_reading``) fails with
+        a unique violation when another writer inserts one of the ids between the check and
+        the COPY. Then the whole unit is redone once through :meth:`_insert_staged`, which
+        cannot fail so: no raw driver error reaches the caller, nothing is written twice.
+        """
+        _check_chunk_rows(chunk_rows)
+        try:
+            async with self._transaction():
+                result = (
+                    await self._insert(batch, chunk_rows)
+                    if batch.num_rows
+                    else InsertResult(0, 0, 0)
+                )
+                if then is not None:
+                    await then()
+            return result
+        except psycopg.errors.UniqueViolation as exc:
+            log.info(
+                "a concurrent writer inserted some of these %d readings (%s); redoing the insert "
+                "through a staging table",
+                batch.num_rows,
+                exc.diag.constraint_name or "unique violation",
+            )
+        try:
+            async with self._transaction():
+                result = await self._insert_staged(batch, chunk_rows)
+                if then is not None:
+                    await then()
+            return result
+        except psycopg.errors.UniqueViolation as exc:
+            # Not the key (ON CONFLICT covers it): a unique constraint of the site's own.
+            raise SchemaError(
+                f"readings violate the unique constraint {exc.diag.constraint_name} of "
+                f"meter_reading ({_first_line(exc)}); only the key (tenant_id, meter_reading_id) "
+                "may be unique for metersync to store them; nothing was written"
+            ) from None
+
+    async def _insert_staged(self, batch: pa.RecordBatch, chunk_rows: int) -> InsertResult:
+        """COPY into a temporary copy of ``meter_reading`` (dropped at commit), then one
+        ``INSERT ... SELECT ... ON CONFLICT (tenant_id, meter_reading_id) DO NOTHING``: rows
+        present by then, committed by anyone, are skipped instead of failing the unit."""
+        names = batch.schema.names
+        await self._execute(q.CREATE_STAGE)
+        statement = q.copy_in(names, table=q.STAGE)
+        count = 0
+        async with self._conn.cursor() as cur:
+            for chunk in codec.slices(batch, chunk_rows):
+                self.statements += 1
+                async with cur.copy(statement) as copy:
+                    await copy.write(codec.copy_binary(chunk))
+                count += 1
+        cur = await self._execute(q.insert_from_stage(names))
+        inserted = max(cur.rowcount, 0)
+        return InsertResult(inserted, batch.num_rows - inserted, count)
 
     async def _insert(self, batch: pa.RecordBatch, chunk_rows: int) -> InsertResult:
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        _check_chunk_rows(chunk_rows)
         total = batch.num_rows
         # The existing-id check (a primary-key probe per id, ~12% of the COPY's own time) runs
         # on the server while a worker thread encodes the chunks (the C encoder releases the
@@ -1109,6 +1168,11 @@ async def _read_copy(conn: psycopg.AsyncConnection[Any], copy: Any) -> list[Any]
     if hasattr(copy, "_read_gen"):
         return await conn.wait(_drain(copy))
     return [data async for data in copy]
+
+
+def _check_chunk_rows(chunk_rows: object) -> None:
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
 
 
 def _needs_migrate(exc: BaseException) -> ConfigError:
