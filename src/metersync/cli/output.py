@@ -26,15 +26,20 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from metersync import errors
+from metersync.cli._safe import terminal_safe
 
 #: Console width when stdout is not a terminal.
 PIPE_WIDTH = 120
 
 
 class ExitCode(enum.IntEnum):
-    """Process exit codes of ``metersync`` (documented in the README and ``--help``)."""
+    """Process exit codes of ``metersync`` (documented in the README and ``--help``).
+
+    Each comes from an error TYPE (:func:`exit_code_for`), never from a message's text.
+    """
 
     OK = 0
     UNEXPECTED = 1
@@ -43,34 +48,89 @@ class ExitCode(enum.IntEnum):
     REMOTE = 4
     PARTIAL = 5
     DATABASE = 6
+    TOO_LARGE = 7
+    CONTRACT = 8
+    IN_DOUBT = 9
+    INTERRUPTED = 130
 
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  ok (also: the sync loop stopped by SIGINT/SIGTERM)
-  1  unexpected error (run with -v for the traceback)
-  2  bad input or usage (invalid option, batch size, unknown tenant, column type, config)
-  3  authentication failure (the Client System refused the API key)
-  4  Client System unavailable (retries spent)
-  5  partial (readings rejected or quarantined, or a cycle ended with errors)
-  6  sync database unavailable"""
+  0    ok (also: the sync loop stopped by SIGINT/SIGTERM; tenants busy elsewhere are skipped)
+  1    unexpected error (run with -v for the traceback)
+  2    bad input or usage (invalid option, batch size, unknown tenant, column type, config)
+  3    authentication failure (the Client System refused the API key)
+  4    Client System unavailable (retries spent on timeouts, connection errors, 408/429/5xx)
+  5    partial (readings rejected or quarantined, or an operation ended with another error)
+  6    sync database unavailable (or the connection holding a tenant's lock was lost)
+  7    batch too large for the Client System (HTTP 413): lower the tenant's upload_batch_size
+  8    the Client System broke the contract (a malformed download page, an answer whose
+       counts do not add up, or HTTP 400 to a body it should accept)
+  9    readings held in doubt (a non-idempotent Client System's answer was lost):
+       check them, then `metersync resolve`
+  130  interrupted (a second Ctrl-C: batches in flight were abandoned unmarked)"""
+
+#: Which code wins when a run has several problems (the first one found in this order).
+EXIT_PRIORITY = (
+    ExitCode.AUTH,
+    ExitCode.DATABASE,
+    ExitCode.USAGE,
+    ExitCode.TOO_LARGE,
+    ExitCode.CONTRACT,
+    ExitCode.IN_DOUBT,
+    ExitCode.UNEXPECTED,
+    ExitCode.REMOTE,
+    ExitCode.PARTIAL,
+)
+
+
+def _error_types() -> tuple[
+    tuple[type[BaseException] | tuple[type[BaseException], ...], ExitCode], ...
+]:
+    """(types, code) pairs, most specific first (subclasses before their bases)."""
+    import psycopg
+
+    outcome_unknown = getattr(errors, "OutcomeUnknownError", None)
+    pairs: list[tuple[Any, ExitCode]] = [
+        (errors.AuthError, ExitCode.AUTH),
+        (errors.PayloadTooLargeError, ExitCode.TOO_LARGE),
+        (
+            (errors.MalformedPageError, errors.InconsistentResponseError, errors.BadRequestError),
+            ExitCode.CONTRACT,
+        ),
+    ]
+    if outcome_unknown is not None:
+        pairs.append((outcome_unknown, ExitCode.IN_DOUBT))
+    pairs += [
+        ((errors.RemoteUnavailableError, errors.ClientSystemError), ExitCode.REMOTE),
+        ((errors.DatabaseUnavailable, psycopg.OperationalError), ExitCode.DATABASE),
+        ((errors.ConfigError, errors.SchemaError), ExitCode.USAGE),
+        (errors.TenantBusyError, ExitCode.PARTIAL),
+    ]
+    return tuple(pairs)
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:
-    """Map an exception to the exit code an operator's script can act on."""
-    import psycopg
+    """Map an exception to the exit code an operator's script can act on (by its type)."""
+    import httpx
 
-    if isinstance(exc, errors.AuthError):
-        return ExitCode.AUTH
-    if isinstance(exc, errors.ClientSystemError):
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    for types, code in _error_types():
+        if isinstance(exc, types):
+            return code
+    if isinstance(exc, httpx.TransportError):  # should arrive wrapped; unreachable either way
         return ExitCode.REMOTE
-    if isinstance(exc, errors.DatabaseUnavailable | psycopg.OperationalError):
-        return ExitCode.DATABASE
-    if isinstance(exc, errors.ConfigError | errors.SchemaError | errors.MalformedPageError):
-        return ExitCode.USAGE
-    if isinstance(exc, errors.TenantBusyError):
-        return ExitCode.PARTIAL
     return ExitCode.UNEXPECTED
+
+
+def error_document(exc: BaseException, code: int | None = None) -> dict[str, Any]:
+    """The ``"error"`` member of a ``--json`` document for a failed command."""
+    return {
+        "type": type(exc).__name__,
+        "message": one_line(exc),
+        "exit_code": int(exit_code_for(exc) if code is None else code),
+    }
 
 
 def one_line(exc: BaseException) -> str:
@@ -130,17 +190,20 @@ class Output:
     def info(self, message: str) -> None:
         """A human status line on stderr (silent with ``-q`` or ``--json``)."""
         if not (self.quiet or self.json_mode):
-            self.err.print(message)
+            # Markup of our own is kept; escape sequences never reach the terminal (callers
+            # escape interpolated data's markup with cli._safe.markup_safe).
+            self.err.print(terminal_safe(message, keep_newlines=True))
 
     def line(self, message: str) -> None:
         """A human result line on stdout (silent with ``--json``)."""
         if not self.json_mode:
-            self.out.print(message)
+            self.out.print(terminal_safe(message, keep_newlines=True))
 
     def error(self, message: str) -> None:
         """The one-line error on stderr."""
         # Plain write, not rich: a terminal-width wrap would break the one-line contract.
-        sys.stderr.write(f"metersync: error: {' '.join(message.split())}\n")
+        # Errors quote data (tenant names, server answers): control characters shown escaped.
+        sys.stderr.write(f"metersync: error: {terminal_safe(' '.join(message.split()))}\n")
         sys.stderr.flush()
 
     def table(
@@ -159,7 +222,8 @@ class Output:
         for column in columns:
             table.add_column(column, justify="right" if column in right_set else "left")
         for row in rows:
-            table.add_row(*(format_cell(value) for value in row))
+            # Cells are data (names, errors from the database): Text, so never read as markup.
+            table.add_row(*(Text(terminal_safe(format_cell(value))) for value in row))
         self.out.print(table)
 
     def key_values(self, title: str | None, pairs: Mapping[str, Any]) -> None:

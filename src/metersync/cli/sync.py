@@ -1,292 +1,342 @@
 """``metersync upload``, ``download`` and ``sync`` (one cycle, or the long-running loop).
 
-Each tenant gets a :class:`~metersync.engine.manager.SyncManager` sharing one database connection
-(cycles of one process run one after the other, so one connection is enough and per-tenant
-advisory locks stay cheap) and one tenant cache whose single LISTEN connection hears batch-size
-changes (NOTIFY) for all of them: sessions do not grow with the tenant count.
-SIGINT/SIGTERM set a stop event and ask the running manager to finish the batch in flight (POST
-and mark), then the command exits 0.
+The work is done by the engine's :class:`~metersync.engine.scheduler.Scheduler` (the same one
+``SyncManager`` uses): bounded concurrency over a small pool of connections, per-tenant locks,
+one shared tenant cache, one error policy. This module only parses options, prints (tables,
+progress, ``--json``) and maps the outcome to an exit code by error TYPE.
+
+Signals: the first SIGINT/SIGTERM starts no new tenant or batch and lets the batches in flight
+finish (POST and mark), then the command exits 0 (the loop) or with its results (one shot). A
+second one abandons the POSTs in flight unmarked (they go again next run) and exits 130.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import click
-import psycopg
 
-from metersync.cli._app import AppState, json_option, open_db, pass_state, run
-from metersync.cli.output import ExitCode, Output, exit_code_for
-from metersync.errors import (
-    AuthError,
-    ConfigError,
-    DatabaseUnavailable,
-    TenantBusyError,
-    UnknownTenantError,
+from metersync.cli._app import AppState, check_dsn_syntax, json_option, pass_state
+from metersync.cli.output import (
+    EXIT_PRIORITY,
+    ExitCode,
+    Output,
+    error_document,
+    exit_code_for,
+    one_line,
 )
+from metersync.engine.scheduler import OperationFailed, OperationResult
+from metersync.errors import ConfigError, UnknownTenantError
 
 log = logging.getLogger("metersync.cli")
 
-#: How often the progress bars read the live reports of the running cycle (seconds).
+#: How often the progress bars read the live reports of the running operations (seconds).
 _PROGRESS_PERIOD = 0.2
-
-
-@dataclasses.dataclass
-class OperationResult:
-    """One operation (upload or download) of one tenant, for tables, JSON and the exit code."""
-
-    tenant_id: int
-    operation: str
-    report: Any = None
-    error: BaseException | None = None
-    skipped: str | None = None
-
-    @property
-    def readings(self) -> int:
-        if self.report is None:
-            return 0
-        if self.operation == "upload":
-            return int(self.report.confirmed)
-        return int(self.report.inserted)
-
-    def document(self) -> dict[str, Any]:
-        """Plain data for ``--json``."""
-        doc: dict[str, Any] = {"tenant_id": self.tenant_id, "operation": self.operation}
-        if self.report is not None:
-            doc.update(dataclasses.asdict(self.report))
-            seconds = self.report.seconds or 0.0
-            doc["readings_per_s"] = round(self.readings / seconds, 1) if seconds > 0 else None
-        if self.error is not None:
-            doc["error"] = str(self.error)
-        if self.skipped:
-            doc["skipped"] = self.skipped
-        doc["ok"] = self.ok
-        return doc
-
-    @property
-    def ok(self) -> bool:
-        if self.error is not None:
-            return False
-        if self.report is not None and self.report.error:
-            return False
-        return not (
-            self.operation == "upload"
-            and self.report is not None
-            and (self.report.rejected or self.report.quarantined)
-        )
+#: Tenants synced at once by default (each on its own connection to the sync database).
+DEFAULT_CONCURRENCY = 4
 
 
 def exit_code_of(results: Sequence[OperationResult]) -> ExitCode:
-    """The exit code of a one-shot run: the most serious problem of any operation.
+    """The exit code of a run: the most serious problem of any operation, by error type.
 
-    3 a key was refused; 6 the database failed (also a cycle that ended early on it); 2 bad
-    input; 4 the Client System was unavailable (retries spent); 5 partial (readings rejected or
-    quarantined, other errors).
+    Skipped operations (tenant busy elsewhere, no download offered) are not problems; rejected
+    or quarantined readings are partial (5).
     """
-    codes = set()
+    return _worst(results)[0]
+
+
+def _worst(results: Sequence[OperationResult]) -> tuple[ExitCode, OperationResult | None]:
+    found: dict[ExitCode, OperationResult] = {}
     for r in results:
-        if r.skipped or r.ok:
+        if r.ok:
             continue
-        if r.error is not None:
-            codes.add(exit_code_for(r.error))
-        elif r.report is not None and r.report.error:
-            if _DATABASE_MARKER in r.report.error:
-                codes.add(ExitCode.DATABASE)
-            elif any(word in r.report.error for word in _REMOTE_MARKERS):
-                codes.add(ExitCode.REMOTE)
-            else:
-                codes.add(ExitCode.PARTIAL)
+        if r.error is None or isinstance(r.error, OperationFailed):
+            code = ExitCode.PARTIAL
         else:
-            codes.add(ExitCode.PARTIAL)
-    for code in _PRIORITY:
-        if code in codes:
-            return code
-    return ExitCode.OK
+            code = exit_code_for(r.error)
+        found.setdefault(code, r)
+    for code in EXIT_PRIORITY:
+        if code in found:
+            return code, found[code]
+    return ExitCode.OK, None
 
 
-# The upload/download reports carry the cause as text ("... failed as a whole
-# (RemoteUnavailableError: ...)"): these names mean the Client System could not be reached.
-_REMOTE_MARKERS = ("RemoteUnavailableError", "ConnectError", "TimeoutException", "ReadTimeout")
-# ... and this one that the sync database went away mid-cycle (a failed mark or fetch).
-_DATABASE_MARKER = DatabaseUnavailable.__name__
-_PRIORITY = (
-    ExitCode.AUTH,
-    ExitCode.DATABASE,
-    ExitCode.USAGE,
-    ExitCode.UNEXPECTED,
-    ExitCode.REMOTE,
-    ExitCode.PARTIAL,
-)
+class _Run:
+    """One invocation's scheduler: the tenants resolved, clients built from the settings."""
 
-
-class Worker:
-    """The tenants this process syncs: one database connection, one SyncManager per tenant."""
-
-    def __init__(self, state: AppState, tenant_ids: Sequence[int] | None) -> None:
+    def __init__(self, state: AppState, tenant_ids: Sequence[int] | None, concurrency: int):
         self.state = state
-        self.settings = state.settings
         self.requested = list(tenant_ids) if tenant_ids is not None else None
-        self.db: Any = None
-        self.cache: Any = None  # one TenantCache (one LISTEN connection) for every manager
-        self.managers: dict[int, Any] = {}
-        self.stop_event = asyncio.Event()
+        self.concurrency = concurrency
+        self.scheduler: Any = None
+        self.main_task: asyncio.Task[Any] | None = None
+        self.signals = 0
+
+    def _client(self, tenant_id: int, api_key: str) -> Any:
+        from metersync.remote import client as remote
+
+        s = self.state.settings
+        build = getattr(remote, "client_from_settings", None)
+        if build is not None:  # the profile settings (client_profile, max_body_bytes, site_id)
+            return build(s, api_key)
+        return remote.ClientSystemApiClient(
+            s.api_url,
+            api_key,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            verify=s.ca_bundle or True,
+        )
 
     async def open(self) -> None:
-        """Connect, check the tenants exist and have keys, initialize their managers."""
-        from metersync.engine.manager import SyncManager, SyncOptions
-        from metersync.engine.tenant_cache import TenantCache
-        from metersync.remote.client import ClientSystemApiClient
+        """Connect, check the tenants exist and have keys, register them with the scheduler."""
+        from metersync.engine.scheduler import EngineOptions, Scheduler
 
         dsn = self.state.require_dsn()
-        self._db_cm = open_db(dsn)
-        self.db = await self._db_cm.__aenter__()
-        await self.db.layout()  # an unsupported column type fails here, before anything moves
-        if self.requested is None:
-            rows = [t for t in await self.db.list_tenants() if t.active]
-            if not rows:
-                raise ConfigError("no active tenants in table tenant (metersync tenant add ...)")
-        else:
-            rows = []
-            for tid in self.requested:
-                row = await self.db.get_tenant(tid)
-                if row is None:
-                    raise UnknownTenantError(tid)
-                rows.append(row)
-        self.cache = TenantCache(self.db)
-        await self.cache.listen(dsn)
-        s = self.settings
+        check_dsn_syntax(dsn)
+        s = self.state.settings
+        self.scheduler = Scheduler(
+            dsn=dsn,
+            concurrency=self.concurrency,
+            client_factory=self._client,
+            options=EngineOptions(max_retries=max(s.max_retries, 1)),
+        )
+        await self.scheduler.open()
+        async with self.scheduler.connection() as db:
+            if self.requested is None:
+                rows = [t for t in await db.list_tenants() if t.active]
+                if not rows:
+                    raise ConfigError(
+                        "no active tenants in table tenant (metersync tenant add ...)"
+                    )
+            else:
+                rows = []
+                for tid in self.requested:
+                    row = await db.get_tenant(tid)
+                    if row is None:
+                        raise UnknownTenantError(tid)
+                    rows.append(row)
         for row in rows:
             if not row.api_key:
                 raise ConfigError(
                     f"tenant {row.tenant_id} has no api_key in table tenant "
                     "(re-add it with METERSYNC_API_KEY set)"
                 )
-            client = ClientSystemApiClient(
-                s.api_url,
-                row.api_key,
-                connect_timeout=s.connect_timeout,
-                read_timeout=s.read_timeout,
-                verify=s.ca_bundle or True,
-            )
-            manager = SyncManager(
-                SyncOptions(
-                    tenant_id=row.tenant_id,
-                    database=self.db,
-                    cache=self.cache,  # shared: the managers open no LISTEN of their own
-                    api_client=client,
-                    max_retries=max(s.max_retries, 1),
-                )
-            )
-            try:
-                await manager.initialize()
-            except BaseException:
-                await client.aclose()
-                raise
-            self.managers[row.tenant_id] = manager
+            self.scheduler.add_tenant(row.tenant_id)
 
     async def close(self) -> None:
-        """Close the managers (their listeners), the clients, then the database connection."""
-        for manager in self.managers.values():
+        """Close the clients, the listener and the connections (never raises)."""
+        if self.scheduler is not None:
             with contextlib.suppress(Exception):
-                await manager.close()
-            with contextlib.suppress(Exception):
-                await manager.client.aclose()
-        self.managers.clear()
-        if self.cache is not None:
-            with contextlib.suppress(Exception):
-                await self.cache.stop_listening()
-            self.cache = None
-        if self.db is not None:
-            with contextlib.suppress(Exception):
-                await self._db_cm.__aexit__(None, None, None)
-            self.db = None
+                await self.scheduler.close()
 
-    def request_stop(self) -> None:
-        """Signal handler: finish the batch in flight everywhere, then stop."""
-        if not self.stop_event.is_set():
-            log.warning("stop requested: finishing the batch in flight")
-        self.stop_event.set()
-        for manager in self.managers.values():
-            for part in (manager.uploader, manager.downloader):
-                if part is not None:
-                    part.request_stop()
+    def on_signal(self) -> None:
+        """First signal: finish the batches in flight, then stop. Second: abandon them."""
+        self.signals += 1
+        if self.signals == 1:
+            self.state.output.info(
+                "stopping: finishing the batches in flight (again to abandon them unmarked)"
+            )
+            if self.scheduler is not None:
+                self.scheduler.request_stop()
+            else:  # still opening: nothing in flight yet
+                self._cancel()
+        else:
+            self._cancel()
 
-    async def run_operation(self, tenant_id: int, operation: str) -> OperationResult:
-        """One upload or download cycle of a tenant; errors become part of the result."""
-        manager = self.managers[tenant_id]
-        result = OperationResult(tenant_id, operation)
+    def _cancel(self) -> None:
+        if self.main_task is not None and not self.main_task.done():
+            self.main_task.cancel()
+
+
+class _Interrupted(Exception):
+    """The run was cancelled by a second signal (exit 130)."""
+
+
+def _install_signals(run: _Run) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, run.on_signal)
+        installed.append(sig)
+    return installed
+
+
+def _remove_signals(installed: list[signal.Signals]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in installed:
+        loop.remove_signal_handler(sig)
+
+
+def _execute(run: _Run, body: Callable[[_Run], Any]) -> tuple[Any, BaseException | None]:
+    """Run ``body(run)`` between ``open`` and ``close`` with the signal handlers installed.
+
+    Returns ``(value, None)`` or ``(None, error)``; a second signal gives ``_Interrupted``.
+    """
+
+    async def go() -> Any:
+        run.main_task = asyncio.current_task()
+        installed = _install_signals(run)
         try:
-            if operation == "upload":
-                result.report = await manager.upload_readings()
-            else:
-                result.report = await manager.download_readings()
-        except TenantBusyError as exc:
-            log.info("%s", exc)  # another worker has it: normal with several workers
-            result.skipped = str(exc)
-        except (AuthError, ConfigError) as exc:
-            result.error = exc
-            part = manager.uploader if operation == "upload" else manager.downloader
-            result.report = part.report if part is not None else None
-        except (psycopg.OperationalError, DatabaseUnavailable):
-            raise
-        except Exception as exc:
-            result.error = exc
-            part = manager.uploader if operation == "upload" else manager.downloader
-            result.report = part.report if part is not None else None
-        return result
+            await run.open()
+            return await body(run)
+        finally:
+            await run.close()
+            _remove_signals(installed)
 
-    async def cycle(
-        self, operations: Sequence[str], out: Output, *, progress: bool
-    ) -> list[OperationResult]:
-        """Run ``operations`` for every tenant once (stopping early on a signal)."""
-        results: list[OperationResult] = []
-        async with _progress(self, out, enabled=progress) as track:
-            for tenant_id in list(self.managers):
-                for operation in operations:
-                    if self.stop_event.is_set():
-                        return results
-                    track(tenant_id, operation)
-                    results.append(await self.run_operation(tenant_id, operation))
-        return results
+    try:
+        return asyncio.run(go()), None
+    except asyncio.CancelledError:
+        return None, _Interrupted(
+            "interrupted: the batches in flight were abandoned unmarked; they go again next run"
+        )
+    except KeyboardInterrupt:
+        return None, _Interrupted("interrupted")
+    except Exception as exc:
+        return None, exc
+
+
+def _fail(state: AppState, exc: BaseException, document: dict[str, Any] | None = None) -> int:
+    """Report a command that failed as a whole: one line on stderr, or one JSON document."""
+    out = state.output
+    code = ExitCode.INTERRUPTED if isinstance(exc, _Interrupted) else exit_code_for(exc)
+    if state.verbose and not isinstance(exc, _Interrupted):
+        traceback.print_exception(exc, file=sys.stderr)
+    if out.json_mode:
+        doc = dict(document or {})
+        doc["error"] = error_document(exc, code)
+        doc["exit_code"] = int(code)
+        out.emit_json(doc)
+    if code == ExitCode.UNEXPECTED:
+        out.error(f"unexpected {type(exc).__name__}: {one_line(exc)} (run with -v for details)")
+    else:
+        out.error(one_line(exc))
+    return int(code)
+
+
+# -- one shot -----------------------------------------------------------------------------------
+
+
+def _one_shot(
+    state: AppState,
+    tenants: list[int] | None,
+    operations: Sequence[str],
+    concurrency: int,
+) -> int:
+    out = state.output
+    run = _Run(state, tenants, concurrency)
+    done: list[OperationResult] = []  # as they end: a second signal still shows what finished
+    started = time.perf_counter()
+
+    async def body(run: _Run) -> list[OperationResult]:
+        async with _progress(run, out, operations) as track:
+
+            def on_result(result: OperationResult) -> None:
+                done.append(result)
+                track(result)
+
+            return list(await run.scheduler.run_cycle(operations=operations, on_result=on_result))
+
+    results, error = _execute(run, body)
+    seconds = time.perf_counter() - started
+    partial = {
+        "operations": [r.document() for r in done],
+        "seconds": round(seconds, 3),
+        "stopped_by_signal": run.signals > 0,
+    }
+    if error is not None:
+        return _fail(state, error, partial)
+    assert results is not None
+    code, worst = _worst(results)
+    if list(operations) == ["download"]:
+        unsupported = [
+            r for r in results if r.outcome == "skipped" and "no download" in (r.skipped or "")
+        ]
+        if results and len(unsupported) == len(results):
+            return _fail(
+                state, ConfigError(unsupported[0].skipped or "no download offered"), partial
+            )
+    left_out = _left_out(run, results)
+    if out.json_mode:
+        doc = {
+            "operations": [r.document() for r in results],
+            "seconds": round(seconds, 3),
+            "stopped_by_signal": run.signals > 0,
+            "tenants_not_run": left_out,
+            "exit_code": int(code),
+            "error": None,
+        }
+        if worst is not None and worst.error is not None:
+            doc["error"] = error_document(worst.error, code)
+            doc["error"]["tenant_id"] = worst.tenant_id
+            doc["error"]["operation"] = worst.operation
+        out.emit_json(doc)
+    else:
+        summary(out, results, seconds)
+        for r in results:
+            if r.error is not None:
+                out.error(f"tenant {r.tenant_id} {r.operation}: {one_line(r.error)}")
+        if left_out:
+            out.info(
+                f"{len(left_out)} tenant(s) not run: "
+                + ("stopped by a signal" if run.signals else "the cycle ended on an outage")
+            )
+    return int(code)
+
+
+def _left_out(run: _Run, results: Sequence[OperationResult]) -> list[int]:
+    ran = {r.tenant_id for r in results}
+    return [t for t in run.scheduler.tenant_ids if t not in ran]
 
 
 @contextlib.asynccontextmanager
-async def _progress(worker: Worker, out: Output, *, enabled: bool) -> AsyncIterator[Any]:
-    """A rich progress bar per (tenant, operation), fed from the live reports of the managers."""
-    if not enabled or out.json_mode or out.quiet or not out.err.is_terminal:
-        yield lambda tenant_id, operation: None
+async def _progress(
+    run: _Run, out: Output, operations: Sequence[str]
+) -> AsyncIterator[Callable[[OperationResult], None]]:
+    """One rich progress bar per operation over all tenants, fed from the live reports."""
+    if out.json_mode or out.quiet or not out.err.is_terminal:
+        yield lambda result: None
         return
+    scheduler = run.scheduler
+    tenants = set(scheduler.tenant_ids)
+    total: int | None = None
+    with contextlib.suppress(Exception):
+        async with scheduler.connection() as db:
+            rows = await db.queue_status(None, run.state.settings.max_retries)
+        total = sum(_pending(r) for r in rows if _field(r, "tenant_id") in tenants)
     progress = out.progress()
-    tasks: dict[tuple[int, str], Any] = {}
-    totals: dict[int, int | None] = {}
-    for tenant_id in worker.managers:
-        with contextlib.suppress(Exception):
-            rows = await worker.db.queue_status(tenant_id, worker.settings.max_retries)
-            totals[tenant_id] = sum(_pending(r) for r in rows)
-
-    def track(tenant_id: int, operation: str) -> None:
-        total = totals.get(tenant_id) if operation == "upload" else None
-        tasks[(tenant_id, operation)] = progress.add_task(
-            f"tenant {tenant_id} {operation}", total=total or None
+    finished = dict.fromkeys(operations, 0)
+    tasks = {
+        op: progress.add_task(
+            f"{op} ({len(tenants)} tenant{'s' if len(tenants) != 1 else ''})",
+            total=(total or None) if op == "upload" else None,
         )
+        for op in operations
+    }
+
+    def track(result: OperationResult) -> None:
+        finished[result.operation] = finished.get(result.operation, 0) + result.readings
+
+    def refresh_once() -> None:
+        live = dict.fromkeys(operations, 0)
+        for (_tenant, op), part in list(scheduler.running.items()):
+            report = part.report
+            live[op] = live.get(op, 0) + int(
+                report.confirmed if op == "upload" else report.inserted
+            )
+        for op, task in tasks.items():
+            progress.update(task, completed=finished[op] + live.get(op, 0))
 
     async def refresh() -> None:
         while True:
-            for (tenant_id, operation), task in tasks.items():
-                manager = worker.managers.get(tenant_id)
-                part = None
-                if manager is not None:
-                    part = manager.uploader if operation == "upload" else manager.downloader
-                if part is not None and part.report.tenant_id == tenant_id:
-                    done = part.report.confirmed if operation == "upload" else part.report.inserted
-                    progress.update(task, completed=done)
+            refresh_once()
             await asyncio.sleep(_PROGRESS_PERIOD)
 
     with progress:
@@ -297,20 +347,32 @@ async def _progress(worker: Worker, out: Output, *, enabled: bool) -> AsyncItera
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            for (tenant_id, operation), task in tasks.items():
-                manager = worker.managers[tenant_id]
-                part = manager.uploader if operation == "upload" else manager.downloader
-                done = part.report.confirmed if operation == "upload" else part.report.inserted
-                progress.update(task, completed=done, total=max(done, 1) if done else 1)
+            refresh_once()
+            for op, task in tasks.items():
+                progress.update(task, total=max(finished[op], 1))
+
+
+def _field(row: Any, name: str) -> Any:
+    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
 
 
 def _pending(row: Any) -> int:
     """Readings the next upload will try: pending plus failed-but-not-quarantined."""
-    total = 0
-    for name in ("pending", "failed"):
-        value = row.get(name) if isinstance(row, dict) else getattr(row, name, 0)
-        total += int(value or 0)
-    return total
+    return sum(int(_field(row, name) or 0) for name in ("pending", "failed"))
+
+
+def _result_text(r: OperationResult) -> str:
+    outcome = r.outcome
+    rep = r.report
+    if outcome == "busy":
+        return "skipped: tenant busy (another worker)"
+    if outcome == "skipped":
+        return f"skipped: {r.skipped}"
+    if outcome == "error":
+        return f"error: {r.error_text}"
+    if outcome in ("partial", "rejected") and rep is not None:
+        return f"{outcome}: {rep.rejected} rejected, {rep.quarantined} quarantined"  # type: ignore[union-attr]
+    return "ok"
 
 
 def summary(out: Output, results: Sequence[OperationResult], seconds: float) -> None:
@@ -318,16 +380,9 @@ def summary(out: Output, results: Sequence[OperationResult], seconds: float) -> 
     rows = []
     for r in results:
         rep = r.report
-        result_text = "ok"
-        if r.skipped:
-            result_text = "skipped: tenant busy (another worker)"
-        elif r.error is not None:
-            result_text = f"error: {r.error}"
-        elif rep is not None and rep.error:
-            result_text = f"error: {rep.error}"
-        elif rep is not None and r.operation == "upload" and (rep.rejected or rep.quarantined):
-            result_text = f"partial: {rep.rejected} rejected, {rep.quarantined} quarantined"
-        batches = None if rep is None else (rep.batches if r.operation == "upload" else rep.pages)
+        batches = None
+        if rep is not None:
+            batches = rep.batches if r.operation == "upload" else rep.pages  # type: ignore[union-attr]
         per_s = None
         if rep is not None and rep.seconds > 0 and r.readings:
             per_s = r.readings / rep.seconds
@@ -340,7 +395,7 @@ def summary(out: Output, results: Sequence[OperationResult], seconds: float) -> 
                 None if rep is None else rep.statements,
                 None if rep is None else round(rep.seconds, 2),
                 per_s,
-                result_text,
+                _result_text(r),
             ]
         )
     out.table(
@@ -349,6 +404,9 @@ def summary(out: Output, results: Sequence[OperationResult], seconds: float) -> 
         rows,
         right=["batches", "readings", "statements", "s", "readings/s"],
     )
+
+
+# -- options ------------------------------------------------------------------------------------
 
 
 def _tenant_selection(
@@ -368,84 +426,64 @@ def _tenant_selection(
     return [chosen]
 
 
-async def _install_signals(worker: Worker) -> list[signal.Signals]:
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.request_stop)
-        installed.append(sig)
-    return installed
-
-
-def _remove_signals(installed: list[signal.Signals]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in installed:
-        loop.remove_signal_handler(sig)
-
-
-def _one_shot(state: AppState, tenants: list[int] | None, operations: Sequence[str]) -> int:
-    out = state.output
-
-    async def go() -> tuple[list[OperationResult], float, bool]:
-        worker = Worker(state, tenants)
-        started = time.perf_counter()
-        installed = await _install_signals(worker)
-        try:
-            await worker.open()
-            results = await worker.cycle(operations, out, progress=True)
-        finally:
-            await worker.close()
-            _remove_signals(installed)
-        return results, time.perf_counter() - started, worker.stop_event.is_set()
-
-    results, seconds, stopped = run(go)
-    code = exit_code_of(results)
-    if out.json_mode:
-        out.emit_json(
-            {
-                "operations": [r.document() for r in results],
-                "seconds": round(seconds, 3),
-                "stopped_by_signal": stopped,
-                "exit_code": int(code),
-            }
-        )
-    else:
-        summary(out, results, seconds)
-    for r in results:
-        if r.error is not None and not out.json_mode:
-            out.error(f"tenant {r.tenant_id} {r.operation}: {r.error}")
-    return int(code)
-
-
 _tenant_options = [
     click.option("--tenant", "tenant_id", type=int, help="Tenant id (env METERSYNC_TENANT)."),
     click.option("--all-tenants", is_flag=True, help="Every active tenant."),
+    click.option(
+        "--concurrency",
+        type=click.IntRange(1, 64),
+        default=DEFAULT_CONCURRENCY,
+        show_default=True,
+        envvar="METERSYNC_CONCURRENCY",
+        help="Tenants synced at once, each on its own connection to the sync database "
+        "(env METERSYNC_CONCURRENCY).",
+    ),
 ]
 
 
 def tenant_options(func: Any) -> Any:
-    """``--tenant ID`` / ``--all-tenants`` on a command."""
+    """``--tenant ID`` / ``--all-tenants`` / ``--concurrency N`` on a command."""
     for option in reversed(_tenant_options):
         func = option(func)
     return func
 
 
+def _guarded(state: AppState, command: Callable[[], int]) -> int:
+    """Bad options become the same one line / JSON error document as a failed run."""
+    try:
+        return command()
+    except ConfigError as exc:
+        return _fail(state, exc)
+
+
 @click.command()
 @tenant_options
 @json_option
 @pass_state
-def upload(state: AppState, tenant_id: int | None, all_tenants: bool) -> int:
+def upload(state: AppState, tenant_id: int | None, all_tenants: bool, concurrency: int) -> int:
     """One upload cycle: send pending readings until the queue is empty (then exit)."""
-    return _one_shot(state, _tenant_selection(state, tenant_id, all_tenants), ["upload"])
+    return _guarded(
+        state,
+        lambda: _one_shot(
+            state, _tenant_selection(state, tenant_id, all_tenants), ["upload"], concurrency
+        ),
+    )
 
 
 @click.command()
 @tenant_options
 @json_option
 @pass_state
-def download(state: AppState, tenant_id: int | None, all_tenants: bool) -> int:
-    """One download cycle: fetch the tenant's readings from the Client System after the cursor."""
-    return _one_shot(state, _tenant_selection(state, tenant_id, all_tenants), ["download"])
+def download(state: AppState, tenant_id: int | None, all_tenants: bool, concurrency: int) -> int:
+    """One download cycle: fetch the tenant's readings from the Client System after the cursor.
+
+    Exits 2 when the Client System's profile offers no download (MeterTrack)."""
+    return _guarded(
+        state,
+        lambda: _one_shot(
+            state, _tenant_selection(state, tenant_id, all_tenants), ["download"], concurrency
+        ),
+    )
 
 
 @click.command()
@@ -462,85 +500,76 @@ def sync(
     state: AppState,
     tenant_id: int | None,
     all_tenants: bool,
+    concurrency: int,
     once: bool,
     interval: float | None,
 ) -> int:
     """Upload then download; with --once a single cycle, else a loop until SIGINT/SIGTERM.
 
-    On a signal the batch in flight is finished (POST and mark) and the command exits 0.
-    Errors of one tenant are logged and recorded in sync_log; the loop goes on.
+    On a signal the batches in flight are finished (POST and mark) and the command exits 0; a
+    second signal abandons them unmarked and exits 130. A Client System that offers no download
+    (MeterTrack) gets uploads only. Errors of one tenant are logged and recorded in sync_log;
+    the loop goes on (an outage of the database or the Client System is retried with backoff).
     """
-    tenants = _tenant_selection(state, tenant_id, all_tenants)
-    if interval is not None:
-        state.override(interval=interval)
-    if once:
-        return _one_shot(state, tenants, ["upload", "download"])
-    return _loop(state, tenants)
+
+    def command() -> int:
+        tenants = _tenant_selection(state, tenant_id, all_tenants)
+        if interval is not None:
+            state.override(interval=interval)
+        if once:
+            return _one_shot(state, tenants, ["upload", "download"], concurrency)
+        return _loop(state, tenants, concurrency)
+
+    return _guarded(state, command)
 
 
-def _loop(state: AppState, tenants: list[int] | None) -> int:
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def _loop(state: AppState, tenants: list[int] | None, concurrency: int) -> int:
     out = state.output
     interval = state.settings.interval
+    run = _Run(state, tenants, concurrency)
+    cycles = {"n": 0}
 
-    async def go() -> int:
-        worker = Worker(state, tenants)
-        installed = await _install_signals(worker)
-        cycles = 0
-        try:
-            await worker.open()
-            out.info(
-                f"syncing {len(worker.managers)} tenant(s) every {interval:g} s; "
-                "Ctrl-C or SIGTERM stops after the batch in flight"
-            )
-            while not worker.stop_event.is_set():
-                started = time.perf_counter()
-                try:
-                    results = await worker.cycle(["upload", "download"], out, progress=False)
-                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                    # One line per cycle while the database is away; the connection is
-                    # reopened by the next cycle's first statement (SyncDatabase reconnects).
-                    log.warning(
-                        "sync database unavailable, cycle skipped (next in %g s): %s",
-                        interval,
-                        exc,
-                        exc_info=state.verbose >= 1,
-                    )
-                    await _wait(worker, interval)
-                    continue
-                cycles += 1
-                _report_cycle(out, cycles, results, time.perf_counter() - started)
-                await _wait(worker, interval)
-        finally:
-            await worker.close()
-            _remove_signals(installed)
-        out.info(f"stopped cleanly after {cycles} cycle(s)")
-        return ExitCode.OK
+    async def body(run: _Run) -> int:
+        out.info(
+            f"syncing {len(run.scheduler.tenant_ids)} tenant(s), {run.scheduler.concurrency} "
+            f"at a time, every {interval:g} s; Ctrl-C or SIGTERM stops after the batches in "
+            "flight"
+        )
 
-    return run(go)
+        def on_cycle(results: list[OperationResult], seconds: float) -> None:
+            cycles["n"] += 1
+            _report_cycle(out, cycles["n"], results, seconds)
 
+        return int(await run.scheduler.run_forever(interval, on_cycle=on_cycle))
 
-async def _wait(worker: Worker, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(worker.stop_event.wait(), seconds)
+    value, error = _execute(run, body)
+    if error is not None:
+        return _fail(state, error, {"cycles": cycles["n"]})
+    out.info(f"stopped cleanly after {value} cycle(s)")
+    return int(ExitCode.OK)
 
 
 def _report_cycle(
     out: Output, number: int, results: Sequence[OperationResult], seconds: float
 ) -> None:
-    for r in results:
-        if r.error is not None:
-            log.error("tenant %s %s failed: %s", r.tenant_id, r.operation, r.error)
     if out.json_mode:
         # One JSON document per cycle, one per line (NDJSON) for log shippers.
         import orjson
 
-        line = {"cycle": number, "seconds": round(seconds, 3)}
-        line["operations"] = [r.document() for r in results]  # type: ignore[assignment]
+        line = {
+            "cycle": number,
+            "seconds": round(seconds, 3),
+            "operations": [r.document() for r in results],
+            "exit_code": int(exit_code_of(results)),
+        }
         click.echo(orjson.dumps(line, default=str).decode())
         return
     up = sum(r.readings for r in results if r.operation == "upload")
     down = sum(r.readings for r in results if r.operation == "download")
-    bad = [r for r in results if not r.ok and not r.skipped]
+    bad = [r for r in results if not r.ok]
     text = f"cycle {number}: {up:,} uploaded, {down:,} downloaded in {seconds:.2f} s"
     if bad:
         text += f"; {len(bad)} operation(s) with errors (see metersync status)"

@@ -190,7 +190,7 @@ class OperationResult:
         doc["readings_per_s"] = round(self.readings / seconds, 1) if seconds > 0 else None
         doc["outcome"] = self.outcome
         doc["ok"] = self.ok
-        doc["skipped"] = self.skipped
+        doc["skip_reason"] = self.skipped  # ("skipped" is a download count)
         doc["error"] = self.error_text
         doc["error_type"] = type(self.error).__name__ if self.error is not None else None
         return doc
