@@ -93,7 +93,11 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path: Path) -> None:
         ({"METERSYNC_INTERVAL": "-1"}, "positive number of seconds"),
         ({"METERSYNC_API_URL": "ftp://x"}, "http:// or https://"),
         ({"METERSYNC_LOG_LEVEL": "LOUD"}, "one of DEBUG"),
-        ({"METERSYNC_MAX_RETRIES": "-3"}, "must be >= 0"),
+        ({"METERSYNC_MAX_RETRIES": "-3"}, "must be >= 1"),
+        # 0 would quarantine every pending reading at once (issue 11.15).
+        ({"METERSYNC_MAX_RETRIES": "0"}, "METERSYNC_MAX_RETRIES must be >= 1, got 0"),
+        ({"METERSYNC_TENANT": "-1"}, "METERSYNC_TENANT must be a positive tenant id, got -1"),
+        ({"METERSYNC_TENANT": str(2**63)}, "at most 9223372036854775807"),
     ],
 )
 def test_bad_values_name_the_source(tmp_path: Path, env: dict[str, str], message: str) -> None:

@@ -71,7 +71,7 @@ class Settings:
         return self.sources.get(name, "default")
 
 
-def _positive_int(name: str, value: Any) -> int:
+def _positive_int(name: str, value: Any, minimum: int = 0) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     try:
@@ -80,16 +80,29 @@ def _positive_int(name: str, value: Any) -> int:
         raise ConfigError(f"{name} must be an integer, got {value!r}") from None
     if isinstance(value, float) and value != number:
         raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if number < 0:
-        raise ConfigError(f"{name} must be >= 0, got {number}")
+    if number < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {number}")
     return number
+
+
+#: Largest tenant id: tenant_id is a PostgreSQL bigint.
+MAX_TENANT_ID = 2**63 - 1
 
 
 def _tenant(name: str, value: Any) -> int:
-    number = _positive_int(name, value)
-    if number == 0:
-        raise ConfigError(f"{name} must be a positive tenant id, got 0")
+    number = _positive_int(name, value, minimum=-MAX_TENANT_ID)  # the range is checked here
+    if number < 1:
+        raise ConfigError(f"{name} must be a positive tenant id, got {number}")
+    if number > MAX_TENANT_ID:
+        raise ConfigError(
+            f"{name} must be at most {MAX_TENANT_ID} (tenant ids are bigint), got {number}"
+        )
     return number
+
+
+def _retries(name: str, value: Any) -> int:
+    # 0 would quarantine every pending reading before its first attempt (retry_count >= 0).
+    return _positive_int(name, value, minimum=1)
 
 
 def _seconds(name: str, value: Any) -> float:
@@ -170,7 +183,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "api_key": _text,
     "tenant_id": _tenant,
     "interval": _seconds,
-    "max_retries": _positive_int,
+    "max_retries": _retries,
     "log_level": _log_level,
     "ca_bundle": _text,
     "connect_timeout": _seconds,
@@ -182,6 +195,15 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
 }
 ENV_VARS: dict[str, str] = {name: ENV_PREFIX + name.upper() for name in _PARSERS}
 ENV_VARS["tenant_id"] = "METERSYNC_TENANT"
+#: The command-line flag of a field when it is not ``--field-name`` (named in error messages).
+FLAGS: dict[str, str] = {"tenant_id": "--tenant"}
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag that sets ``field_name`` (``tenant_id`` → ``--tenant``)."""
+    return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
 #: Fields that may not be given as a command-line flag.
 SECRET_FIELDS = frozenset({"api_key"})
 
@@ -276,7 +298,7 @@ def resolve_settings(
     for name, parse in _PARSERS.items():
         var = ENV_VARS[name]
         if name in flags:
-            values[name], sources[name] = parse(f"--{name.replace('_', '-')}", flags[name]), "flag"
+            values[name], sources[name] = parse(flag_name(name), flags[name]), "flag"
         elif env.get(var, "").strip():
             values[name], sources[name] = parse(var, env[var]), "env"
         elif name in file_values:
@@ -292,7 +314,7 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
     for name, value in changes.items():
         if value is None:
             continue
-        parsed[name] = _PARSERS[name](f"--{name.replace('_', '-')}", value)
+        parsed[name] = _PARSERS[name](flag_name(name), value)
         sources[name] = "flag"
     return replace(settings, **parsed, sources=sources)
 

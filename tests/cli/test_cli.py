@@ -153,6 +153,7 @@ def test_help_documents_exit_codes_and_commands() -> None:
     text = " ".join(proc.stdout.split())
     assert "Exit codes: 0 ok" in text and "6 sync database unavailable" in text
     assert "3 authentication failure" in text and "5 partial" in text
+    assert "130 interrupted" in text  # issue 11.17: the second Ctrl-C's code is documented
     for command in ("migrate", "tenant", "upload", "download", "sync", "status", "requeue",
                     "serve", "demo", "bench"):  # fmt: skip
         assert command in proc.stdout
@@ -456,3 +457,158 @@ def test_ca_bundle_flag_must_name_an_existing_file(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "no-such-ca.pem" in proc.stderr and "does not exist" in proc.stderr
     assert "--ca-bundle" in ms("--help").stdout
+
+
+# -- issue 11.14 / 11.15: clear bad-input lines, never "unexpected" ---------------------------
+
+
+@pytest.mark.parametrize("command", ["add", "show", "set"])
+def test_tenant_id_out_of_bigint_range_is_bad_input(dsn: str, command: str) -> None:
+    extra = {"add": ["--name", "x"], "show": [], "set": ["--upload-batch-size", "5"]}[command]
+    proc = ms("--dsn", dsn, "tenant", command, "9223372036854775808", *extra,
+              env={"METERSYNC_API_KEY": "sk_bigint_0123456789"})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc)
+    assert "unexpected" not in line
+    assert "9223372036854775808" in line and "at most 9223372036854775807" in line
+
+
+def test_tenant_set_on_a_missing_column_says_migrate(pg_admin_dsn: str) -> None:
+    db_dsn = create_database(pg_admin_dsn, "ms_cli_nocol")
+    try:
+        as_json(ms("--dsn", db_dsn, "migrate", "--json"))
+        tenant_id, _ = add_tenant(db_dsn, None)
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE tenant DROP COLUMN upload_batch_size")
+        proc = ms("--dsn", db_dsn, "tenant", "set", str(tenant_id), "--upload-batch-size", "50")
+        assert proc.returncode == 2, proc.stderr
+        line = one_error_line(proc)
+        assert "unexpected" not in line
+        assert "upload_batch_size" in line and "metersync migrate" in line
+    finally:
+        drop_database(pg_admin_dsn, db_dsn)
+
+
+def test_flags_are_named_as_typed(dsn: str) -> None:
+    proc = ms("--dsn", dsn, "upload", "--tenant", "-1")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "--tenant must be a positive tenant id, got -1" in line
+    assert "--tenant-id" not in line
+    # 0 would quarantine every pending reading before its first attempt: refused.
+    proc = ms("--dsn", dsn, "status", "--max-retries", "0")
+    assert proc.returncode == 2
+    assert "--max-retries must be >= 1, got 0" in one_error_line(proc)
+
+
+def test_plain_http_refusal_names_the_command_line_way(dsn: str) -> None:
+    tenant_id, _ = add_tenant(dsn, None)
+    seed(dsn, tenant_id, 2)
+    proc = ms("--dsn", dsn, "--api-url", "http://cs.example.com/api", "upload", "--tenant",
+              str(tenant_id))  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "clear text" in proc.stderr
+    assert "--api-url" in proc.stderr and "--ca-bundle" in proc.stderr
+    assert "(or allow_insecure=True)" not in proc.stderr
+
+
+def test_dns_failure_says_its_prefix_once() -> None:
+    proc = ms("--dsn", "host=no-such-host.invalid dbname=x connect_timeout=5", "status")
+    assert proc.returncode == 6
+    line = one_error_line(proc)
+    assert line.count("cannot connect to the sync database") == 1, line
+    assert "no-such-host.invalid" in line
+
+
+def test_second_sigint_abandons_and_exits_130(dsn: str, reference_server: ServerHandle) -> None:
+    """First Ctrl-C: finish the batch in flight; second: abort now, exit 130, "interrupted",
+    and never "stopped cleanly"; nothing is marked that the server did not store."""
+    tenant_id, _ = add_tenant(dsn, reference_server, upload=50)
+    seed(dsn, tenant_id, 3000)
+    reference_server.set_faults("delay=0.3")  # slow batches: both signals land mid-batch
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+    env["METERSYNC_IMPL"] = metersync.__impl__
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metersync", "--dsn", dsn, "--api-url",
+         reference_server.base_url, "sync", "--tenant", str(tenant_id), "--interval", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            if reference_server.rows(tenant_id) > 0 or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        reference_server.set_faults("")
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "stopped cleanly" not in err
+    assert "Traceback" not in err
+    synced = scalar(
+        dsn,
+        "SELECT count(*) FROM meter_reading WHERE tenant_id = %s AND is_synchronized",
+        tenant_id,
+    )
+    assert synced <= reference_server.rows(tenant_id)
+
+
+# -- issue 11.16: names are data, not markup or terminal control ------------------------------
+
+EVIL = "[bold red]Evil[/bold red]\x1b[31mX"
+
+
+def test_hostile_tenant_name_prints_as_written(dsn: str) -> None:
+    tenant_id = next(_tenant_ids)
+    key = f"sk_cli_{secrets.token_hex(12)}"
+    added = ms("--dsn", dsn, "tenant", "add", str(tenant_id), "--name", EVIL,
+               env={"METERSYNC_API_KEY": key})  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    wide = {"COLUMNS": "400"}  # no wrapping inside the name column
+    outputs = [
+        added,
+        ms("--dsn", dsn, "tenant", "list", env=wide),
+        ms("--dsn", dsn, "tenant", "show", str(tenant_id), env=wide),
+        ms("--dsn", dsn, "status", "--tenant", str(tenant_id), env=wide),
+    ]
+    for proc in outputs:
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout + proc.stderr
+        assert "\x1b" not in text  # no raw escape reaches the terminal (output is not a tty)
+        assert "[bold red]Evil[/bold red]" in text  # markup printed as written, not styled
+        assert "\\x1b[31mX" in text  # the escape shown, visibly
+    # The stored name is unchanged: only its rendering is escaped.
+    assert scalar(dsn, "SELECT name FROM tenant WHERE tenant_id = %s", tenant_id) == EVIL
+    # --json carries the real name (JSON escapes the control character itself).
+    doc = as_json(ms("--dsn", dsn, "tenant", "show", str(tenant_id), "--json"))
+    assert doc["name"] == EVIL
+
+
+def test_error_lines_and_logs_escape_control_characters() -> None:
+    """Errors and log lines quote data (server answers, names): escaped, on one line."""
+    import io
+    import logging
+
+    from metersync.cli._app import TerminalSafeFormatter
+    from metersync.cli._safe import markup_safe, terminal_safe
+    from metersync.cli.output import Output
+
+    stream = io.StringIO()
+    saved = sys.stderr
+    sys.stderr = stream
+    try:
+        Output().error(f"tenant 5: server said {EVIL}\nsecond line\u202e")
+    finally:
+        sys.stderr = saved
+    written = stream.getvalue()
+    assert written.count("\n") == 1 and "\x1b" not in written and "\u202e" not in written
+    assert "[bold red]Evil[/bold red]\\x1b[31mX second line\\u202e" in written
+    record = logging.LogRecord("metersync", logging.ERROR, __file__, 1, "name %s", (EVIL,), None)
+    assert "\x1b" not in TerminalSafeFormatter("%(message)s").format(record)
+    assert terminal_safe("Zürich 東京") == "Zürich 東京"
+    assert markup_safe("[b]x[/b]") == "\\[b]x\\[/b]"

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from metersync import __impl__, __version__, extras
-from metersync.cli._app import AppState, configure_logging
+from metersync.cli._app import INTERRUPTED_MESSAGE, AppState, configure_logging
 from metersync.cli.output import EXIT_CODES_HELP, ExitCode, exit_code_for, one_line
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -175,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         state.output.error(exc.format_message() + hint)
         return ExitCode.USAGE
-    except click.Abort:
+    except click.Abort as exc:
+        # click turns a KeyboardInterrupt inside a command into Abort: still an interruption.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            state.output.error(INTERRUPTED_MESSAGE)
+            return ExitCode.INTERRUPTED
         state.output.error("aborted")
         return ExitCode.UNEXPECTED
     except click.ClickException as exc:
@@ -183,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except Exception as exc:
         return _report(state, exc, args)
-    except KeyboardInterrupt:
-        state.output.error("interrupted")
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C (cli._app.install_stop_signals)
+        state.output.error(INTERRUPTED_MESSAGE)
+        return ExitCode.INTERRUPTED
     if isinstance(result, int):
         return result
     return ExitCode.OK

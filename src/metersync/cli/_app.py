@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from metersync.cli._safe import terminal_safe
 from metersync.cli.output import Output
 from metersync.errors import ConfigError, DatabaseUnavailable
 from metersync.settings import Settings, resolve_settings, with_overrides
@@ -110,8 +111,17 @@ async def open_db(dsn: str) -> AsyncIterator[SyncDatabase]:
             await db.close()
 
 
+#: The store's own prefix (``SyncDatabase.connect``); we say where with :func:`describe_dsn`.
+_STORE_PREFIX = "cannot connect to the sync database"
+
+
 def _connect_reason(exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, DatabaseUnavailable) and text.startswith(_STORE_PREFIX):
+        # Already "cannot connect to the sync database host/db: reason": keep the reason only,
+        # or the message says its prefix twice (issue 11.15, a DNS failure).
+        text = text.split(": ", 1)[-1]
+        return next((line.strip() for line in text.splitlines() if line.strip()), text)
     for marker in ("failed: ", "error: "):
         if marker in text:
             text = text.rsplit(marker, 1)[-1]
@@ -139,7 +149,7 @@ def configure_logging(verbose: int, quiet: bool, level_name: str) -> None:
         if getattr(handler, "_metersync", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler._metersync = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
@@ -147,6 +157,27 @@ def configure_logging(verbose: int, quiet: bool, level_name: str) -> None:
     # Third-party chatter (httpx request lines, aiohttp access log) only when debugging.
     for noisy in ("httpx", "httpcore", "aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+
+
+class TerminalSafeFormatter(logging.Formatter):
+    """Log lines quote data (tenant names, server answers): no escape sequence reaches the
+    terminal raw (shown as ``\\xNN``); newlines stay, for tracebacks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The formatted record with control characters other than newline/tab escaped."""
+        return terminal_safe(super().format(record), keep_newlines=True)
+
+
+# -- Ctrl-C / SIGTERM: one convention for every command ------------------------------------------
+#
+# First signal: finish the batch in flight (it is confirmed and marked, or stays pending), then
+# stop: exit 0, "stopped cleanly". Second signal: abandon the work in flight unmarked, exit 130
+# (ExitCode.INTERRUPTED) with a one-line "interrupted: ..." error, and never "stopped cleanly".
+# The sync commands implement it in cli/sync.py (_Run.on_signal); any other KeyboardInterrupt
+# (a Ctrl-C in a prompt or a one-shot command) reaches main(), which says INTERRUPTED_MESSAGE.
+# Nothing is marked synchronized that the Client System did not confirm, either way.
+
+INTERRUPTED_MESSAGE = "interrupted: work in flight was abandoned unmarked"
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -14,8 +14,10 @@ import click
 
 from metersync.batch_sizes import MAX_BATCH_SIZE, MIN_BATCH_SIZE, batch_size_problem
 from metersync.cli._app import AppState, json_option, open_db, pass_state, run
+from metersync.cli._safe import markup_safe
 from metersync.cli.output import mask_secret
 from metersync.errors import ConfigError, UnknownTenantError
+from metersync.settings import MAX_TENANT_ID
 
 
 def _check_size(option: str, value: int | None) -> None:
@@ -28,8 +30,12 @@ def _check_size(option: str, value: int | None) -> None:
 
 
 def _check_tenant_id(tenant_id: int) -> None:
-    if tenant_id <= 0:
-        raise ConfigError(f"invalid tenant id {tenant_id}: must be a positive integer")
+    # Checked here, not left to PostgreSQL: "bigint out of range" would be an unexpected error.
+    if not 1 <= tenant_id <= MAX_TENANT_ID:
+        raise ConfigError(
+            f"invalid tenant id {tenant_id}: must be a positive integer of at most "
+            f"{MAX_TENANT_ID} (tenant ids are bigint)"
+        )
 
 
 def tenant_document(row: Any) -> dict[str, Any]:
@@ -225,7 +231,7 @@ def tenant_add(
         state.output.emit_json(doc)
     else:
         state.output.line(
-            f"tenant {tenant_id} ({doc['name']}) added: upload batch size "
+            f"tenant {tenant_id} ({markup_safe(doc['name'])}) added: upload batch size "
             f"{doc['upload_batch_size']}, download batch size {doc['download_batch_size']}, "
             f"api key {doc['api_key']}"
         )
