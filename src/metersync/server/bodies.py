@@ -81,26 +81,35 @@ def _measurements_from_prefix(text: bytes, reading: dict[str, Any]) -> bytes | N
     if match.group(2) == b"}":
         return b"{}" if len(reading) == in_prefix else None
     rest = text[match.end() :]
-    # A valid reading's other values are numbers or null, so every '"' left belongs to a key.
-    # Without escapes, as many keys as the reading has members left means no key repeats, so
-    # no identity member hides among them: the text holds exactly the measurements.
-    if b"\\" in rest or rest.count(b'"') != 2 * (len(reading) - in_prefix):
+    # Without escapes, every '"' left opens or closes a key or a string value. As many as the
+    # parsed reading's members and string values left (the id and the timestamp are the
+    # prefix's two strings) means no key repeats: a repeated key adds text the parsed dict does
+    # not hold. So no identity member hides among them: the text holds exactly the others.
+    strings = list(map(type, reading.values())).count(str) - 2
+    if b"\\" in rest or rest.count(b'"') != 2 * (len(reading) - in_prefix + strings):
         return None
     return b"{" + rest
 
 
 def _render_exact(reading: dict[str, Any]) -> bytes:
-    """Measurements of a reading parsed with number hooks, as compact JSON text."""
+    """Measurements of a reading parsed with number hooks, as compact JSON text: numbers as
+    written, strings re-escaped (same value), booleans and null as themselves."""
     parts = []
     for name, value in reading.items():
         if name in IDENTITY_FIELDS:
             continue
-        if value is not None and type(value) is not _Number:
-            raise ValueError(f"field {name!r} is not a number or null")  # validated earlier
-        parts.append(
-            json.dumps(name, ensure_ascii=False) + ":" + ("null" if value is None else value)
-        )
+        if type(value) is _Number:
+            text = str.__str__(value)
+        elif value is None or isinstance(value, (bool, str)):
+            text = json.dumps(value, ensure_ascii=False)
+        else:
+            raise ValueError(f"field {name!r} is not a JSON scalar")  # validated earlier
+        parts.append(json.dumps(name, ensure_ascii=False) + ":" + text)
     return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _exact_loads(text: bytes) -> Any:
@@ -121,7 +130,14 @@ class UploadBody:
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise BodyError(f"body is not valid JSON: {exc}") from None
+            # orjson refuses a number literal too large for a float64 (a plain numeric may hold
+            # one); Python's parser reads it (as inf: the text is what gets stored).
+            if "infinity" not in str(exc):
+                raise BodyError(f"body is not valid JSON: {exc}") from None
+            try:
+                doc = json.loads(raw, parse_constant=_refuse_constant)
+            except (ValueError, RecursionError) as again:
+                raise BodyError(f"body is not valid JSON: {again}") from None
         readings = doc.get("readings") if isinstance(doc, dict) else None
         if not isinstance(readings, list):
             raise BodyError('body must be {"readings": [reading objects]}')

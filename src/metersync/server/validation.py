@@ -1,8 +1,10 @@
 """Per-reading validation of uploaded readings (reference Client System).
 
-A bad reading is rejected on its own with an error text; the rest of the batch goes in. Values
-are checked the way PostgreSQL will read them in the insert statement, so a reading that passes
-here never makes the set-based insert fail.
+A bad reading is rejected on its own with an error text; the rest of the batch goes in. The
+identity fields are checked the way PostgreSQL will read them in the insert statement, so a
+reading that passes here never makes the set-based insert fail. Every other field is stored as
+the JSON text it came as: any scalar is accepted (numbers of any size or scale, strings for
+text/date/timestamp/uuid columns, booleans; SPEC §2), objects and arrays are not.
 """
 
 from __future__ import annotations
@@ -40,15 +42,17 @@ def _is_int64(value: Any) -> bool:
     )
 
 
-# Value types a good reading may hold: the two identity strings, numbers, null.
-_GOOD_TYPES = frozenset({str, int, float, type(None)})
+# Value types a good reading may hold: JSON scalars (bool is a subclass of int, listed anyway).
+_GOOD_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
 def validate_reading(reading: Any, tenant_id: int, *, finite: bool = False) -> str | None:
     """Return why ``reading`` cannot be stored for ``tenant_id``, or None when it is good.
 
-    ``finite=True`` says the floats are known to be finite (orjson refuses NaN and infinities),
-    which lets a good reading be passed by C-level type checks instead of a per-field loop.
+    ``finite=True`` says an infinite float can only come from a literal too large for a float64
+    (orjson refuses NaN and infinities; the fallback parser refuses the NaN/Infinity words), so it
+    is kept: the stored text is the literal, exact (a plain ``numeric`` may hold such values).
+    It also lets a good reading be passed by C-level type checks instead of a per-field loop.
     """
     if not isinstance(reading, dict):
         return "reading is not a JSON object"
@@ -69,20 +73,16 @@ def validate_reading(reading: Any, tenant_id: int, *, finite: bool = False) -> s
         return "meter_element_id must be a 64-bit integer or null"
     if "tenant_id" in reading and reading["tenant_id"] != tenant_id:
         return "tenant_id does not match the API key's tenant"
-    if finite:
-        # 40+ fields per reading: map() keeps the type scan in C. Exactly two strings (the id
-        # and the timestamp, checked above); bool is not in the set (it is not a number).
-        types = list(map(type, reading.values()))
-        if types.count(str) == 2 and _GOOD_TYPES.issuperset(types):
-            return None
-    # Exact type checks first; bool is not a number here.
+    if finite and _GOOD_TYPES.issuperset(map(type, reading.values())):
+        # 40+ fields per reading: map() keeps the type scan in C.
+        return None
     for name, value in reading.items():
         kind = type(value)
         if kind is float:
-            if not math.isfinite(value):  # orjson refuses these; other decoders may not
+            if not finite and not math.isfinite(value):  # a decoder that allows NaN/Infinity
                 return f"field {name!r} is out of range"
             continue
-        if kind is int or value is None or name in _NON_MEASUREMENT_FIELDS:
+        if kind in _GOOD_TYPES or name in _NON_MEASUREMENT_FIELDS:
             continue
-        return f"field {name!r} must be a number or null"
+        return f"field {name!r} must be a number, string, boolean or null (not {kind.__name__})"
     return None
