@@ -47,10 +47,13 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 def test_codec_api_names() -> None:
     assert set(metersync.codec.__all__) == {
         "IMPL",
+        "JsonProfile",
         "copy_binary",
         "from_copy_binary",
+        "json_row_sizes",
         "json_rows",
         "slices",
+        "split_by_body_size",
         "uuid_array_binary",
     }
     assert metersync.codec.IMPL == metersync.__impl__ in ("c", "python")
