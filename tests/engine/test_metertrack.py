@@ -254,3 +254,41 @@ async def test_uploader_statements_per_batch_match_the_idempotent_profile(mt: En
     assert report.statements <= 2 * math.ceil(500 / 50) + 10
     assert uuid.UUID(next(iter(copies(mt, tenant))))  # sent ids are the site's ids
     await assert_exactly_once(mt, tenant, 500)
+
+
+async def test_400_field_errors_reject_that_reading_and_send_the_rest(
+    fresh_dsn: str, metertrack_server: ServerHandle
+) -> None:
+    # A site whose voltage_thd column is text (an old schema): one value is not a number, so
+    # the Client System refuses the whole batch with a field error naming that reading.
+    db = await SyncDatabase.connect(fresh_dsn)
+    eng = Engine(db, fresh_dsn, metertrack_server)
+    try:
+        await db.migrate()
+        await eng.scalar("ALTER TABLE meter_reading ALTER COLUMN voltage_thd TYPE text")
+        await db.layout(refresh=True)
+        tenant = await eng.tenant(upload=30)
+        await eng.seed(tenant, 30, null_fraction=0.0)
+        bad = await eng.scalar(
+            "UPDATE meter_reading SET voltage_thd = 'n/a' WHERE meter_reading_id = (SELECT "
+            "meter_reading_id FROM meter_reading WHERE tenant_id = %s ORDER BY created_at "
+            "OFFSET 7 LIMIT 1) RETURNING meter_reading_id::text",
+            tenant,
+        )
+        transport = RecordingTransport()
+        client = eng.client(tenant, transport=transport)
+        report = await eng.uploader(tenant, client=client).upload()
+        assert (report.error, report.rejected, report.confirmed) == (None, 1, 29)
+        assert transport.posted == [30, 29]  # the 400, then the rest at once
+        failed = await eng.rows(
+            "SELECT meter_reading_id::text, retry_count, last_error FROM meter_reading "
+            "WHERE tenant_id = %s AND sync_status = 'failed'",
+            tenant,
+        )
+        assert len(failed) == 1 and failed[0][:2] == (bad, 1)
+        assert "voltage_thd must be numeric" in failed[0][2]  # the server's own words
+        got = copies(eng, tenant)
+        assert len(got) == 29 and set(got.values()) == {1} and bad not in got
+    finally:
+        await eng.aclose()
+        await db.close()

@@ -190,63 +190,26 @@ class _Stop(Exception):
 
 
 def _encode(batch: pa.RecordBatch, profile: ClientProfile) -> bytes:
-    """The JSON array of a batch in the profile's shape (codec, both twins byte-identical)."""
+    """The JSON array of a batch in the profile's shape (codec, both twins byte-identical):
+    ``metertrack`` omits null fields and sends numerics as strings with the column's scale."""
     if not batch.num_rows:
         return b"[]"
-    if profile.json_profile == "metersync":
-        return codec.json_rows(batch)
-    try:
-        return codec.json_rows(batch, profile=profile.json_profile)  # type: ignore[call-arg]
-    except TypeError as exc:
-        if "profile" not in str(exc):
-            raise
-        return _metertrack_json_fallback(batch)  # TODO(upload): remove once the codec has it
+    return codec.json_rows(batch, profile=profile.json_profile)
 
 
-def _halve_to_fit(batch: pa.RecordBatch, profile: ClientProfile) -> list[pa.RecordBatch]:
-    """Stop-gap split: halve until each slice's body (encoded here, not tried on the server)
-    fits the limit."""
-    if batch.num_rows <= 1 or len(_encode(batch, profile)) + 13 <= profile.max_body_bytes:
-        return [batch]
-    half = batch.num_rows // 2
-    return _halve_to_fit(batch.slice(0, half), profile) + _halve_to_fit(
-        batch.slice(half), profile
-    )
+#: ``len(b'{"readings":' + b'}')``: what the client wraps around the JSON array.
+_ENVELOPE = 13
 
 
-def _metertrack_json_fallback(batch: pa.RecordBatch) -> bytes:
-    """Stop-gap until ``codec.json_rows(profile="metertrack")`` lands: nulls omitted, numerics
-    as strings with the column's scale (per-row Python: slow, exact)."""
-    import datetime as dt
-    from decimal import Decimal
-
-    import orjson
-
-    def value(v: Any) -> Any:
-        if isinstance(v, Decimal):
-            return str(v)
-        if isinstance(v, bytes) and len(v) == 16:
-            return str(uuid.UUID(bytes=v))
-        if isinstance(v, dt.datetime):
-            return v.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return v
-
-    rows = [{k: value(v) for k, v in r.items() if v is not None} for r in batch.to_pylist()]
-    return orjson.dumps(rows)
-
-
-def _split(batch: pa.RecordBatch, profile: ClientProfile) -> list[pa.RecordBatch]:
-    """Zero-copy slices of ``batch`` whose bodies fit the profile's limit (codec sizes: no
-    trial and error against the server)."""
-    if batch.num_rows <= 1:
-        return [batch]
-    if not hasattr(codec, "split_by_body_size"):  # TODO(upload): remove once the codec has it
-        return _halve_to_fit(batch, profile)
-    return list(
-        codec.split_by_body_size(  # type: ignore[attr-defined]
-            batch, profile.max_body_bytes, profile=profile.json_profile
-        )
-    )
+def _pieces(batch: pa.RecordBatch, profile: ClientProfile) -> list[_Piece]:
+    """The batch as bodies that fit the profile's limit. Encoded once; only a body over the
+    limit is split, into zero-copy slices from the sizes the codec computes (no trial and
+    error against the server)."""
+    body = _encode(batch, profile)
+    if len(body) + _ENVELOPE <= profile.max_body_bytes or batch.num_rows <= 1:
+        return [_Piece(batch, body)]
+    slices = codec.split_by_body_size(batch, profile.max_body_bytes, profile=profile.json_profile)
+    return [_Piece(s, _encode(s, profile)) for s in slices]
 
 
 class MeterReadingUploadManager:
@@ -419,7 +382,7 @@ class MeterReadingUploadManager:
         bound = (batch.column("created_at")[last].as_py(), batch.column(ID_COLUMN)[last].as_py())
         failpoint("upload.after_fetch")
         try:
-            pieces = [_Piece(p, _encode(p, self._profile)) for p in _split(batch, self._profile)]
+            pieces = _pieces(batch, self._profile)
         except Exception:
             if not self._profile.idempotent:
                 await self._release(batch.column(ID_COLUMN), "the batch could not be encoded")
@@ -815,10 +778,12 @@ class MeterReadingUploadManager:
         n = flight.batch.num_rows
         confirmed = len(confirmed_ids)
         quarantined = 0
+        done = 0  # confirmed readings whose mark committed (counted even if a later step fails)
         try:
             if confirmed:
                 failpoint("upload.before_mark")
                 marked = await self._db.mark_synchronized(self.tenant_id, confirmed_ids)
+                done = confirmed
                 failpoint("upload.after_mark")
                 if marked != confirmed:
                     log.warning(
@@ -834,7 +799,12 @@ class MeterReadingUploadManager:
             if held is not None:
                 await self._db.hold_in_doubt(self.tenant_id, held[0], held[1])
         except Exception as exc:
-            self._count(n)
+            self._count(
+                n,
+                confirmed=done,
+                inserted=inserted if done else 0,
+                duplicates=duplicates if done else 0,
+            )
             log.error(
                 "tenant %s: batch %d was accepted by the Client System but marking it failed "
                 "(%s: %s); its readings %s",
@@ -847,7 +817,7 @@ class MeterReadingUploadManager:
                 else "stay in_doubt (never resent automatically)",
             )
             if not self._profile.idempotent:
-                self._count(0, in_doubt=n)
+                self._count(0, in_doubt=n - done)
             raise _Stop(
                 f"marking batch {flight.batch_no} failed: {type(exc).__name__}: {exc}"
             ) from exc
