@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,7 +69,7 @@ from metersync.batch_sizes import (
     sizes_after_failed_lookup,
     sizes_from_row,
 )
-from metersync.codec._types import as_batch, is_uuid
+from metersync.codec.cast import id_array, insert_batch
 from metersync.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -125,37 +124,6 @@ class _UuidArrayDumper(Dumper):
 
     def dump(self, obj: UuidArray) -> bytes:
         return obj.data
-
-
-def _id_bytes(value: object) -> bytes:
-    if isinstance(value, bytes | bytearray) and len(value) == 16:
-        return bytes(value)
-    if isinstance(value, uuid.UUID):
-        return value.bytes
-    if isinstance(value, str):
-        try:
-            return uuid.UUID(value).bytes
-        except ValueError:
-            pass
-    raise ValueError(f"not a meter_reading_id (UUID): {str(value)[:60]!r}")
-
-
-def id_array(ids: pa.Array | pa.ChunkedArray | Sequence[Any]) -> pa.Array:
-    """Ids as a ``fixed_size_binary(16)`` array: binary/uuid Arrow arrays pass through; UUID
-    text (list or string array), ``uuid.UUID`` or 16-byte values are converted
-    (``ValueError`` naming a bad one)."""
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
-    if isinstance(ids, pa.Array):
-        if isinstance(ids.type, pa.BaseExtensionType) and is_uuid(ids.type):
-            ids = ids.storage
-        if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
-            ids = ids.to_pylist()
-        elif not is_uuid(ids.type):
-            raise ValueError(f"ids must be fixed_size_binary(16) or uuid, got {ids.type}")
-        else:
-            return ids
-    return pa.array([_id_bytes(v) for v in ids], type=pa.binary(16))
 
 
 def uuid_param(ids: pa.Array | pa.ChunkedArray | Sequence[Any]) -> UuidArray:
@@ -893,7 +861,7 @@ class SyncDatabase:
         (:meth:`_insert_staged`), which skips whatever is present by then.
         """
         layout = await self.layout()
-        prepared = _prepare_insert(batch, layout, None, synchronized)
+        prepared = insert_batch(batch, _typed_columns(layout), None, synchronized)
         if prepared.num_rows == 0:
             return InsertResult(0, 0, 0)
         return await self._insert_unit(prepared, chunk_rows)
@@ -907,7 +875,7 @@ class SyncDatabase:
         _check_tenant_id(tenant_id)
         self._fence(tenant_id)
         layout = await self.layout()
-        prepared = _prepare_insert(batch, layout, tenant_id, True)
+        prepared = insert_batch(batch, _typed_columns(layout), tenant_id, True)
 
         async def cursor() -> None:
             failpoint("download.before_commit")
@@ -1232,63 +1200,6 @@ def _password(dsn: str) -> str | None:
     return _params(dsn).get("password") or None
 
 
-_FORBIDDEN = frozenset({"retry_count", "last_error", "is_synchronized", "sync_status"})
-
-
-def _prepare_insert(
-    batch: pa.RecordBatch, layout: TableLayout, tenant_id: int | None, synchronized: bool
-) -> pa.RecordBatch:
-    """Shape a batch for ``COPY meter_reading``: ``tenant_id`` first (added, or checked against
-    ``tenant_id``), the known upload columns in table order cast to the reflected types, then
-    the synchronized constants. ``ValueError`` names any problem."""
-    batch = as_batch(batch)
-    names = batch.schema.names
-    n = batch.num_rows
-    known = set(layout.upload_columns)
-    for name in names:
-        if name in _FORBIDDEN:
-            raise ValueError(f"column {name!r} is set by metersync, not by the batch")
-        if name != "tenant_id" and name not in known:
-            raise ValueError(f"column {name!r} is not a column of meter_reading")
-    if len(set(names)) != len(names):
-        raise ValueError("the batch has duplicate column names")
-    if "meter_reading_id" not in names:
-        raise ValueError("the batch has no meter_reading_id column")
-    if "tenant_id" in names:
-        tenants = batch.column("tenant_id").cast(pa.int64())
-        if tenants.null_count:
-            raise ValueError("column 'tenant_id' holds nulls")
-        if tenant_id is not None and n and not pc.all(pc.equal(tenants, tenant_id)).as_py():
-            other = pc.filter(tenants, pc.not_equal(tenants, tenant_id))[0].as_py()
-            raise ValueError(f"the batch for tenant {tenant_id} holds a reading of tenant {other}")
-    elif tenant_id is not None:
-        tenants = pa.repeat(pa.scalar(tenant_id, pa.int64()), n)
-    else:
-        raise ValueError("the batch has no tenant_id column (and no tenant was given)")
-    columns: list[pa.Array] = [tenants]
-    out: list[str] = ["tenant_id"]
-    for name in layout.upload_columns:
-        if name not in names:
-            continue
-        col = batch.column(name)
-        want = layout.arrow_type(name)
-        if isinstance(col.type, pa.BaseExtensionType) and is_uuid(col.type):
-            col = col.storage
-        if col.type != want:
-            try:
-                col = col.cast(want)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ValueError(
-                    f"column {name!r}: cannot convert {col.type} to {want}: {exc}"
-                ) from None
-        columns.append(col)
-        out.append(name)
-    ids = batch.column("meter_reading_id")
-    if ids.null_count:
-        raise ValueError("column 'meter_reading_id' holds nulls")
-    if n and len(pc.unique(columns[out.index("meter_reading_id")])) != n:
-        raise ValueError("the batch holds the same meter_reading_id more than once")
-    if synchronized:
-        columns += [pa.repeat(True, n), pa.repeat("synchronized", n)]
-        out += ["is_synchronized", "sync_status"]
-    return pa.RecordBatch.from_arrays(columns, names=out)
+def _typed_columns(layout: TableLayout) -> list[tuple[str, pa.DataType]]:
+    """The upload columns of ``meter_reading`` with their Arrow types, in table order."""
+    return [(c.name, c.arrow_type) for c in layout.columns]
