@@ -1,4 +1,5 @@
-"""Build the Cython core `metersync.codec._batch`.
+"""Build the Cython core: `metersync.codec._batch` (COPY and JSON encoders) and
+`metersync.codec._page` (download page JSON → Arrow).
 
 The extension reads Arrow memory through the Arrow C data interface (PyCapsules) and the buffer
 protocol, so it links nothing but libc: no libarrow, no pyarrow headers.
@@ -34,7 +35,13 @@ if os.environ.get("METERSYNC_NO_EXT") != "1":
                 ["src/metersync/codec/_batch.pyx"],
                 extra_compile_args=["-O3"] if not debug else ["-O0", "-g"],
                 define_macros=[("CYTHON_TRACE_NOGIL", "1")] if debug else [],
-            )
+            ),
+            Extension(
+                "metersync.codec._page",
+                ["src/metersync/codec/_page.pyx"],
+                extra_compile_args=["-O3"] if not debug else ["-O0", "-g"],
+                define_macros=[("CYTHON_TRACE_NOGIL", "1")] if debug else [],
+            ),
         ],
         compiler_directives=directives,
         annotate=debug,

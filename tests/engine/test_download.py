@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import pytest
 
 from fix_engine import Engine
+from metersync.engine.download import DownloadManager
+from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import TenantBusyError
 from metersync.store.database import SyncDatabase
 
@@ -129,3 +133,82 @@ async def test_extreme_numeric_values_round_trip_through_the_client_system(engin
         tenant,
     )
     assert [v for _, v in rows] == EXTREMES
+
+
+class _Recorder:
+    """Delegates to the real object, noting when chosen coroutine methods start and end."""
+
+    def __init__(self, inner: Any, events: list[str], *names: str) -> None:
+        self._inner = inner
+        self._events = events
+        self._names = names
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in self._names:
+            return attr
+
+        async def recorded(*args: Any, **kwargs: Any) -> Any:
+            self._events.append(f"{name} start")
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                self._events.append(f"{name} end")
+
+        return recorded
+
+
+async def test_next_page_is_fetched_while_the_previous_is_written(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=5, download=10)
+    await _uploaded_then_wiped(engine, tenant, 30)
+    events: list[str] = []
+    db = _Recorder(engine.db, events, "store_download_page")
+    client = _Recorder(engine.client(tenant), events, "get_readings")
+    manager = DownloadManager(db, client, TenantCache(engine.db), tenant_id=tenant)
+    report = await manager.download()
+    assert (report.pages, report.inserted) == (3, 30)
+    # Page 2 is asked for before page 1 is stored (page 3 before page 2 is, ...) ...
+    stored = [i for i, e in enumerate(events) if e == "store_download_page end"]
+    fetches = [i for i, e in enumerate(events) if e == "get_readings start"]
+    # (the third page is full, so a fourth, empty one is asked for too)
+    assert len(stored) == 3 and len(fetches) == 4
+    assert fetches[1] < stored[0] and fetches[2] < stored[1] and fetches[3] < stored[2]
+    # ... yet each page commits with its own cursor, in order.
+    assert await engine.db.get_download_cursor(tenant) == report.cursor
+
+
+async def test_no_download_from_a_client_system_without_it(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = await engine.tenant()
+    served = engine.server.stats()["readings_served"]
+    with caplog.at_level(logging.WARNING, logger="metersync.engine.download"):
+        for _ in range(2):
+            client = engine.client(tenant, client_profile="metertrack")
+            report = await engine.downloader(tenant, client=client).download()
+            assert report.success and (report.pages, report.readings) == (0, 0)
+    said = [r for r in caplog.records if "offers no download" in r.getMessage()]
+    assert len(said) == 1  # once per run, not once per cycle
+    assert engine.server.stats()["readings_served"] == served
+
+
+async def test_a_site_does_not_download_back_what_it_uploaded(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=1000, download=1000)
+    await engine.seed(tenant, 3000)
+    here = engine.client(tenant, site_id="site-here")
+    assert (await engine.uploader(tenant, client=here).upload()).confirmed == 3000
+    served = engine.server.stats()["readings_served"]
+    report = await engine.downloader(
+        tenant, client=engine.client(tenant, site_id="site-here")
+    ).download()
+    assert report.success
+    assert (report.pages, report.readings) == (0, 0)
+    assert engine.server.stats()["readings_served"] == served
+    # The cursor moved past this site's own readings: the next cycle does not look at them again.
+    assert await engine.db.get_download_cursor(tenant) is not None
+    # Another site (another sync database, starting from no cursor) does get them.
+    await engine.scalar("DELETE FROM sync_state WHERE tenant_id = %s", tenant)
+    other = await engine.downloader(
+        tenant, client=engine.client(tenant, site_id="site-there"), max_pages=1
+    ).download()
+    assert (other.pages, other.readings, other.skipped) == (1, 1000, 1000)

@@ -159,7 +159,15 @@ async def make_rig(dsn: str) -> AsyncIterator[Rig]:
             body=hostile.body, content_type="application/json", headers=hostile.headers
         )
 
+    async def health(_: web.Request) -> web.Response:
+        # The metersync contract with download (a server that advertises nothing is MeterTrack,
+        # which has no download: the engine would not even ask for a page).
+        return web.json_response(
+            {"status": "ok", "contract": "metersync", "idempotent": True, "download": True}
+        )
+
     app = web.Application()
+    app.router.add_get("/api/health", health)
     app.router.add_get("/api/sync/readings", readings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -1,14 +1,13 @@
-"""Bad download pages fed straight to the validator: every kind of garbage is a clear error.
+"""Bad download pages fed straight to the parser: every kind of garbage is a clear error.
 
 The end-to-end form (a crafted page served over HTTP to the real ``DownloadManager``, nothing
 written, cursor unchanged) lives in ``test_bad_input_e2e.py``; here hypothesis throws thousands of
-corrupted pages at :func:`metersync.remote.page.page_to_batch` and
-:func:`metersync.remote.page.loads_page`.
+corrupted pages (as JSON text, the way they arrive) at :func:`metersync.remote.page.parse_page`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import math
 import uuid
 from decimal import Decimal
@@ -20,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from metersync.errors import MalformedPageError
-from metersync.remote.page import loads_page, page_to_batch
+from metersync.remote.page import parse_page
 from metersync.tools.synthetic import reading_batch
 
 TENANT = 7
@@ -58,9 +57,26 @@ _timestamps = st.datetimes(
 ).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
+def encode(value: Any) -> str:
+    """JSON text that writes Decimal exactly and NaN/Infinity as the bare words."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(encode(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else ("NaN" if value.is_nan() else "Infinity")
+    return json.dumps(value)  # floats: nan -> NaN, inf -> Infinity (what a sloppy server sends)
+
+
+def page_to_batch(page: Any, *, schema: pa.Schema, tenant_id: int, limit: int) -> pa.RecordBatch:
+    """The page's readings as the Client System would send them, through the one parser."""
+    body = encode({"readings": page, "next_cursor": "c"}).encode()
+    return parse_page(body, schema, tenant_id=tenant_id, limit=limit)[0]
+
+
 @st.composite
 def readings(draw: st.DrawFn) -> dict[str, Any]:
-    """One valid reading as the Client System sends it (numbers exact, as loads_page gives)."""
+    """One valid reading as the Client System sends it (numbers exact)."""
     r: dict[str, Any] = {
         "meter_reading_id": draw(_uuids),
         "created_at": draw(_timestamps),
@@ -244,21 +260,23 @@ def _check_damaged(case: tuple[str, list[Any], int, tuple[int, str, int] | None]
         b'{"readings": [{"active_energy": -Infinity}]}',
     ],
 )
-def test_loads_page_refuses_nan_and_infinity(raw: bytes) -> None:
-    with pytest.raises(ValueError, match="not a valid JSON number"):
-        loads_page(raw)
+def test_parse_page_refuses_nan_and_infinity(raw: bytes) -> None:
+    with pytest.raises(MalformedPageError, match="not valid JSON at byte 32"):
+        parse_page(raw, SCHEMA, tenant_id=TENANT, limit=5)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
-def test_loads_page_on_random_bytes_raises_value_error_only(raw: bytes) -> None:
-    with contextlib.suppress(ValueError):  # JSONDecodeError, UnicodeDecodeError are ValueErrors
-        loads_page(raw)
+def test_parse_page_on_random_bytes_raises_malformed_page_only(raw: bytes) -> None:
+    with pytest.raises(MalformedPageError):
+        parse_page(raw, SCHEMA, tenant_id=TENANT, limit=5)
 
 
-def test_loads_page_invalid_utf8_is_a_value_error() -> None:
-    with pytest.raises(ValueError):
-        loads_page(b'{"readings": [{"meter_reading_id": "\xff\xfe"}]}')
+def test_parse_page_invalid_utf8_is_a_clear_error() -> None:
+    with pytest.raises(MalformedPageError, match="invalid UTF-8"):
+        parse_page(
+            b'{"readings": [{"meter_reading_id": "\xff\xfe"}]}', SCHEMA, tenant_id=TENANT, limit=5
+        )
 
 
 def test_full_precision_numeric_survives_exact_parsing() -> None:
@@ -270,8 +288,8 @@ def test_full_precision_numeric_survives_exact_parsing() -> None:
         b'"active_energy": 99999999999999.9999, "power": -12345678901234.5678}], '
         b'"next_cursor": null}'
     )
-    page = loads_page(raw)["readings"]
-    batch = page_to_batch(page, schema=SCHEMA, tenant_id=TENANT, limit=1)
+    batch, cursor = parse_page(raw, SCHEMA, tenant_id=TENANT, limit=1)
+    assert cursor is None
     assert batch.column("active_energy")[0].as_py() == Decimal("99999999999999.9999")
     assert batch.column("power")[0].as_py() == Decimal("-12345678901234.5678")
 

@@ -373,8 +373,15 @@ async def test_cli_verifies_tls_and_takes_a_ca_bundle(
         seen_keys.append(request.headers.get("X-API-Key"))
         return web.json_response({"readings": [], "next_cursor": None})
 
+    async def health(_: Any) -> web.Response:
+        # Advertise the metersync contract with download (else: MeterTrack, no download).
+        return web.json_response(
+            {"status": "ok", "contract": "metersync", "idempotent": True, "download": True}
+        )
+
     await asyncio.to_thread(world.add_tenant, TENANT, upload=10, server=False)
     app = web.Application()
+    app.router.add_get("/api/health", health)
     app.router.add_get("/api/sync/readings", readings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -45,3 +45,31 @@ def _select() -> tuple[ModuleType, str]:
 
 
 impl_module, IMPL = _select()
+
+
+def _select_page() -> ModuleType:
+    """The download page parser (``_page`` or its twin ``_page_py``), by the same rule."""
+    from metersync.codec import _page_py
+
+    if IMPL == "python":
+        return _page_py
+    try:
+        from metersync.codec import _page
+    except ImportError as exc:
+        if os.environ.get(ENV_VAR, "").strip().lower() == "c":
+            raise ImportError(
+                f"{ENV_VAR}=c but the compiled page parser metersync.codec._page is not "
+                f"importable ({exc}); rebuild metersync with a C compiler available"
+            ) from exc
+        warnings.warn(
+            "metersync: compiled page parser metersync.codec._page not available, using the "
+            f"pure-Python twin (slower; set {ENV_VAR}=python to silence this)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return _page_py
+    return _page
+
+
+#: The download page parser module of the active implementation (``parse_page``).
+page_module = _select_page()

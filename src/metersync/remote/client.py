@@ -47,7 +47,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -57,6 +57,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pyarrow as pa
 
 from metersync.errors import (
     AuthError,
@@ -64,12 +65,12 @@ from metersync.errors import (
     ClientSystemError,
     ConfigError,
     InconsistentResponseError,
-    MalformedPageError,
     OutcomeUnknownError,
     PayloadTooLargeError,
     RemoteUnavailableError,
 )
 from metersync.remote import profiles
+from metersync.remote.page import parse_page
 from metersync.remote.profiles import ClientProfile
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,24 @@ class UploadResult:
 
 @dataclass(frozen=True)
 class DownloadPage:
-    """One download page: the readings as parsed JSON objects and the cursor of the next page."""
+    """One download page, checked by the page parser (:mod:`metersync.remote.page`).
 
-    readings: list[dict[str, Any]]
+    ``batch``: the readings as a record batch of the schema asked for (with a ``schema``), or a
+    batch without columns when only the page's shape was checked; ``next_cursor``: where the
+    next page starts; ``body``: the page as received; ``rows``: how many readings it holds.
+    """
+
+    batch: pa.RecordBatch
     next_cursor: str | None
+    body: bytes = b""
+    rows: int = 0
+
+    @property
+    def readings(self) -> list[dict[str, Any]]:
+        """The readings as JSON objects with exact numbers (``Decimal``), for inspection and
+        tests; the download engine uses :attr:`batch`."""
+        doc = json.loads(self.body, parse_float=Decimal)
+        return list(doc["readings"])
 
 
 @dataclass(frozen=True)
@@ -344,7 +359,9 @@ class ClientSystemApiClient:
             if not allow_insecure:
                 raise ConfigError(
                     f"plain http:// to non-loopback host {url.host!r} would send the API key in "
-                    "clear text; use https:// (or allow_insecure=True)"
+                    "clear text; use an https:// URL (--api-url, METERSYNC_API_URL or api_url in "
+                    "metersync.toml; a private CA: --ca-bundle / METERSYNC_CA_BUNDLE / ca_bundle; "
+                    "library callers only: allow_insecure=True)"
                 )
             log.warning("PLAIN HTTP to %s: the API key travels in clear text", url.host)
 
@@ -464,15 +481,33 @@ class ClientSystemApiClient:
             # A 2xx we cannot read: the server may well have stored (some of) the batch.
             raise OutcomeUnknownError(str(exc), status=exc.status) from None
 
-    async def get_readings(self, limit: int, after: str | None = None) -> DownloadPage:
-        """Fetch one page of the tenant's readings (at most ``limit``) after cursor ``after``."""
+    async def get_readings(
+        self,
+        limit: int,
+        after: str | None = None,
+        *,
+        schema: pa.Schema | None = None,
+        tenant_id: int | None = None,
+        unknown_fields: Collection[str] | str | None = None,
+        exclude_site: str | None = None,
+    ) -> DownloadPage:
+        """Fetch one page of the tenant's readings (at most ``limit``) after cursor ``after``.
+
+        With ``schema`` the page is parsed and validated into a record batch in one pass
+        (:func:`metersync.remote.page.parse_page`: ``tenant_id`` is the tenant the readings
+        must belong to, ``unknown_fields`` what may be dropped); without, only its shape is
+        checked. ``exclude_site``: leave out readings uploaded by that site (a Client System
+        whose profile has ``site_filter``). A bad page raises :class:`MalformedPageError`.
+        """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"limit must be a positive integer, got {limit!r}")
         params: dict[str, str | int] = {"limit": limit}
         if after is not None:
             params["after"] = after
+        if exclude_site is not None:
+            params["exclude_site"] = exclude_site
         response, _ = await self._request("GET", READINGS_PATH, params=params)
-        return _download_page(response)
+        return _download_page(response.content, limit, schema, tenant_id, unknown_fields)
 
     async def health(self) -> bool:
         """One ``GET /health`` (no key, no retry); True when the Client System is reachable.
@@ -906,30 +941,23 @@ def _meter_id(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)  # JavaScript has only float64 numbers
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     return None
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
-
-
-def _download_page(response: httpx.Response) -> DownloadPage:
-    # Exact numbers, not orjson: float64 keeps 15-17 significant digits and numeric(18,4) has 18
-    # (99999999999999.9999 would come back damaged). Fractions become Decimal, integers int.
-    try:
-        body = json.loads(response.content, parse_float=Decimal, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedPageError(f"download page is not valid JSON: {_clip(str(exc))}") from None
-    if not isinstance(body, dict):
-        raise MalformedPageError("download page is not a JSON object")
-    readings, cursor = body.get("readings"), body.get("next_cursor", ...)
-    if not isinstance(readings, list):
-        raise MalformedPageError('download page has no "readings" list')
-    if cursor is ... or not (cursor is None or isinstance(cursor, str)):
-        raise MalformedPageError('download page\'s "next_cursor" is missing or not a string/null')
-    for i, reading in enumerate(readings):
-        if not isinstance(reading, dict):
-            raise MalformedPageError(f"download page: reading {i} is not a JSON object")
-    return DownloadPage(readings, cursor)
+def _download_page(
+    body: bytes,
+    limit: int,
+    schema: pa.Schema | None,
+    tenant_id: int | None,
+    unknown_fields: Collection[str] | str | None,
+) -> DownloadPage:
+    # One parser for every page (the compiled core, or its twin): exact numbers from the digits,
+    # validation in the same pass; a shape-only check when no schema is given.
+    batch, cursor = parse_page(
+        body, schema, tenant_id=tenant_id, limit=limit, unknown_fields=unknown_fields
+    )
+    return DownloadPage(batch, cursor, body, batch.num_rows)

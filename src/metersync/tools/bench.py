@@ -231,9 +231,9 @@ class _TimedClient:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    async def get_readings(self, limit: int, after: str | None = None) -> Any:
+    async def get_readings(self, limit: int, after: str | None = None, **kwargs: Any) -> Any:
         self._clock.begin_page()
-        return await self._client.get_readings(limit, after)
+        return await self._client.get_readings(limit, after, **kwargs)
 
 
 def _size_result(
