@@ -74,3 +74,26 @@ def test_serve_refuses_options_that_do_not_fit(args: list[str], message: str) ->
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
+
+
+def test_serve_help_documents_every_fault_kind_with_working_examples() -> None:
+    from metersync.server import FaultPlan
+    from metersync.server.faults import _COUNT_FIELDS
+    from metersync.server.metertrack import check_plan
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "metersync", "serve", "--help"],
+        capture_output=True, text=True, env=_env(), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    kinds = {"fail", "random", "throttle", "rate429", "delay", "reject", "path", "seed"}
+    for kind in kinds | set(_COUNT_FIELDS):
+        assert re.search(rf"^\s+{kind}=", proc.stdout, re.MULTILINE), kind
+    examples = re.findall(
+        r"metersync serve (--profile metertrack )?--faults '([^']+)'", proc.stdout
+    )
+    assert len(examples) >= 5
+    for metertrack, spec in examples:
+        plan = FaultPlan.from_spec(spec)  # every example parses
+        if metertrack:
+            check_plan(plan)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from metersync.cli._app import AppState, check_dsn_syntax, json_option, pass_state
+from metersync.cli._safe import terminal_safe
 from metersync.cli.output import ExitCode, Output
 from metersync.errors import ConfigError
 
@@ -17,22 +19,50 @@ INTERRUPTED = 130
 
 
 class _RichUI:
-    """Feeds the demo's progress into one rich Progress display on stderr."""
+    """Feeds the demo's progress into one rich Progress display on stderr.
+
+    On a terminal: bars and status lines. Piped (or with ``--json``): no bars, but a plain
+    stderr line per phase and per quarter of each bar, so a log never sits silent for long.
+    ``-q`` silences everything but errors.
+    """
 
     def __init__(self, out: Output) -> None:
         self.out = out
         self.progress = out.progress()
+        self.plain = not out.quiet and self.progress.disable
 
     def say(self, message: str) -> None:
-        if self.out.json_mode or self.out.quiet:
+        if self.out.quiet:
             return
-        self.progress.console.print(message)
+        if self.plain:
+            sys.stderr.write(f"demo: {terminal_safe(message)}\n")
+            sys.stderr.flush()
+        else:
+            self.progress.console.print(message)
 
     def bar(self, description: str, total: int | None) -> Callable[[int], None]:
+        if self.plain:
+            return self._plain_bar(description, total)
         task = self.progress.add_task(description, total=total)
 
         def update(completed: int) -> None:
             self.progress.update(task, completed=completed)
+
+        return update
+
+    def _plain_bar(self, description: str, total: int | None) -> Callable[[int], None]:
+        self.say(f"{description}: started" + (f" ({total:,})" if total else ""))
+        said = 0  # quarters reported so far
+
+        def update(completed: int) -> None:
+            nonlocal said
+            if not total:
+                return
+            quarter = min(4, completed * 4 // total)
+            if quarter > said:
+                said = quarter
+                done = "done" if quarter == 4 else f"{quarter * 25}%"
+                self.say(f"{description}: {done} ({completed:,} of {total:,})")
 
         return update
 

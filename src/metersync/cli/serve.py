@@ -29,7 +29,12 @@ from metersync.tools.embedded import EmbeddedPostgres
 @click.option(
     "--data-dir", type=click.Path(file_okay=False), help="Embedded server data directory."
 )
-@click.option("--faults", "fault_spec", metavar="SPEC", help="Fault plan, e.g. 'random=0.05:503'.")
+@click.option(
+    "--faults",
+    "fault_spec",
+    metavar="SPEC",
+    help="Fault plan, e.g. 'random=0.05:503,drop_after_commit=2' (every kind: see the list above).",
+)
 @click.option("--max-batch", default=10_000, show_default=True, type=int, help="413 above this.")
 @click.option(
     "--profile",
@@ -86,6 +91,42 @@ def serve(
     The admin API (/admin/tenants, /admin/faults, /admin/stats, /admin/readings, /admin/reset)
     always requires the header X-Admin-Token: the token in METERSYNC_ADMIN_TOKEN, else a random
     one printed on stderr at start.
+
+    \b
+    --faults SPEC: comma-separated KEY=VALUE entries (reject may repeat):
+      fail=N:STATUS        fail the next N matching requests with STATUS
+      random=F:STATUS      fail a fraction F (0..1) of matching requests with STATUS
+      throttle=N:SECONDS   answer the next N matching requests 429, Retry-After SECONDS
+      rate429=F:SECONDS    answer a fraction F of matching requests 429, Retry-After
+      delay=SECONDS[:N]    delay matching requests by SECONDS (only the next N if given)
+      drop_after_commit=N  the next N uploads are stored, then the connection is closed
+                           without an answer (the lost-response case)
+      miscount=N           the next N upload answers claim one reading too many
+      legacy=N             the next N upload answers use the old recordsProcessed shape
+      reject=FIELD:VALUE   reject each uploaded reading whose FIELD equals VALUE
+                           (numbers compare as numbers; VALUE null matches a JSON null)
+      malformed_page=N     the next N download pages carry a reading with a bad UUID
+      oversize_page=N      the next N download pages hold one reading more than asked
+      garbage_page=N       the next N download pages are not {"readings": [...]}
+      path=PREFIX          request path prefix that fail/random/throttle/rate429/delay
+                           match (default /api/sync/readings/batch)
+      seed=N               seed of the random choices (default 0: reproducible runs)
+
+    \b
+    With --profile metertrack: fail/random with STATUS 500 answer "Batch upload error"
+    (nothing stored), with 401 "Invalid API key"; delay stores the batch FIRST, then waits
+    before replying (a client read timeout after commit); drop_after_commit and reject (the
+    reading's INSERT fails: skipped, reported by meter) as above; seed. Other kinds are refused.
+    --sink takes no faults.
+
+    \b
+    Examples:
+      metersync serve --faults 'random=0.05:503,rate429=0.05:1'
+      metersync serve --faults 'fail=3:502,delay=1.5:3,drop_after_commit=4,seed=7'
+      metersync serve --faults 'reject=meter_id:13,reject=power:null'
+      metersync serve --faults 'fail=2:503,path=/api/health'
+      metersync serve --faults 'malformed_page=1,oversize_page=1'
+      metersync serve --profile metertrack --faults 'delay=2:1,drop_after_commit=1,fail=1:500'
     """
     from metersync.server import FaultPlan
 

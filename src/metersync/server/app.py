@@ -95,6 +95,10 @@ class _DropConnection(Exception):
     """Raised by a handler to close the connection without answering (after commit)."""
 
 
+class _ClientGone(_DropConnection):
+    """The client closed the connection while its body was being read: nobody to answer."""
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
@@ -150,8 +154,10 @@ async def _middleware(
                 response = _error(503, "database unavailable; retry later")
         status = str(response.status)
         return response
-    except _DropConnection:
-        if status != "abandoned":
+    except _DropConnection as exc:
+        if isinstance(exc, _ClientGone):
+            status = "client_gone"
+        elif status != "abandoned":
             status = "dropped"
         if request.transport is not None:
             request.transport.abort()
@@ -196,6 +202,10 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
     state = request.app[STATE]
     try:
         return await request.read()
+    except ConnectionError:
+        # E.g. a client that timed out during an injected delay: not an error of the server,
+        # and not worth aiohttp's "Error handling request" traceback.
+        raise _ClientGone from None
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"request body larger than {state.max_body_bytes} bytes")
     except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. gzip that does not inflate

@@ -254,6 +254,8 @@ async def upload_batch(request: web.Request) -> web.StreamResponse:
     # 1. The global JSON body parser runs before any route: limit, gzip, JSON.parse.
     try:
         raw = await request.read()
+    except ConnectionError:
+        raise _Drop from None  # the client went away mid-body: nobody to answer
     except (web.HTTPRequestEntityTooLarge, HttpProcessingError, RequestPayloadError):
         request.content.feed_eof()
         response = _internal_error()

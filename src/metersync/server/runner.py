@@ -11,6 +11,7 @@ from types import TracebackType
 from aiohttp import web
 
 from metersync.errors import ConfigError
+from metersync.server import quiet
 from metersync.server.admin_auth import new_admin_token
 from metersync.server.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, STATE, create_app
 from metersync.server.faults import FaultPlan
@@ -179,6 +180,7 @@ class ReferenceServer:
                 await store.close()
             raise
         self._store, self._runner, self._app = store, runner, app
+        quiet.install()
         self.port = int(runner.addresses[0][1])
         log.info("%s Client System listening on %s", self.profile, self.base_url)
 
@@ -188,6 +190,7 @@ class ReferenceServer:
         self._runner = self._store = self._app = None
         if runner is not None:
             await runner.cleanup()
+            quiet.uninstall()
         if store is not None:
             await store.close()
 

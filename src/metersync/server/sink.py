@@ -175,6 +175,12 @@ async def upload_batch(request: web.Request) -> web.Response:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"request body larger than {state.max_body_bytes} bytes")
+    except ConnectionError:
+        # The client went away mid-body; this answer goes nowhere (aiohttp ignores the
+        # failed write), but no traceback is logged for it.
+        response = _error(400, "connection lost while reading the body")
+        response.force_close()
+        return response
     count = raw.count(_ID_KEY)
     state.counters["batches_received"] += 1
     state.counters["readings_received"] += count

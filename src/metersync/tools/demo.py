@@ -274,6 +274,7 @@ def run_demo(
             )
     finally:
         if embedded is not None:
+            ui.say("stopping the embedded PostgreSQL")
             embedded.stop()
 
 
@@ -288,6 +289,7 @@ def _scratch_databases(admin_dsn: str, *, keep: bool, ui: DemoUI) -> Iterator[tu
         if keep:
             ui.say(f"kept databases {names[0]} (sync) and {names[1]} (Client System)")
         else:
+            ui.say("dropping the two scratch databases")
             for name in names:
                 drop_database(admin_dsn, name)
 
@@ -340,16 +342,20 @@ async def _run(
 
         stop.check()
         url = server.base_url
+        ui.say("download phase: each tenant fetches its readings from the Client System")
         download_wall = await _phase("download", outcomes, keys, sync_dsn, url, faults, ui, stop)
         stop.check()
+        ui.say("upload phase: each tenant sends its pending readings to the Client System")
         upload_wall = await _phase("upload", outcomes, keys, sync_dsn, url, faults, ui, stop)
         stop.check()
 
         stats = await asyncio.to_thread(admin.stats)
         await asyncio.to_thread(admin.clear_faults)
+        ui.say("verifying: comparing the reading ids of both databases, tenant by tenant")
         await _verify(outcomes, sync_dsn, cs_dsn)
     finally:
         admin.close()
+        ui.say("stopping the Client System")
         await asyncio.to_thread(server.stop)
         stop.uninstall()
     counters = {
@@ -379,6 +385,10 @@ async def _generate(
 ) -> None:
     """Insert each tenant's pending readings and bulk-load its preloaded ones on the server."""
     total = sum(local + preload for _, local, preload in plan)
+    ui.say(
+        f"generating {total:,} synthetic wide readings: pending in the sync database, "
+        "a share preloaded on the Client System for the download phase"
+    )
     update = ui.bar("generate readings", total)
     done = 0
     for tenant, local, preload in plan:
