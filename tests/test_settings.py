@@ -156,3 +156,55 @@ def test_deprecated_batch_size_env_warns(tmp_path: Path, caplog: pytest.LogCaptu
         s = resolve_settings({}, env={"METERSYNC_BATCH_SIZE": "500"}, cwd=tmp_path)
     assert "deprecated" in caplog.text
     assert not hasattr(s, "batch_size")
+
+
+def test_client_profile_body_limit_site_and_timeout_allowance(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path / "m.toml",
+        'client_profile = "metertrack"\nmax_body_bytes = 5000000\nsite_id = "site-a"\n'
+        "read_timeout_per_reading = 0.05\n",
+    )
+    s = resolve_settings({}, env={}, config_file=cfg)
+    assert (s.client_profile, s.max_body_bytes, s.site_id, s.read_timeout_per_reading) == (
+        "metertrack",
+        5_000_000,
+        "site-a",
+        0.05,
+    )
+    s = resolve_settings(
+        {"client_profile": "MeterSync"},
+        env={"METERSYNC_CLIENT_PROFILE": "metertrack"},
+        cwd=tmp_path,
+    )
+    assert (s.client_profile, s.source("client_profile")) == ("metersync", "flag")
+    s = resolve_settings({}, env={"METERSYNC_CLIENT_PROFILE": "metertrack"}, cwd=tmp_path)
+    assert (s.client_profile, s.source("client_profile")) == ("metertrack", "env")
+    assert resolve_settings({}, env={}, cwd=tmp_path).client_profile == "auto"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"METERSYNC_CLIENT_PROFILE": "legacy"}, "METERSYNC_CLIENT_PROFILE must be one of auto"),
+        ({"METERSYNC_MAX_BODY_BYTES": "100"}, "METERSYNC_MAX_BODY_BYTES must be at least 4096"),
+        ({"METERSYNC_SITE_ID": "a b"}, "METERSYNC_SITE_ID must be 1..200 printable"),
+        ({"METERSYNC_READ_TIMEOUT_PER_READING": "-1"}, "between 0 and 60"),
+    ],
+)
+def test_bad_profile_settings_are_named(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_settings({}, env=env, cwd=tmp_path)
+
+
+def test_global_client_profile_flag_reaches_the_settings() -> None:
+    from click.testing import CliRunner
+
+    from metersync.cli import cli
+    from metersync.cli._app import AppState
+
+    state = AppState()
+    result = CliRunner().invoke(
+        cli, ["--client-profile", "metertrack", "status", "--help"], obj=state
+    )
+    assert result.exit_code == 0, result.output
+    assert state.settings.client_profile == "metertrack"

@@ -292,3 +292,44 @@ async def test_400_field_errors_reject_that_reading_and_send_the_rest(
     finally:
         await eng.aclose()
         await db.close()
+
+
+async def test_status_shows_in_doubt_and_the_resolve_command_releases_it(
+    mt: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+    import json
+
+    from metersync.cli import main
+
+    tenant = await mt.tenant(upload=10)
+    await mt.seed(tenant, 10)
+    mt.server.set_faults("drop_after_commit=1")
+    assert (await mt.uploader(tenant).upload()).in_doubt == 10
+
+    def cli(*args: str) -> tuple[int, dict]:
+        code = main(["--dsn", mt.dsn, *args])
+        return code, json.loads(capsys.readouterr().out)
+
+    code, doc = await asyncio.to_thread(cli, "status", "--tenant", str(tenant), "--json")
+    assert code == 0
+    (row,) = doc["tenants"]
+    assert (row["in_doubt"], row["pending"], row["synchronized"]) == (10, 0, 0)
+    assert row["oldest_in_doubt_age_s"] is not None
+    code, doc = await asyncio.to_thread(
+        cli, "resolve", "--tenant", str(tenant), "--mark-synchronized", "--json"
+    )
+    assert code == 0
+    assert doc["tenants"] == [
+        {
+            "tenant_id": tenant,
+            "action": "mark_synchronized",
+            "in_doubt_before": 10,
+            "resolved": 10,
+            "in_doubt_after": 0,
+        }
+    ]
+    await assert_exactly_once(mt, tenant, 10)
+    # Bad input is a usage error naming what is missing.
+    assert main(["--dsn", mt.dsn, "resolve", "--tenant", str(tenant)]) == 2
+    assert "--resend or --mark-synchronized" in capsys.readouterr().err
