@@ -309,8 +309,11 @@ def test_upload_download_sync_once_and_status(dsn: str, reference_server: Server
     reference_server.load_readings(tenant_id, orjson.loads(codec.json_rows(extra)))
     down = as_json(ms(*api, "download", "--tenant", str(tenant_id), "--json"))
     op = down["operations"][0]
-    assert op["operation"] == "download" and op["inserted"] == 1500 and op["skipped"] == 1000
-    assert op["pages"] >= 4  # 2500 readings in pages of at most 700
+    assert op["operation"] == "download" and op["inserted"] == 1500
+    # The reference server filters by site (issue 12): the 1000 readings this site uploaded do
+    # not come back down, so nothing is skipped as already present.
+    assert op["skipped"] == 0
+    assert op["pages"] >= 3  # 1500 readings in pages of at most 700
 
     once = ms(*api, "sync", "--once", "--tenant", str(tenant_id))
     assert once.returncode == 0, once.stderr
