@@ -1,4 +1,5 @@
-"""The naive baseline: a plain Python port of the old upload flow, for the end-to-end group.
+"""The naive baseline: a plain Python port of the old upload (and download) flow, for the
+end-to-end and engine groups.
 
 Per batch, as the old system did it:
 1. ``SELECT * FROM meter_reading WHERE ... LIMIT B`` with psycopg dict rows;
@@ -92,4 +93,65 @@ def upload(
             conn.commit()
             readings += len(rows)
             batches += 1
+    return NaiveReport(readings, batches, statements, time.perf_counter() - started)
+
+
+NAIVE_INSERT_COLUMNS_SQL = "INSERT INTO meter_reading ({}) VALUES ({}) ON CONFLICT DO NOTHING"
+SAVE_CURSOR = (
+    "INSERT INTO sync_state (tenant_id, download_cursor, updated_at) VALUES (%s, %s, now()) "
+    "ON CONFLICT (tenant_id) DO UPDATE SET download_cursor = EXCLUDED.download_cursor, "
+    "updated_at = now()"
+)
+
+
+def download(
+    dsn: str,
+    base_url: str,
+    api_key: str,
+    tenant_id: int,
+    page_size: int,
+    *,
+    max_readings: int | None = None,
+) -> NaiveReport:
+    """Download the tenant's readings the old way: per page ``json.loads`` with ``Decimal``
+    numbers, then ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` (rows stored
+    synchronized) and the cursor, one commit per page; stop after ``max_readings`` if given."""
+    started = time.perf_counter()
+    readings = batches = statements = 0
+    cursor: str | None = None
+    headers = {"X-API-Key": api_key}
+    with (
+        psycopg.connect(dsn) as conn,
+        httpx.Client(base_url=base_url, headers=headers, timeout=60.0) as http,
+    ):
+        while max_readings is None or readings < max_readings:
+            limit = page_size if max_readings is None else min(page_size, max_readings - readings)
+            params: dict[str, Any] = {"limit": limit}
+            if cursor is not None:
+                params["after"] = cursor
+            response = http.get("/sync/readings", params=params)
+            response.raise_for_status()
+            page = json.loads(response.content, parse_float=Decimal)
+            rows = page["readings"]
+            if not rows:
+                break
+            columns = [k for k in rows[0] if k != "tenant_id"]
+            sql = NAIVE_INSERT_COLUMNS_SQL.format(
+                ", ".join(["tenant_id", *columns, "is_synchronized", "sync_status"]),
+                ", ".join(["%s"] * (len(columns) + 3)),
+            )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    sql,
+                    [(tenant_id, *(r.get(c) for c in columns), True, "synchronized") for r in rows],
+                )
+                statements += len(rows)
+                cur.execute(SAVE_CURSOR, (tenant_id, page["next_cursor"]))
+                statements += 1
+            conn.commit()
+            readings += len(rows)
+            batches += 1
+            cursor = page["next_cursor"]
+            if cursor is None or len(rows) < limit:
+                break
     return NaiveReport(readings, batches, statements, time.perf_counter() - started)
