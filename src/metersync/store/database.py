@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -1113,28 +1113,14 @@ def _encode_chunks(batch: pa.RecordBatch, chunk_rows: int) -> list[bytes]:
     return [codec.copy_binary(chunk) for chunk in codec.slices(batch, chunk_rows)]
 
 
-def _drain(copy: Any) -> Generator[Any, Any, list[Any]]:
-    """One psycopg generator that reads every COPY OUT row (libpq hands them out one by one)."""
-    chunks: list[Any] = []
-    while True:
-        data = yield from copy._read_gen()
-        if not data:
-            return chunks
-        chunks.append(data)
-
-
 async def _read_copy(conn: psycopg.AsyncConnection[Any], copy: Any) -> list[Any]:
-    """All rows of a COPY OUT.
+    """All rows of a COPY OUT, through psycopg's public API (``async for data in copy``).
 
-    ``async for data in copy`` goes through the event loop once per row (libpq returns COPY
-    data row by row). Driving psycopg's own per-row generator (``_read_gen``, the body of
-    ``AsyncCopy.read``) inside one ``conn.wait`` reads the same rows, with the same error
-    handling, without that round trip: a 1000-row wide page took 45 ms against 50 ms (median;
-    best 21 against 27 ms) on the loaded 2-core machine. The public path is the fallback
-    should a later psycopg drop the private name.
+    A private per-row generator inside one ``conn.wait`` was measured against it (issue 9 item
+    7, docs/store-notes.md): 1.00-1.27x on 100,000 wide rows (median of three runs 1.06x) and
+    0.99-1.00x on the 1000-row pages the engine fetches, so the public API it is.
     """
-    if hasattr(copy, "_read_gen"):
-        return await conn.wait(_drain(copy))
+    del conn  # kept in the signature: callers pass the connection the COPY runs on
     return [data async for data in copy]
 
 
