@@ -10,31 +10,9 @@ The connection is in autocommit mode; statements that belong together run in an 
 transaction. ``statements`` counts every statement the adapter issues (each execute and each
 COPY counts 1; BEGIN/COMMIT do not), for ``sync_log`` and the benchmarks.
 
-Marking (one ``UPDATE ... WHERE tenant_id = $1 AND meter_reading_id = ANY($2) AND
-is_synchronized IS NOT TRUE`` per batch). Investigated on this machine (2 shared cores, load 8-10,
-so single runs vary by ±30%), wide readings, 1000-id batches, partial queue index
-``(tenant_id, created_at, meter_reading_id) WHERE NOT is_synchronized``, against the set-based
-limit ``UPDATE ... WHERE tenant_id = $1 AND NOT is_synchronized`` of the same rows:
-
-- primary-key probe, 200,000 rows, raw psycopg: 5.2-5.4 s vs limit 3.6-3.8 s (1.41x);
-- ``ctid = ANY($tids)`` + id check (Tid Scan; the fetch would return ctids): 7.6 s vs 4.35 s
-  (1.74x), and the heap grew 30% (no page pruning on that path): rejected;
-- fillfactor 80 / 70 on ``meter_reading``: still 0 HOT updates of 200,000, no gain: rejected
-  (no mark can be HOT while the queue index predicate names ``is_synchronized``; the limit
-  pays the same primary-key entry per row, so only locating the rows can get cheaper);
-- this adapter (binary ``uuid[]``), 100,000 rows, medians of 3 alternating rounds: 1.03x the
-  limit in an A/B run where the same statement written ``AND NOT is_synchronized`` took 1.77x
-  (that form lets the planner serve the id list from the queue index bounded by ``tenant_id``
-  alone, see ``sql.MARK_SYNCHRONIZED``); 1.53x in a noisier run of its own.
-
-Fetch (1000-row wide page, medians of 40 alternating calls): 45-61 ms against ADBC
-``fetch_arrow_table`` of the same SELECT 138-142 ms (which returns numeric as opaque strings).
-Insert (20,000 wide rows into a 400,000-row table): 1.16x (chunks of 10,000) and 1.21x (chunks
-of 1000) the time of writing the pre-encoded COPY payload; 1.28x before the existing-id check and
-the encoding were overlapped (the check alone is ~10 us per id, a primary-key probe each).
-
-The partial index stays: a fetch must remain a ~2 ms range scan however many synchronized rows
-the tenant has (a non-partial index took 0.3-0.5 s per page at 90% synchronized, PERF-NOTES).
+Marks are one ``UPDATE`` per batch keyed by ``tenant_id`` and a binary id list, probing the
+primary key; the measurements behind that choice, the fetch and insert figures, and the COPY
+read path are in docs/store-notes.md.
 """
 
 from __future__ import annotations

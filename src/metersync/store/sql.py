@@ -141,7 +141,7 @@ INSERT_SITE_ID = (
 # The queue index. Partial on NOT is_synchronized: "oldest unsynchronized readings of tenant T"
 # is a range scan over exactly the queue, however many synchronized rows the table holds.
 # Its price is that a mark can never be a HOT update (the predicate column changes), so every
-# mark also writes a primary-key entry. We measured the alternatives (see db.py, "Marking").
+# mark also writes a primary-key entry. The alternatives measured: docs/store-notes.md.
 CREATE_QUEUE_INDEX = f"""
 CREATE INDEX {QUEUE_INDEX} ON meter_reading (tenant_id, created_at, meter_reading_id)
 WHERE NOT is_synchronized
