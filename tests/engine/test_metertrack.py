@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import httpx
 import psycopg
 import pytest
 
@@ -333,3 +334,43 @@ async def test_status_shows_in_doubt_and_the_resolve_command_releases_it(
     # Bad input is a usage error naming what is missing.
     assert main(["--dsn", mt.dsn, "resolve", "--tenant", str(tenant)]) == 2
     assert "--resend or --mark-synchronized" in capsys.readouterr().err
+
+
+class _LoseThirdAnswer(RecordingTransport):
+    """The real transport, but the answer to the 3rd upload is lost on the way back (the
+    Client System stored the batch): the client sees a read error after sending."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.url.path.endswith("/batch") and len(self.posted) == 3:
+            await response.aread()
+            raise httpx.ReadError("connection reset by peer (test)")
+        return response
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_unknown_outcome_mid_cycle_settles_the_other_flights(
+    mt: Engine, in_flight: int
+) -> None:
+    tenant = await mt.tenant(upload=10)
+    await mt.seed(tenant, 80)
+    transport = _LoseThirdAnswer()
+    client = mt.client(tenant, transport=transport)
+    report = await mt.uploader(tenant, client=client, max_in_flight=in_flight).upload()
+    assert report.in_doubt == 10 and "outcome unknown" in (report.error or "")
+    # The flight after the lost one (in_flight=2) was awaited and settled, not cancelled;
+    # anything fetched and claimed but not sent went back to the queue.
+    held = await mt.local_ids(tenant, "sync_status = 'in_doubt'")
+    assert len(held) == 10
+    stored = copies(mt, tenant)
+    assert set(stored.values()) == {1} and held <= set(stored)
+    assert await mt.local_ids(tenant, "is_synchronized") == set(stored) - held
+    counts = await mt.status_counts(tenant)
+    assert counts.get("pending:false", 0) == 80 - len(stored)
+    # The next cycle sends the rest and never the held batch.
+    report = await mt.uploader(tenant).upload()
+    assert report.error is None
+    stored = copies(mt, tenant)
+    assert len(stored) == 80 and set(stored.values()) == {1}
+    await resolve_in_doubt(mt.db, tenant, "mark_synchronized")
+    await assert_exactly_once(mt, tenant, 80)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from aiohttp import web
@@ -704,3 +705,99 @@ async def test_idempotency_key_required(tenant_client) -> None:
     client, _, _ = tenant_client
     with pytest.raises(ConfigError, match="idempotency_key"):
         await client.post_batch(b"[]", 0, idempotency_key="")
+
+
+class _HeaderLog(httpx.AsyncHTTPTransport):
+    """The real transport, remembering the headers of every upload."""
+
+    def __init__(self) -> None:
+        super().__init__(verify=False)
+        self.uploads: list[httpx.Headers] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/batch"):
+            self.uploads.append(request.headers)
+        return await super().handle_async_request(request)
+
+
+async def test_site_header_only_to_a_server_with_the_site_filter(
+    reference_server: ServerHandle, metertrack_server: ServerHandle
+) -> None:
+    for server, expected in ((reference_server, "site-7"), (metertrack_server, None)):
+        _, key = server.new_tenant()
+        log = _HeaderLog()
+        async with ClientSystemApiClient(
+            server.base_url, key, site_id="site-7", transport=log, **FAST
+        ) as client:
+            profile = await client.profile()
+            assert profile.site_filter is (expected is not None)
+            rows = [{k: v for k, v in r.items() if v is not None} for r in readings(2)]
+            result = await client.post_batch(body(rows), 2, idempotency_key="site")
+            assert result.inserted == 2
+        assert [h.get("X-Metersync-Site") for h in log.uploads] == [expected]
+
+
+async def test_profile_negotiation(canned_server) -> None:
+    ours = (
+        b'{"status":"ok","contract":"metersync","contract_version":2,"idempotent":true,'
+        b'"download":true,"max_body_bytes":1048576,"site_filter":false}'
+    )
+    cases = [
+        (200, ours, ("metersync", True, True, 1_048_576)),
+        # Capabilities are only what is advertised as true: no promise, no idempotency.
+        (200, b'{"status":"ok","contract":"metersync"}', ("metersync", False, False, 67108864)),
+        (200, b'{"status":"OK","uptime":12}', ("metertrack", False, False, 10_485_760)),
+        (
+            404,
+            b'{"success":false,"message":"Route not found"}',
+            ("metertrack", False, False, 10_485_760),
+        ),
+    ]
+    for status, payload, want in cases:
+        url = await canned_server(status, payload)
+        async with ClientSystemApiClient(url, "k") as client:
+            p = await client.profile()
+            assert (p.name, p.idempotent, p.download, p.max_body_bytes) == want, payload
+            assert p.source == "advertised"
+        async with ClientSystemApiClient(url, "k", max_body_bytes=5000) as client:
+            assert (await client.profile()).max_body_bytes == 5000
+    url = await canned_server(200, b'{"status":"Degraded"}')
+    async with ClientSystemApiClient(url, "k", client_profile="metertrack") as client:
+        assert await client.health() is True  # MeterTrack's shapes count as reachable
+        assert (await client.profile()).source == "configured"
+    with pytest.raises(ConfigError, match="client_profile must be one of"):
+        ClientSystemApiClient(url, "k", client_profile="legacy")
+
+
+async def test_server_words_reach_the_error_line(canned_server) -> None:
+    payload = (
+        b'{"success":false,"message":"Validation error","errors":[{"type":"field",'
+        b'"msg":"voltage_thd must be numeric","path":"readings[3].voltage_thd",'
+        b'"location":"body","value":null}]}'
+    )
+    url = await canned_server(400, payload)
+    async with ClientSystemApiClient(url, "k", client_profile="metertrack") as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.post_batch(b"[1,2,3,4]", 4, idempotency_key="v")
+    assert "Validation error; voltage_thd must be numeric (readings[3].voltage_thd)" in str(
+        info.value
+    )
+    assert [(e.index, e.message) for e in info.value.field_errors] == [
+        (3, "voltage_thd must be numeric")
+    ]
+    url = await canned_server(
+        500,
+        b'{"success":false,"recordsProcessed":0,"message":"Batch upload error","error":"deadlock"}',
+    )
+    async with ClientSystemApiClient(
+        url, "k", client_profile="metertrack", max_retries=1, **FAST
+    ) as client:
+        # "Batch upload error" proves nothing was stored: retried even without idempotency.
+        with pytest.raises(
+            RemoteUnavailableError, match=r"after 2 attempts.*Batch upload error; deadlock"
+        ):
+            await client.post_batch(b"[1]", 1, idempotency_key="b")
+    url = await canned_server(502, b"<html>bad gateway</html>")
+    async with ClientSystemApiClient(url, "k", client_profile="metertrack", **FAST) as client:
+        with pytest.raises(OutcomeUnknownError, match="HTTP 502"):
+            await client.post_batch(b"[1]", 1, idempotency_key="g")
