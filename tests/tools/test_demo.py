@@ -7,10 +7,21 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import orjson
+import psycopg
 
 import metersync
-from metersync.tools.demo import DEMO_TENANTS, split_readings
+from fix_server import ServerHandle
+from metersync import codec
+from metersync.tools.demo import (
+    DEMO_TENANTS,
+    TenantOutcome,
+    _pending_ids,
+    _verify,
+    split_readings,
+)
+from metersync.tools.synthetic import reading_batch
 
 
 def test_split_gives_every_tenant_pending_and_preloaded_readings() -> None:
@@ -76,3 +87,91 @@ def test_demo_stops_cleanly_on_sigterm(pg_admin_dsn: str) -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert demo_databases() == before  # both scratch databases dropped
+
+
+def test_demo_against_metertrack_with_faults_resolves_what_is_in_doubt(
+    pg_admin_dsn: str,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+    env["METERSYNC_IMPL"] = metersync.__impl__
+    proc = subprocess.run(
+        [sys.executable, "-m", "metersync", "demo", "--readings", "3000", "--faults", "--json",
+         "--client-profile", "metertrack", "--dsn", pg_admin_dsn],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "demo: no download phase" in proc.stderr
+    doc = orjson.loads(proc.stdout)
+    assert doc["client_profile"] == "metertrack"
+    assert (doc["readings"], doc["client_rows"], doc["lost"], doc["duplicates"]) == (
+        3000,
+        3000,
+        0,
+        0,
+    )
+    assert doc["exactly_once"] is True and doc["downloaded"] == 0
+    # Delays past the read timeout and drops after commit left batches in doubt; the demo
+    # looked at the kept ids and resolved every one of them.
+    assert doc["faults_injected"].get("delay", 0) + doc["faults_injected"]["drop_after_commit"] > 0
+    resolution = doc["in_doubt_resolution"]
+    assert doc["in_doubt"] > 0
+    assert resolution["marked_synchronized"] + resolution["resent"] == doc["in_doubt"]
+    assert resolution["unresolved"] == 0
+    assert doc["server"]["duplicate_copies"] == 0 and doc["server"]["inserted"] == 3000
+
+
+def _tenant_outcome(tenant_id: int, pending: int) -> TenantOutcome:
+    return TenantOutcome(tenant_id, "t", 100, 100, local_pending=pending)
+
+
+async def _site_with_readings(dsn: str, tenant_id: int, n: int) -> tuple[bytes, set[str]]:
+    from metersync.store.database import SyncDatabase
+
+    async with await SyncDatabase.connect(dsn) as db:
+        await db.migrate()
+        await db.add_tenant(tenant_id, "t", "k")
+        batch = reading_batch(n, seed=tenant_id, tenant_id=tenant_id)
+        await db.insert_readings(batch, 100)
+    ids = await _pending_ids(dsn, [tenant_id])
+    return codec.json_rows(batch.drop_columns(["tenant_id"]), profile="metertrack"), ids[tenant_id]
+
+
+async def test_duplicate_count_counts_copies_on_metertrack(
+    fresh_dsn: str, metertrack_server: ServerHandle
+) -> None:
+    tenant_id, key = metertrack_server.new_tenant()
+    rows, ids = await _site_with_readings(fresh_dsn, tenant_id, 3)
+    for _ in range(2):  # a resend: the MeterTrack Client System stores a second copy
+        answer = httpx.post(
+            f"{metertrack_server.base_url}/sync/readings/batch",
+            content=b'{"readings":' + rows + b"}",
+            headers={"X-API-Key": key, "Content-Type": "application/json"},
+        )
+        assert answer.json()["inserted"] == 3
+    outcome = _tenant_outcome(tenant_id, 3)
+    stats = metertrack_server.stats()
+    await _verify([outcome], fresh_dsn, metertrack_server.dsn, stats, {tenant_id: ids},
+                  metertrack=True)  # fmt: skip
+    assert (outcome.client_rows, outcome.duplicates, outcome.lost) == (6, 3, 0)
+
+
+async def test_duplicate_count_does_not_rest_on_the_reference_servers_key(
+    fresh_dsn: str, reference_server: ServerHandle
+) -> None:
+    tenant_id, key = reference_server.new_tenant()
+    rows, ids = await _site_with_readings(fresh_dsn, tenant_id, 3)
+    url = f"{reference_server.base_url}/sync/readings/batch"
+    for attempt in range(2):
+        answer = httpx.post(url, content=b'{"readings":' + rows + b"}", headers={"X-API-Key": key})
+        assert answer.json()["inserted"] == 3
+        if attempt == 0:
+            # The server loses what it stored: the resend is stored again, a second insert of
+            # the same readings that its primary key alone would never show.
+            with psycopg.connect(reference_server.dsn, autocommit=True) as conn:
+                conn.execute("DELETE FROM cs_meter_reading WHERE tenant_id = %s", (tenant_id,))
+    outcome = _tenant_outcome(tenant_id, 3)
+    stats = reference_server.stats()
+    assert stats["inserted_per_tenant"] == {str(tenant_id): 6}
+    await _verify([outcome], fresh_dsn, reference_server.dsn, stats, {tenant_id: ids})
+    assert (outcome.client_rows, outcome.duplicates, outcome.lost) == (3, 3, 0)

@@ -85,6 +85,16 @@ class _RichUI:
     "(default: embedded). The global --dsn is not used: the demo never touches a real sync db.",
 )
 @click.option("--keep", is_flag=True, help="Keep the scratch databases for inspection.")
+@click.option(
+    "--client-profile",
+    "client_profile",
+    type=click.Choice(["metersync", "metertrack"]),
+    default=None,
+    help="Client System to run against: metersync (the reference server) or metertrack (an "
+    "emulation of the original MeterTrack Client System: not idempotent, no download; in-doubt "
+    "readings are resolved against its kept ids). Default: the global --client-profile "
+    "(auto means metersync here).",
+)
 @click.option("--seed", default=1, show_default=True, type=int, help="Seed of the synthetic data.")
 @json_option
 @pass_state
@@ -95,6 +105,7 @@ def demo(
     data_dir: str | None,
     demo_dsn: str | None,
     keep: bool,
+    client_profile: str | None,
     seed: int,
 ) -> int:
     """Two tenants, N wide readings, download + upload through the reference Client System,
@@ -107,13 +118,17 @@ def demo(
         check_dsn_syntax(demo_dsn)
     if demo_dsn and data_dir:
         raise ConfigError("--data-dir is for the embedded server; it cannot go with --dsn")
+    if client_profile is None:
+        configured = state.settings.client_profile
+        client_profile = "metertrack" if configured == "metertrack" else "metersync"
     if not state.verbose:
-        # Injected faults make the client and the managers log every retry; the summary counts
-        # them, so keep the progress display readable (-v shows them all).
+        # Injected faults make the client and the managers log every retry, and every batch
+        # held in doubt (an ERROR for an operator; here the demo resolves them itself). The
+        # summary counts them all, so keep the display readable (-v shows them all).
         for name in ("metersync.remote.client", "metersync.engine.upload",
                      "metersync.engine.download", "metersync.server",
                      "metersync.engine.manager"):  # fmt: skip
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     out = state.output
     ui = _RichUI(out)
     try:
@@ -126,6 +141,7 @@ def demo(
                 keep=keep,
                 seed=seed,
                 ui=ui,
+                client_profile=client_profile,
             )
     except DemoInterrupted as exc:
         out.error(str(exc))
@@ -138,7 +154,8 @@ def demo(
     if not result.exactly_once:
         out.error(
             f"verification FAILED: lost {doc['lost']}, duplicates {doc['duplicates']}, "
-            f"client rows {doc['client_rows']} of {doc['readings']}"
+            f"client rows {doc['client_rows']} of {doc['readings']}, "
+            f"in doubt unresolved {doc['in_doubt_resolution']['unresolved']}"
         )
         return ExitCode.PARTIAL
     return ExitCode.OK
@@ -166,6 +183,7 @@ def _summary(out: Output, doc: dict[str, Any]) -> None:
         right=["uploaded", "downloaded", "client rows", "lost", "duplicates", "upload cycles"],
     )  # fmt: skip
     injected = ", ".join(f"{k} {v}" for k, v in sorted(doc["faults_injected"].items())) or "none"
+    resolution = doc["in_doubt_resolution"]
     verdict = "[bold green]VERIFIED[/]" if doc["exactly_once"] else "[bold red]FAILED[/]"
     out.key_values(
         "demo: summary",
@@ -174,13 +192,18 @@ def _summary(out: Output, doc: dict[str, Any]) -> None:
             "uploaded": doc["uploaded"],
             "downloaded": doc["downloaded"],
             "Client System rows": doc["client_rows"],
+            "Client System profile": doc["client_profile"],
             "lost / duplicates": f"{doc['lost']} / {doc['duplicates']}",
+            "in doubt (resolved: synchronized / resent / left)": (
+                f"{doc['in_doubt']} ({resolution['marked_synchronized']} / "
+                f"{resolution['resent']} / {resolution['unresolved']})"
+            ),
             "exactly once": verdict,
             "upload readings/s": doc["upload_readings_per_s"],
             "download readings/s": doc["download_readings_per_s"],
             "SQL statements per 100k uploaded": doc["statements_per_100k_upload"],
             "faults injected": injected if doc["faults"] else "off (try --faults)",
-            "duplicates absorbed by the Client System": doc["server"]["duplicates_seen"],
+            "duplicates absorbed by the Client System": doc["server"].get("duplicates_seen", "-"),
             "codec implementation": doc["impl"],
             "total seconds": round(doc["total_s"], 1),
         },

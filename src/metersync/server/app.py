@@ -66,6 +66,9 @@ class ServerState:
     batch_log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=BATCH_LOG_SIZE))
     idempotency: OrderedDict[tuple[int, str], int] = field(default_factory=OrderedDict)
     key_cache: dict[str, int] = field(default_factory=dict)
+    # Readings newly stored per tenant: with the distinct ids a tenant uploaded, a duplicate
+    # count that does not rest on the primary key (the demo's check could fail).
+    inserted_by_tenant: Counter[int] = field(default_factory=Counter)
     # Bumped by reset_stats(): a request that started before a reset is not counted after it
     # (a delayed request of one test must not show up in the next test's stats).
     generation: int = 0
@@ -86,6 +89,7 @@ class ServerState:
         self.statuses.clear()
         self.batch_log.clear()
         self.idempotency.clear()
+        self.inserted_by_tenant.clear()
 
 
 STATE = web.AppKey("state", ServerState)
@@ -371,6 +375,7 @@ async def ingest(
                 }
             )
     state.counters["inserted"] += inserted
+    state.inserted_by_tenant[tenant_id] += inserted
     state.counters["duplicates_seen"] += duplicates
     state.counters["rejected"] += len(rejected)
     return {"success": True, "inserted": inserted, "duplicates": duplicates, "rejected": rejected}
@@ -492,6 +497,7 @@ async def admin_stats(request: web.Request) -> web.Response:
             "batches_received": state.counters["batches_received"],
             "readings_received": state.counters["readings_received"],
             "inserted": state.counters["inserted"],
+            "inserted_per_tenant": {str(t): n for t, n in state.inserted_by_tenant.items()},
             "duplicates_seen": state.counters["duplicates_seen"],
             "rejected": state.counters["rejected"],
             "readings_served": state.counters["readings_served"],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -56,6 +57,21 @@ GENERATE_CHUNK = 25_000
 PRELOAD_CHUNK = 5_000
 #: Upper bound on cycles per tenant and phase (a drained queue normally needs one).
 MAX_CYCLES = 200
+#: Client profiles the demo runs against: our reference server, or the emulation of the
+#: original MeterTrack Client System (not idempotent, no download; issue 10).
+CLIENT_PROFILES = ("metersync", "metertrack")
+#: MeterTrack profile with faults: the client's read timeout grows by this much per reading of
+#: a batch (the emulation stores one reading after the other), small enough for a short demo.
+FAULT_READ_TIMEOUT_PER_READING = 0.002
+
+
+def metertrack_demo_faults(max_batch: int) -> str:
+    """Faults the MeterTrack emulation injects with ``--faults``: a 500 burst and 5 % random
+    500s ("Batch upload error", nothing stored: retried), two replies delayed past the client's
+    read timeout AFTER the batch was stored, two connections dropped after commit (both leave
+    the batch in doubt)."""
+    timeout = FAULT_READ_TIMEOUT + FAULT_READ_TIMEOUT_PER_READING * max_batch
+    return f"fail=2:500,random=0.05:500,delay={timeout + 1.5:g}:2,drop_after_commit=2,seed=7"
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,13 @@ class TenantOutcome:
     not_downloaded: int = 0
     duplicates: int = 0
     unsynchronized: int = 0
+    # Readings held in_doubt (outcome unknown against a non-idempotent Client System), and how
+    # the demo resolved them after checking the Client System's kept ids.
+    in_doubt: int = 0
+    resolved_synchronized: int = 0
+    resolved_resent: int = 0
+    unresolved_in_doubt: int = 0
+    server_rows_without_sent_id: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -114,6 +137,7 @@ class DemoResult:
     upload_wall_s: float
     download_wall_s: float
     total_s: float
+    client_profile: str = "metersync"
     impl: str = __impl__
 
     @property
@@ -137,6 +161,10 @@ class DemoResult:
         return sum(t.client_rows for t in self.tenants)
 
     @property
+    def in_doubt(self) -> int:
+        return sum(t.in_doubt for t in self.tenants)
+
+    @property
     def exactly_once(self) -> bool:
         """Every reading exactly once on both sides, all synchronized, none uploaded back."""
         pending = sum(t.local_pending for t in self.tenants)
@@ -144,6 +172,8 @@ class DemoResult:
             self.lost == 0
             and self.duplicates == 0
             and all(t.unsynchronized == 0 for t in self.tenants)
+            and all(t.unresolved_in_doubt == 0 for t in self.tenants)
+            and all(t.server_rows_without_sent_id == 0 for t in self.tenants)
             and self.client_rows == self.readings
             and self.uploaded == pending
             and self.server_counters.get("inserted", -1) == pending
@@ -153,12 +183,20 @@ class DemoResult:
         """One JSON-able object with the demo's figures."""
         up_statements = sum(t.upload_statements for t in self.tenants)
         return {
+            "client_profile": self.client_profile,
             "readings": self.readings,
             "uploaded": self.uploaded,
             "downloaded": self.downloaded,
             "client_rows": self.client_rows,
             "lost": self.lost,
             "duplicates": self.duplicates,
+            "in_doubt": self.in_doubt,
+            "in_doubt_resolution": {
+                "checked_against": "the Client System's kept sent meter_reading_ids",
+                "marked_synchronized": sum(t.resolved_synchronized for t in self.tenants),
+                "resent": sum(t.resolved_resent for t in self.tenants),
+                "unresolved": sum(t.unresolved_in_doubt for t in self.tenants),
+            },
             "exactly_once": self.exactly_once,
             "upload_readings_per_s": _rate(self.uploaded, self.upload_wall_s),
             "download_readings_per_s": _rate(self.downloaded, self.download_wall_s),
@@ -230,7 +268,9 @@ class _Stopper:
             raise DemoInterrupted("interrupted: everything started by the demo was shut down")
 
 
-def split_readings(total: int) -> list[tuple[DemoTenant, int, int]]:
+def split_readings(
+    total: int, preload_share: float = PRELOAD_SHARE
+) -> list[tuple[DemoTenant, int, int]]:
     """Per tenant: (tenant, readings pending locally, readings preloaded on the server)."""
     if total < len(DEMO_TENANTS):
         raise ValueError(f"readings must be at least {len(DEMO_TENANTS)}, got {total}")
@@ -239,7 +279,7 @@ def split_readings(total: int) -> list[tuple[DemoTenant, int, int]]:
     for i, tenant in enumerate(DEMO_TENANTS):
         n = left if i == len(DEMO_TENANTS) - 1 else round(total * tenant.share)
         left -= n
-        preload = round(n * PRELOAD_SHARE)
+        preload = round(n * preload_share)
         result.append((tenant, n - preload, preload))
     return result
 
@@ -253,14 +293,23 @@ def run_demo(
     keep: bool = False,
     seed: int = 1,
     ui: DemoUI | None = None,
+    client_profile: str = "metersync",
 ) -> DemoResult:
     """Run the demo (see the module docstring) and return its verified summary.
+
+    ``client_profile="metertrack"`` runs it against the emulation of the original MeterTrack
+    Client System instead: no download phase (it has none), readings whose upload outcome is
+    unknown are held in_doubt by the engine, then resolved the way an operator would (the
+    Client System's kept ids say which are stored: ``mark_synchronized``, the rest ``resend``),
+    and duplicates are counted from the copies per sent id it holds.
 
     ``dsn`` names a PostgreSQL server where the demo may create (and drop) two scratch
     databases; without it an embedded server runs in ``data_dir`` or a temporary directory.
     ``keep`` leaves the scratch databases in place for inspection.
     """
     ui = ui or DemoUI()
+    if client_profile not in CLIENT_PROFILES:
+        raise ValueError(f"client_profile must be one of {CLIENT_PROFILES}, got {client_profile!r}")
     split_readings(readings)  # validate early
     embedded: EmbeddedPostgres | None = None
     if dsn is None:
@@ -270,7 +319,15 @@ def run_demo(
     try:
         with _scratch_databases(dsn, keep=keep, ui=ui) as (sync_dsn, cs_dsn):
             return asyncio.run(
-                _run(readings, faults=faults, sync_dsn=sync_dsn, cs_dsn=cs_dsn, seed=seed, ui=ui)
+                _run(
+                    readings,
+                    faults=faults,
+                    sync_dsn=sync_dsn,
+                    cs_dsn=cs_dsn,
+                    seed=seed,
+                    ui=ui,
+                    client_profile=client_profile,
+                )
             )
     finally:
         if embedded is not None:
@@ -295,21 +352,32 @@ def _scratch_databases(admin_dsn: str, *, keep: bool, ui: DemoUI) -> Iterator[tu
 
 
 async def _run(
-    readings: int, *, faults: bool, sync_dsn: str, cs_dsn: str, seed: int, ui: DemoUI
+    readings: int,
+    *,
+    faults: bool,
+    sync_dsn: str,
+    cs_dsn: str,
+    seed: int,
+    ui: DemoUI,
+    client_profile: str = "metersync",
 ) -> DemoResult:
     from metersync.server import AdminClient, ServerThread
     from metersync.store.database import SyncDatabase
 
+    metertrack = client_profile == "metertrack"
     started = time.perf_counter()
     stop = _Stopper()
     stop.install()
-    plan = split_readings(readings)
+    # The MeterTrack Client System has no download endpoint: nothing is preloaded on it.
+    plan = split_readings(readings, 0.0 if metertrack else PRELOAD_SHARE)
     keys = {t.tenant_id: f"sk_demo_{secrets.token_hex(16)}" for t, _, _ in plan}
-    server = ServerThread(cs_dsn)
+    server = ServerThread(cs_dsn, profile=client_profile)
     await asyncio.to_thread(server.start)
     admin = AdminClient(server.admin_url, server.admin_token)
+    download_wall = 0.0
     try:
-        ui.say(f"reference Client System on {server.base_url}")
+        what = "MeterTrack Client System emulation" if metertrack else "reference Client System"
+        ui.say(f"{what} on {server.base_url}")
         async with await SyncDatabase.connect(sync_dsn) as db:
             await db.migrate()
             outcomes = []
@@ -335,24 +403,53 @@ async def _run(
                     )
                 )
             await _generate(db, admin, plan, seed, ui, stop)
+        # What the site will upload (before the download phase adds readings): the reference
+        # of the duplicate count.
+        pending_ids = await _pending_ids(sync_dsn, [o.tenant_id for o in outcomes])
         await asyncio.to_thread(admin.reset_stats)
         if faults:
-            await asyncio.to_thread(admin.set_faults, DEMO_FAULTS)
-            ui.say(f"fault injection on: {DEMO_FAULTS}")
+            spec = (
+                metertrack_demo_faults(max(t.upload_batch_size for t, _, _ in plan))
+                if metertrack
+                else DEMO_FAULTS
+            )
+            await asyncio.to_thread(admin.set_faults, spec)
+            ui.say(f"fault injection on: {spec}")
 
         stop.check()
         url = server.base_url
-        ui.say("download phase: each tenant fetches its readings from the Client System")
-        download_wall = await _phase("download", outcomes, keys, sync_dsn, url, faults, ui, stop)
+        run_phase = functools.partial(
+            _phase,
+            outcomes=outcomes,
+            keys=keys,
+            sync_dsn=sync_dsn,
+            base_url=url,
+            faults=faults,
+            ui=ui,
+            stop=stop,
+            client_profile=client_profile,
+        )
+        if metertrack:
+            ui.say("no download phase: the MeterTrack Client System offers no download")
+        else:
+            ui.say("download phase: each tenant fetches its readings from the Client System")
+            download_wall = await run_phase("download")
         stop.check()
         ui.say("upload phase: each tenant sends its pending readings to the Client System")
-        upload_wall = await _phase("upload", outcomes, keys, sync_dsn, url, faults, ui, stop)
+        upload_wall = await run_phase("upload")
         stop.check()
+        if metertrack:
+            await asyncio.to_thread(admin.clear_faults)
+            resolved = await _resolve_in_doubt(outcomes, admin, sync_dsn, ui)
+            if resolved:
+                ui.say("upload phase again: the readings sent back to the queue")
+                upload_wall += await run_phase("upload", again=True)
+            stop.check()
 
         stats = await asyncio.to_thread(admin.stats)
         await asyncio.to_thread(admin.clear_faults)
         ui.say("verifying: comparing the reading ids of both databases, tenant by tenant")
-        await _verify(outcomes, sync_dsn, cs_dsn)
+        await _verify(outcomes, sync_dsn, cs_dsn, stats, pending_ids, metertrack=metertrack)
     finally:
         admin.close()
         ui.say("stopping the Client System")
@@ -361,7 +458,9 @@ async def _run(
     counters = {
         k: int(stats.get(k, 0))
         for k in ("requests", "batches_received", "readings_received", "inserted",
-                  "duplicates_seen", "idempotency_replays", "readings_served")
+                  "duplicates_seen", "idempotency_replays", "readings_served", "skipped",
+                  "duplicate_copies", "distinct_sent_ids")
+        if k in stats
     }  # fmt: skip
     return DemoResult(
         readings=readings,
@@ -372,7 +471,44 @@ async def _run(
         upload_wall_s=upload_wall,
         download_wall_s=download_wall,
         total_s=time.perf_counter() - started,
+        client_profile=client_profile,
     )
+
+
+async def _resolve_in_doubt(
+    outcomes: list[TenantOutcome], admin: Any, sync_dsn: str, ui: DemoUI
+) -> int:
+    """Do what the operator does for readings held in_doubt: look at the Client System (its
+    kept sent ids, through the admin API), then ``resolve --mark-synchronized`` the ones it
+    holds and ``resolve --resend`` the others. Returns how many were sent back to the queue."""
+    from metersync.engine.upload import resolve_in_doubt
+    from metersync.store.database import SyncDatabase
+
+    resent_total = 0
+    async with await SyncDatabase.connect(sync_dsn) as db:
+        for o in outcomes:
+            held = [
+                str(uuid.UUID(bytes=b)) for b in (await db.in_doubt_ids(o.tenant_id)).to_pylist()
+            ]
+            o.in_doubt = len(held)
+            if not held:
+                continue
+            copies = await asyncio.to_thread(admin.copies, o.tenant_id, held)
+            stored = [rid for rid in held if copies.get(rid, 0) > 0]
+            missing = [rid for rid in held if copies.get(rid, 0) == 0]
+            ui.say(
+                f"tenant {o.tenant_id}: {len(held):,} readings in doubt; the Client System holds "
+                f"{len(stored):,} of them: marking those synchronized, resending {len(missing):,}"
+            )
+            if stored:
+                done = await resolve_in_doubt(db, o.tenant_id, "mark_synchronized", ids=stored)
+                o.resolved_synchronized = done.resolved
+                o.uploaded += done.resolved
+            if missing:
+                done = await resolve_in_doubt(db, o.tenant_id, "resend", ids=missing)
+                o.resolved_resent = done.resolved
+                resent_total += done.resolved
+    return resent_total
 
 
 async def _generate(
@@ -385,9 +521,14 @@ async def _generate(
 ) -> None:
     """Insert each tenant's pending readings and bulk-load its preloaded ones on the server."""
     total = sum(local + preload for _, local, preload in plan)
+    preloaded = sum(preload for _, _, preload in plan)
     ui.say(
-        f"generating {total:,} synthetic wide readings: pending in the sync database, "
-        "a share preloaded on the Client System for the download phase"
+        f"generating {total:,} synthetic wide readings: pending in the sync database"
+        + (
+            f", {preloaded:,} preloaded on the Client System for the download phase"
+            if preloaded
+            else ""
+        )
     )
     update = ui.bar("generate readings", total)
     done = 0
@@ -434,13 +575,28 @@ async def _phase(
     faults: bool,
     ui: DemoUI,
     stop: _Stopper,
+    client_profile: str = "metersync",
+    again: bool = False,
 ) -> float:
-    """Run ``operation`` for every tenant concurrently until done; return the wall time."""
+    """Run ``operation`` for every tenant concurrently until done; return the wall time.
+    ``again``: a second upload phase (of readings resolved with ``resend``)."""
     started = time.perf_counter()
     await asyncio.gather(
         *(
-            _drain(operation, o, keys[o.tenant_id], sync_dsn, base_url, faults, ui, stop)
+            _drain(
+                operation,
+                o,
+                keys[o.tenant_id],
+                sync_dsn,
+                base_url,
+                faults,
+                ui,
+                stop,
+                client_profile=client_profile,
+                again=again,
+            )
             for o in outcomes
+            if not again or o.resolved_resent
         )
     )
     return time.perf_counter() - started
@@ -455,6 +611,9 @@ async def _drain(
     faults: bool,
     ui: DemoUI,
     stop: _Stopper,
+    *,
+    client_profile: str = "metersync",
+    again: bool = False,
 ) -> None:
     """Cycles of one operation for one tenant until nothing is left (or MAX_CYCLES)."""
     from metersync.engine.manager import SyncManager, SyncOptions
@@ -467,9 +626,17 @@ async def _drain(
         backoff_base=0.05,
         backoff_max=0.5,
         max_retries=6,
+        client_profile=client_profile,
+        # Against MeterTrack the timeout grows with the batch (it stores one reading after
+        # the other); the demo keeps that growth small so its delays stay short.
+        read_timeout_per_reading=FAULT_READ_TIMEOUT_PER_READING if faults else 0.03,
     )
-    expected = outcome.local_pending if operation == "upload" else outcome.preloaded
-    update = ui.bar(f"{operation} tenant {outcome.tenant_id}", expected)
+    if operation == "upload":
+        expected = outcome.resolved_resent if again else outcome.local_pending
+    else:
+        expected = outcome.preloaded
+    label = f"{operation} tenant {outcome.tenant_id}" + (" (resent)" if again else "")
+    update = ui.bar(label, expected)
     config = SyncOptions(tenant_id=outcome.tenant_id, dsn=sync_dsn, api_client=client)
     done = cycles = statements = 0
     seconds = 0.0
@@ -496,11 +663,12 @@ async def _drain(
                     cycles += 1
                     statements += report.statements
                     seconds += report.seconds
+                    sent = getattr(report, "readings_sent", None)
                     if report.error:
                         outcome.errors.append(report.error)
                         log.info("tenant %s %s: %s", outcome.tenant_id, operation, report.error)
-                    elif done >= expected:
-                        break
+                    if done >= expected or (sent == 0 and not report.error):
+                        break  # all through, or the queue is empty (what is left is in doubt)
             finally:
                 stop.parts.discard(part)
                 refresher.cancel()
@@ -510,15 +678,44 @@ async def _drain(
     finally:
         await client.aclose()
     if operation == "upload":
-        outcome.uploaded, outcome.upload_cycles = done, cycles
-        outcome.upload_statements, outcome.upload_seconds = statements, seconds
+        outcome.uploaded += done
+        outcome.upload_cycles += cycles
+        outcome.upload_statements += statements
+        outcome.upload_seconds += seconds
     else:
         outcome.downloaded, outcome.download_cycles = done, cycles
         outcome.download_statements, outcome.download_seconds = statements, seconds
 
 
-async def _verify(outcomes: list[TenantOutcome], sync_dsn: str, cs_dsn: str) -> None:
-    """Compare id sets of the sync database and the Client System, tenant by tenant."""
+async def _pending_ids(sync_dsn: str, tenants: list[int]) -> dict[int, set[str]]:
+    """Ids of each tenant's readings in the sync database (all pending when this runs)."""
+    ids: dict[int, set[str]] = {}
+    async with await psycopg.AsyncConnection.connect(sync_dsn) as conn:
+        for t in tenants:
+            cur = await conn.execute(
+                "SELECT meter_reading_id FROM meter_reading WHERE tenant_id = %s", (t,)
+            )
+            ids[t] = {str(r[0]) for r in await cur.fetchall()}
+    return ids
+
+
+async def _verify(
+    outcomes: list[TenantOutcome],
+    sync_dsn: str,
+    cs_dsn: str,
+    stats: dict[str, Any],
+    pending_ids: dict[int, set[str]],
+    *,
+    metertrack: bool = False,
+) -> None:
+    """Compare id sets of the sync database and the Client System, tenant by tenant.
+
+    Duplicates are counted so that the count could fail. Against MeterTrack (no key on the
+    sent id: a resend stores a second row) from the copies per kept sent id: rows minus
+    distinct sent ids. Against the reference server (whose key would make that 0 by
+    construction) from what its uploads newly stored: readings inserted for the tenant minus
+    the distinct uploaded ids it holds.
+    """
     async with (
         await psycopg.AsyncConnection.connect(sync_dsn) as local,
         await psycopg.AsyncConnection.connect(cs_dsn) as remote,
@@ -531,17 +728,33 @@ async def _verify(outcomes: list[TenantOutcome], sync_dsn: str, cs_dsn: str) -> 
                     (o.tenant_id,),
                 )
             ).fetchall()
-            local_ids = {r[0] for r in rows}
+            local_ids = {str(r[0]) for r in rows}
             o.local_rows = len(rows)
             o.unsynchronized = sum(1 for r in rows if not r[1])
-            server_rows = await (
-                await remote.execute(
-                    "SELECT meter_reading_id FROM cs_meter_reading WHERE tenant_id = %s",
-                    (o.tenant_id,),
-                )
-            ).fetchall()
-            server_ids = {r[0] for r in server_rows}
-            o.client_rows = len(server_rows)
-            o.duplicates = (len(server_rows) - len(server_ids)) + (len(rows) - len(local_ids))
+            local_copies = len(rows) - len(local_ids)
+            if metertrack:
+                sent = await (
+                    await remote.execute(
+                        "SELECT sent_meter_reading_id FROM mt_meter_reading WHERE tenant_id = %s",
+                        (o.tenant_id,),
+                    )
+                ).fetchall()
+                kept = [r[0] for r in sent if r[0] is not None]
+                server_ids = {k.lower() for k in kept}
+                o.client_rows = len(sent)
+                o.server_rows_without_sent_id = len(sent) - len(kept)
+                o.duplicates = (len(kept) - len(server_ids)) + local_copies
+            else:
+                server_rows = await (
+                    await remote.execute(
+                        "SELECT meter_reading_id::text FROM cs_meter_reading WHERE tenant_id = %s",
+                        (o.tenant_id,),
+                    )
+                ).fetchall()
+                server_ids = {r[0] for r in server_rows}
+                o.client_rows = len(server_rows)
+                inserted = int(stats.get("inserted_per_tenant", {}).get(str(o.tenant_id), 0))
+                uploaded_held = len(pending_ids[o.tenant_id] & server_ids)
+                o.duplicates = max(0, inserted - uploaded_held) + local_copies
             o.lost = len(local_ids - server_ids)
             o.not_downloaded = len(server_ids - local_ids)
