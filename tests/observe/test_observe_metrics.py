@@ -9,6 +9,7 @@ import pytest
 from _scrape import get, sample, scrape
 
 from metersync import observe
+from metersync.errors import ConfigError
 from metersync.observe import metrics
 
 # Tenant ids of this module only: the registry is process-wide, so values are compared as
@@ -165,7 +166,7 @@ def test_serve_binds_loopback_and_answers_404_elsewhere() -> None:
         assert server.host == "127.0.0.1"
         assert get(f"{server.url}/nope")[0] == 404
         # A second server on the same port: a clear error naming the address.
-        with pytest.raises(OSError, match=rf"127\.0\.0\.1:{server.port}"):
+        with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{server.port}"):
             observe.serve(server.port)
     with pytest.raises(ValueError, match=r"0\.\.65535"):
         observe.serve(70_000)

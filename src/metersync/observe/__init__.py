@@ -74,19 +74,20 @@ def serve(
     interval: float | None = None,
     stale_intervals: float = 3.0,
     max_retries: int = 5,
-    queue_ttl: float = 10.0,
+    queue_ttl: float | None = None,
 ) -> MetricsServer:
     """Start the endpoint on ``host:port`` (port 0: any free port, see ``.port``) in a thread.
 
     ``dsn``: the sync database; the endpoint opens ONE connection of its own to answer the
     ``database`` check and to read the queue gauges at scrape time (cached ``queue_ttl``
-    seconds; ``max_retries`` is the quarantine threshold the counts use). ``interval``: seconds
+    seconds, by default half the interval within 1..10 s; ``max_retries`` is the quarantine
+    threshold the counts use). ``interval``: seconds
     between the loop's cycles; a tenant without progress for ``stale_intervals`` × ``interval``
     fails ``/healthz`` (no ``interval``: no liveness check). ``health``: extra checks,
     ``{name: None}`` when fine, ``{name: "reason"}`` when not.
 
-    Returns a :class:`MetricsServer`; ``close()`` it (or use ``with``). Raises ``OSError``
-    naming host and port when the port is taken.
+    Returns a :class:`MetricsServer`; ``close()`` it (or use ``with``). Raises
+    :class:`~metersync.errors.ConfigError` naming host and port when it cannot bind there.
     """
     from metersync.observe.http import MetricsServer
 
@@ -96,6 +97,9 @@ def serve(
     if dsn:
         from metersync.observe.probe import DatabaseProbe
 
+        if queue_ttl is None:
+            # Fresh enough to follow a loop's cycles, never more than one query per second.
+            queue_ttl = 10.0 if interval is None else min(10.0, max(1.0, interval / 2))
         probe = DatabaseProbe(dsn, max_retries=max_retries)
         QUEUE.set_source(probe.queue_status, ttl=queue_ttl)
     checks = Health(

@@ -22,6 +22,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from metersync.errors import ConfigError
 from metersync.observe.health import Health
 
 __all__ = ["MetricsServer"]
@@ -90,9 +91,9 @@ class MetricsServer:
     ) -> None:
         try:
             self._server = _Server((host, port), registry, health)
-        except OSError as exc:
-            raise OSError(
-                exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+        except OSError as exc:  # taken, not ours to bind, no such address: bad input
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
             ) from None
         self.health = health
         self.host = host
