@@ -2,6 +2,7 @@
 
     python _worker.py upload|download|sync TENANT [TENANT ...] [--read-timeout S]
                       [--max-batches N] [--max-seconds S] [--deadline S]
+                      [--client-profile auto|metersync|metertrack] [--max-in-flight N]
 
 Sync database and Client System come from ``METERSYNC_DSN`` / ``METERSYNC_API_URL``, API keys
 from the tenant rows (never from arguments), failpoints from ``METERSYNC_FAILPOINTS``. It prints
@@ -40,6 +41,8 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--max-seconds", type=float, default=None)
     p.add_argument("--deadline", type=float, default=120.0)
+    p.add_argument("--client-profile", default="auto", choices=["auto", "metersync", "metertrack"])
+    p.add_argument("--max-in-flight", type=int, default=2)
     args = p.parse_args(argv)
 
     db = await SyncDatabase.connect(os.environ["METERSYNC_DSN"])
@@ -57,6 +60,7 @@ async def main(argv: list[str]) -> int:
             max_retries=3,
             backoff_base=0.01,
             backoff_max=0.2,
+            client_profile=args.client_profile,
         )
         uploaders[t] = MeterReadingUploadManager(
             db,
@@ -65,6 +69,7 @@ async def main(argv: list[str]) -> int:
             tenant_id=t,
             max_batches=args.max_batches,
             max_seconds=args.max_seconds,
+            max_in_flight=args.max_in_flight,
         )
         downloaders[t] = DownloadManager(db, clients[t], cache, tenant_id=t)
     print("ready", flush=True)
