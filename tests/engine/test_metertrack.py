@@ -374,3 +374,14 @@ async def test_unknown_outcome_mid_cycle_settles_the_other_flights(
     assert len(stored) == 80 and set(stored.values()) == {1}
     await resolve_in_doubt(mt.db, tenant, "mark_synchronized")
     await assert_exactly_once(mt, tenant, 80)
+
+
+async def test_requeue_never_releases_in_doubt_readings(mt: Engine) -> None:
+    tenant = await mt.tenant(upload=10)
+    await mt.seed(tenant, 10)
+    mt.server.set_faults("drop_after_commit=1")
+    assert (await mt.uploader(tenant).upload()).in_doubt == 10
+    assert await mt.db.requeue(tenant) == 0  # `metersync requeue --all`
+    ids = await mt.db.in_doubt_ids(tenant)
+    assert await mt.db.requeue(tenant, ids) == 0
+    assert len(await mt.db.in_doubt_ids(tenant)) == 10

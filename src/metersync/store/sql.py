@@ -401,14 +401,17 @@ WHERE m.tenant_id = %s AND m.meter_reading_id = r.id AND m.{_NOT_SYNCED}
 RETURNING m.retry_count >= %s
 """
 
+# Never an in-doubt reading: requeueing one would resend it to a Client System that may hold it
+# already (non-idempotent: a second copy). Only `metersync resolve` releases those.
 REQUEUE_IDS = f"""
 UPDATE meter_reading SET retry_count = 0, sync_status = 'pending'
 WHERE tenant_id = %s AND meter_reading_id = ANY(%s) AND {_NOT_SYNCED}
-  AND (retry_count <> 0 OR sync_status <> 'pending')
+  AND (retry_count <> 0 OR sync_status <> 'pending') AND sync_status <> 'in_doubt'
 """
 REQUEUE_ALL = """
 UPDATE meter_reading SET retry_count = 0, sync_status = 'pending'
 WHERE tenant_id = %s AND NOT is_synchronized AND (retry_count <> 0 OR sync_status <> 'pending')
+  AND sync_status <> 'in_doubt'
 """
 # In-doubt readings (non-idempotent Client System). Released back to the queue with their old
 # status (failed if they were rejected before, else pending), held with the server's words as
