@@ -212,7 +212,11 @@ def page_error(
             who += f" (id {h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]})"
         name = "tenant_id" if col == TENANT_COL else plan.specs[col].name if col >= 0 else ""
         if code == R_UNKNOWN:
-            text = f"{who}: unknown field {_echo(body, start, end)} (not a column of meter_reading)"
+            field = _echo(body, start, end)
+            text = (
+                f"{who}: unknown field {field} (not a column of meter_reading); to drop it, set "
+                f'drop_unknown_fields = [{field}] (or "*" for every unknown field)'
+            )
         elif code == R_MISSING:
             missing = sorted(plan.specs[c].name for c in aux)
             text = f"{who}: missing required field(s) {', '.join(map(repr, missing))}"
@@ -789,10 +793,10 @@ def drop_rule(unknown_fields: Collection[str] | str | None) -> tuple[bool, froze
     if unknown_fields is None:
         return False, frozenset()
     if isinstance(unknown_fields, str):
-        if unknown_fields == "all":
+        if unknown_fields in ("all", "*"):  # "*": the drop_unknown_fields setting's spelling
             return True, frozenset()
         raise ValueError(
-            f"unknown_fields must be None, 'all' or a collection of field names, "
+            f"unknown_fields must be None, 'all' (or '*') or a collection of field names, "
             f"got {unknown_fields!r}"
         )
     return False, frozenset(name.encode("utf-8") for name in unknown_fields)

@@ -63,6 +63,9 @@ class SyncOptions:
     overlap: bool = True
     #: POSTs of the tenant in flight at once during an upload (``MeterReadingUploadManager``).
     max_in_flight: int = 2
+    #: Download page fields that are not columns and may be dropped (``None``: refuse such a
+    #: page; ``"*"``: drop any; or a tuple of names). The setting ``drop_unknown_fields``.
+    drop_unknown_fields: tuple[str, ...] | str | None = None
 
     def __post_init__(self) -> None:
         if self.tenant_id is None or isinstance(self.tenant_id, bool):
@@ -206,6 +209,7 @@ class SyncManager:
                     max_pages_per_cycle=cfg.max_pages_per_cycle,
                     overlap=cfg.overlap,
                     max_in_flight=cfg.max_in_flight,
+                    drop_unknown_fields=cfg.drop_unknown_fields,
                 ),
             )
             await self._scheduler.open()

@@ -209,6 +209,9 @@ class EngineOptions:
     max_pages_per_cycle: int | None = None
     overlap: bool = True
     max_in_flight: int = 2
+    #: Page fields that are not columns of meter_reading and may be dropped (the setting
+    #: ``drop_unknown_fields``): ``None`` refuses such a page, ``"*"`` drops any, or names.
+    drop_unknown_fields: tuple[str, ...] | str | None = None
 
 
 # -- the connection pool ----------------------------------------------------------------------
@@ -486,7 +489,12 @@ class Scheduler:
             max_in_flight=o.max_in_flight,
         )
         tenant.downloader = DownloadManager(
-            db, client, self.cache, tenant_id=tenant.tenant_id, max_pages=o.max_pages_per_cycle
+            db,
+            client,
+            self.cache,
+            tenant_id=tenant.tenant_id,
+            max_pages=o.max_pages_per_cycle,
+            unknown_fields=o.drop_unknown_fields,
         )
         tenant.bound_db, tenant.bound_client = db, client
 
