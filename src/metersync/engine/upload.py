@@ -316,7 +316,10 @@ class MeterReadingUploadManager:
                 try:
                     await self._cycle(size, started)
                 except _Stop as stop:
-                    self.error_cause = stop.__cause__ or stop
+                    cause = stop.__cause__ or stop
+                    if isinstance(cause, OutcomeUnknownError):  # the error line says what to do
+                        cause = OutcomeUnknownError(str(stop), status=cause.status)
+                    self.error_cause = cause
                     self.report = replace(self.report, error=str(stop))
         finally:
             self.report = replace(
@@ -326,11 +329,12 @@ class MeterReadingUploadManager:
             )
         r = self.report
         if r.in_doubt and r.error is None:
-            self.error_cause = OutcomeUnknownError(
-                f"{r.in_doubt} readings held in_doubt: the Client System's answer did not say "
-                "which of them it stored"
+            text = self._in_doubt_hint(
+                f"tenant {self.tenant_id}: {r.in_doubt} readings held in_doubt: the Client "
+                "System's answer did not say which of them it stored"
             )
-            self.report = r = replace(r, error=self._in_doubt_hint(str(self.error_cause)))
+            self.error_cause = OutcomeUnknownError(text)
+            self.report = r = replace(r, error=text)
         log.log(
             logging.WARNING if r.error else logging.INFO,
             "tenant %s upload (%s profile): %d batches, %d readings (%d inserted, "
@@ -592,7 +596,8 @@ class MeterReadingUploadManager:
             # proves nothing, so the batch is held).
             if claimed and isinstance(exc, httpx.HTTPError):
                 await self._hold(flight, f"outcome unknown: {exc}")
-                raise _Stop(self._in_doubt_hint(f"{where}: outcome unknown ({exc})")) from exc
+                why = f"{where}: outcome unknown ({type(exc).__name__}: {exc})"
+                raise _Stop(self._in_doubt_hint(why)) from OutcomeUnknownError(why)
             await self._release_if(claimed, flight, str(exc))
             raise _Stop(
                 f"{where} failed as a whole ({type(exc).__name__}: {exc}); "
@@ -673,7 +678,7 @@ class MeterReadingUploadManager:
         except _Stop as stop:
             if not self._profile.idempotent:  # an answer we cannot trust: outcome unknown
                 await self._hold(flight, f"outcome unknown: {stop}")
-                raise _Stop(self._in_doubt_hint(str(stop))) from stop.__cause__
+                raise _Stop(self._in_doubt_hint(str(stop))) from OutcomeUnknownError(str(stop))
             raise
         rejected_ids = None
         texts: list[str] = []
