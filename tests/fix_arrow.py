@@ -189,7 +189,11 @@ def batches(
 ) -> pa.RecordBatch:
     """A record batch of drawn column types, rows (0 included), nulls and per-column offsets."""
     n = draw(st.integers(0, max_rows))
-    col_types = draw(st.lists(types or column_types(), min_size=min_cols, max_size=max_cols))
+    col_types = draw(
+        st.lists(
+            types if types is not None else column_types(), min_size=min_cols, max_size=max_cols
+        )
+    )
     cols = [draw(arrays(t, n, pg_safe=pg_safe, json_safe=json_safe)) for t in col_types]
     names = [f"c{i}" for i in range(len(cols))]
     if draw(st.booleans()):  # a slice of a whole batch too (offset on the parent)

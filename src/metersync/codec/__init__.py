@@ -8,18 +8,25 @@ in :mod:`metersync.codec._impl` (the Cython core ``metersync.codec._batch`` or t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import pyarrow as pa
 
 from metersync.codec._impl import IMPL, impl_module
 from metersync.errors import CodecValueError
 
+#: The JSON profiles of :func:`json_rows` (see its docstring).
+JsonProfile = Literal["metersync", "metertrack"]
+
 __all__ = [
     "IMPL",
+    "JsonProfile",
     "copy_binary",
     "from_copy_binary",
+    "json_row_sizes",
     "json_rows",
     "slices",
+    "split_by_body_size",
     "uuid_array_binary",
 ]
 
@@ -38,15 +45,45 @@ def copy_binary(batch: pa.RecordBatch) -> bytes:
     return impl_module.copy_binary(batch)
 
 
-def json_rows(batch: pa.RecordBatch) -> bytes:
+def json_rows(batch: pa.RecordBatch, *, profile: JsonProfile = "metersync") -> bytes:
     """Encode ``batch`` as a JSON array of one object per row, keys in schema order.
 
-    Canonical form: UUID lowercase 36 chars; timestamptz ``YYYY-MM-DDTHH:MM:SS.ffffffZ``;
-    timestamp the same without ``Z``; date ``YYYY-MM-DD``; decimal a JSON number with exactly
-    the column's scale digits; float the shortest round-trip text (Python ``repr``), NaN and
-    infinities rejected; null ``null``.
+    Canonical form (``profile="metersync"``): UUID lowercase 36 chars; timestamptz
+    ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; timestamp the same without ``Z``; date ``YYYY-MM-DD``;
+    decimal a JSON number with exactly the column's scale digits; float the shortest round-trip
+    text (Python ``repr``), NaN and infinities rejected; null ``null``.
+
+    ``profile="metertrack"`` (the original MeterTrack Client System): a null field is omitted
+    (its key is absent, a row of nulls is ``{}``) and a decimal is a JSON string with exactly the
+    column's scale digits (``"12.5000"``), so it reaches a ``numeric`` column without passing
+    through float64; everything else as above. An unknown profile raises ``CodecValueError``.
     """
-    return impl_module.json_rows(batch)
+    return impl_module.json_rows(batch, profile=profile)
+
+
+def json_row_sizes(batch: pa.RecordBatch, *, profile: JsonProfile = "metersync") -> pa.Int64Array:
+    """Each row's length in bytes as :func:`json_rows` encodes it, as an Arrow ``int64`` array.
+
+    The length is that of the row's ``{...}`` object, without the comma that separates it from
+    the next row, so ``len(json_rows(b)) == 2 + sum(sizes) + max(0, len(b) - 1)``. The C core
+    encodes the rows a chunk at a time into a reused buffer and keeps only the lengths.
+    """
+    return impl_module.json_row_sizes(batch, profile=profile)
+
+
+def split_by_body_size(
+    batch: pa.RecordBatch, max_body_bytes: int, *, profile: JsonProfile = "metersync"
+) -> list[pa.RecordBatch]:
+    """Split ``batch`` into zero-copy slices, in order, for a Client System's body limit.
+
+    Every slice is as long as possible such that the upload body
+    ``b'{"readings":' + json_rows(slice, profile=profile) + b'}'`` is at most ``max_body_bytes``
+    bytes; together the slices cover every row once, in order (an empty batch gives ``[]``).
+    Sizes come from :func:`json_row_sizes`, so nothing is tried against the server. A row that
+    alone makes a body over the limit raises ``CodecValueError`` naming its index and size;
+    ``max_body_bytes`` must be a positive integer.
+    """
+    return impl_module.split_by_body_size(batch, max_body_bytes, profile=profile)
 
 
 def from_copy_binary(data: bytes | bytearray | memoryview, schema: pa.Schema) -> pa.RecordBatch:

@@ -139,11 +139,12 @@ cdef bytes _fingerprint(ArrowSchema* schema):
 
 
 cdef bytes _key_slots(plan):
-    """JSON key prefixes ('{"a":' then ',"b":'), each in a slot padded so that 32-byte block
-    copies never read past it."""
+    """JSON key prefixes (',"a":'), each in a slot padded so that 32-byte block copies never read
+    past it. The row writer turns the first written comma into '{' (with nulls omitted, the first
+    key of a row is not always the first column's)."""
     slots = []
-    for i, spec in enumerate(plan):
-        prefix = (b"{" if i == 0 else b",") + spec.json_key
+    for spec in plan:
+        prefix = b"," + spec.json_key
         slots.append(prefix.ljust((len(prefix) + 31) // 32 * 32 + 32, b"\0"))
     return b"".join(slots)
 

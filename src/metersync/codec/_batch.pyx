@@ -36,7 +36,10 @@ import pyarrow as pa
 from metersync.codec import _types
 from metersync.errors import CodecTypeError, CodecValueError
 
-__all__ = ["copy_binary", "from_copy_binary", "json_rows", "uuid_array_binary"]
+__all__ = [
+    "copy_binary", "from_copy_binary", "json_row_sizes", "json_rows", "split_by_body_size",
+    "uuid_array_binary",
+]
 
 
 cdef extern from "Python.h":

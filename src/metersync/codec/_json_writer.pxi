@@ -1,13 +1,23 @@
-# Canonical JSON writer: validate column by column, size the output from each codec's longest
-# value, then write every row in one nogil loop that hands each value to its codec (included by
-# _batch.pyx).
+# JSON writer: validate column by column, size the output from each codec's longest value, then
+# write every row in one nogil loop that hands each value to its codec (included by _batch.pyx).
+#
+# Profiles (see metersync.codec._types.JSON_PROFILES): "metersync" writes a null as ``null`` and a
+# decimal as a JSON number; "metertrack" omits a null field (key absent) and writes a decimal as a
+# JSON string with the column's scale. json_row_sizes and split_by_body_size measure rows with the
+# same loop, so the sizes are the encoded lengths by construction.
 
 
-cdef int64_t _json_value_max(const Col* col) noexcept nogil:
+# len(b'{"readings":') + len(b'[') + len(b']') + len(b'}'): the upload body around the rows.
+cdef enum:
+    BODY_ENVELOPE = 15
+    SIZES_CHUNK_BYTES = 1024 * 1024  # json_row_sizes encodes this much at a time (stays in cache)
+
+
+cdef int64_t _json_value_max(const Col* col, bint quote_decimals) noexcept nogil:
     """Most bytes one value of this column takes; text columns count ``null`` here and their
     exact escaped size in the validation pass."""
     if col.kind == KIND_DECIMAL:
-        return 2 + max(39, col.scale + 1)
+        return 2 + max(39, col.scale + 1) + (2 if quote_decimals else 0)
     if col.kind == KIND_UUID:
         return 38
     if col.kind == KIND_INT64 or col.kind == KIND_INT32 or col.kind == KIND_INT16:
@@ -40,35 +50,47 @@ cdef bint _json_check(const Col* col, int64_t nrows, Py_ssize_t ci, int64_t* tex
     return True
 
 
-cdef Py_ssize_t _json_rows(const Col* cols, Py_ssize_t ncols, int64_t nrows,
-                           uint8_t* out) noexcept nogil:
+cdef inline Py_ssize_t _json_rows_as(const Col* cols, Py_ssize_t ncols, int64_t r0, int64_t r1,
+                                     uint8_t* out, bint omit_nulls, bint quote_decimals,
+                                     int64_t* sizes) noexcept nogil:
+    """Write rows ``r0 .. r1 - 1`` as a JSON array into ``out``; return its length (-1: out of
+    memory). ``sizes``, unless NULL, receives each row's length (without the separating comma)."""
     cdef uint8_t* p = out
+    cdef uint8_t* row
     cdef const Col* col
     cdef int64_t r, j
     cdef Py_ssize_t c, k
     p[0] = 91  # '['
     p += 1
-    for r in range(nrows):
-        if r:
+    for r in range(r0, r1):
+        if r > r0:
             p[0] = 44
             p += 1
-        if ncols == 0:
-            p[0] = 123
-            p += 1
+        row = p
         for c in range(ncols):
             col = &cols[c]
-            # '{"name":' for the first column, ',"name":' for the others
-            for k in range(0, col.key_len, 32):
-                _copy32(p + k, <const uint8_t*>col.key + k)
-            p += col.key_len
             j = col.offset + r
             if col.validity != NULL and not ((col.validity[j >> 3] >> (j & 7)) & 1):
+                if omit_nulls:
+                    continue
+                for k in range(0, col.key_len, 32):  # ',"name":'
+                    _copy32(p + k, <const uint8_t*>col.key + k)
+                p += col.key_len
                 memcpy(p, b"null", 4)
                 p += 4
                 continue
+            for k in range(0, col.key_len, 32):
+                _copy32(p + k, <const uint8_t*>col.key + k)
+            p += col.key_len
             # Most frequent kinds first (the wide readings are mostly numeric).
             if col.kind == KIND_DECIMAL:
+                if quote_decimals:
+                    p[0] = 34
+                    p += 1
                 p = _numeric_json(p, col, j)
+                if quote_decimals:
+                    p[0] = 34
+                    p += 1
             elif col.kind == KIND_INT64:
                 p = _int64_json(p, col, j)
             elif col.kind == KIND_TIMESTAMP:
@@ -93,39 +115,71 @@ cdef Py_ssize_t _json_rows(const Col* cols, Py_ssize_t ncols, int64_t nrows,
                     return -1
             else:
                 p = _text_json(p, col, j)
+        if p == row:  # no field written: '{}'
+            p[0] = 123
+            p += 1
+        else:  # the first key's comma opens the object
+            row[0] = 123
         p[0] = 125  # '}'
         p += 1
+        if sizes != NULL:
+            sizes[r - r0] = p - row
     p[0] = 93  # ']'
     p += 1
     return p - out
 
 
-def json_rows(batch):
-    """JSON array of one object per row, keys in schema order, canonical value forms, no spaces."""
-    cdef _Columns c = _open(batch)
+cdef Py_ssize_t _json_rows(const Col* cols, Py_ssize_t ncols, int64_t r0, int64_t r1,
+                           uint8_t* out, bint omit_nulls, bint quote_decimals,
+                           int64_t* sizes) noexcept nogil:
+    """The row loop compiled once per profile with its flags as constants, so neither profile pays
+    for the other's branches (and the compiler inlines every codec into each copy)."""
+    if omit_nulls and quote_decimals:
+        return _json_rows_as(cols, ncols, r0, r1, out, True, True, sizes)
+    if not omit_nulls and not quote_decimals:
+        return _json_rows_as(cols, ncols, r0, r1, out, False, False, sizes)
+    return _json_rows_as(cols, ncols, r0, r1, out, omit_nulls, quote_decimals, sizes)
+
+
+cdef int64_t _json_prepare(_Columns c, bint quote_decimals, int64_t* text) except -1:
+    """Validate every column (raising the twin's error for the first bad value); return the most
+    bytes one row can take apart from its text, and set ``text`` to the escaped text of all rows."""
     cdef Failure f
-    cdef Py_ssize_t i, used
-    cdef int64_t size, per_row = 3
+    cdef Py_ssize_t i
+    cdef int64_t per_row = 3
     cdef Col* col
+    f.code = 0
+    text[0] = 0
+    for i in range(c.ncols):
+        col = &c.cols[i]
+        with nogil:
+            _json_check(col, c.nrows, i, text, &f)
+        if f.code:
+            _raise_failure(c, &f)
+        per_row += col.key_len + 1 + _json_value_max(col, quote_decimals)
+    return per_row
+
+
+def json_rows(batch, *, profile="metersync"):
+    """JSON array of one object per row, keys in schema order, canonical value forms, no spaces;
+    ``profile`` "metertrack" omits null fields and writes decimals as strings."""
+    cdef bint omit_nulls, quote_decimals
+    omit_nulls, quote_decimals = _types.json_profile(profile)
+    cdef _Columns c = _open(batch)
+    cdef Py_ssize_t used
+    cdef int64_t text, size, per_row
     cdef uint8_t* dst
     cdef _Out out
     cdef bytearray scratch
     try:
-        f.code = 0
-        size = 2
-        for i in range(c.ncols):
-            col = &c.cols[i]
-            with nogil:
-                _json_check(col, c.nrows, i, &size, &f)
-            if f.code:
-                _raise_failure(c, &f)
-            per_row += col.key_len + 1 + _json_value_max(col)
-        size += per_row * c.nrows + SLACK
+        per_row = _json_prepare(c, quote_decimals, &text)
+        size = 2 + text + per_row * c.nrows + SLACK
         if size <= SCRATCH_MAX:
             scratch = _take_scratch(size)
             dst = <uint8_t*>PyByteArray_AS_STRING(scratch)
             with nogil:
-                used = _json_rows(c.cols, c.ncols, c.nrows, dst)
+                used = _json_rows(c.cols, c.ncols, 0, c.nrows, dst, omit_nulls, quote_decimals,
+                                  NULL)
             if used < 0:
                 raise MemoryError()
             result = PyBytes_FromStringAndSize(<char*>dst, used)
@@ -134,9 +188,87 @@ def json_rows(batch):
         out = _Out(size)
         dst = out.ptr()
         with nogil:
-            used = _json_rows(c.cols, c.ncols, c.nrows, dst)
+            used = _json_rows(c.cols, c.ncols, 0, c.nrows, dst, omit_nulls, quote_decimals, NULL)
         if used < 0:
             raise MemoryError()
         return out.finish(used)
     finally:
         c.close()
+
+
+cdef object _row_sizes(_Columns c, bint omit_nulls, bint quote_decimals):
+    """Each row's encoded length as an Arrow int64 buffer: the rows are encoded a chunk at a time
+    into one reused buffer and only their lengths are kept."""
+    cdef int64_t text, per_row, chunk, r0, r1, bound
+    cdef Py_ssize_t used = 0
+    cdef int64_t* sizes
+    cdef uint8_t* dst
+    cdef bytearray scratch
+    per_row = _json_prepare(c, quote_decimals, &text)
+    result = pa.allocate_buffer(8 * c.nrows)
+    if c.nrows == 0:
+        return result
+    sizes = <int64_t*><size_t>result.address
+    chunk = max(1, min(c.nrows, (SIZES_CHUNK_BYTES - text) // per_row))
+    bound = 2 + text + per_row * chunk + SLACK
+    pooled = bound <= SCRATCH_MAX
+    scratch = _take_scratch(bound) if pooled else PyByteArray_FromStringAndSize(NULL, bound)
+    dst = <uint8_t*>PyByteArray_AS_STRING(scratch)
+    r0 = 0
+    with nogil:
+        while r0 < c.nrows and used >= 0:
+            r1 = min(c.nrows, r0 + chunk)
+            used = _json_rows(c.cols, c.ncols, r0, r1, dst, omit_nulls, quote_decimals,
+                              sizes + r0)
+            r0 = r1
+    if used < 0:
+        raise MemoryError()
+    if pooled:
+        _give_scratch(scratch)
+    return result
+
+
+def json_row_sizes(batch, *, profile="metersync"):
+    """Each row's length in bytes as ``json_rows(batch, profile=profile)`` encodes it (without the
+    separating comma), as a pyarrow int64 array."""
+    cdef bint omit_nulls, quote_decimals
+    omit_nulls, quote_decimals = _types.json_profile(profile)
+    cdef _Columns c = _open(batch)
+    try:
+        buf = _row_sizes(c, omit_nulls, quote_decimals)
+        return pa.Array.from_buffers(pa.int64(), c.nrows, [None, buf])
+    finally:
+        c.close()
+
+
+def split_by_body_size(batch, max_body_bytes, *, profile="metersync"):
+    """Zero-copy slices of ``batch``, in order, each as many rows as fit an upload body
+    ``{"readings":<json_rows(slice)>}`` of at most ``max_body_bytes`` bytes."""
+    cdef bint omit_nulls, quote_decimals
+    cdef int64_t cap, r, start = 0, body = BODY_ENVELOPE, add, n
+    cdef const int64_t* sizes
+    omit_nulls, quote_decimals = _types.json_profile(profile)
+    cap = _types.body_cap(max_body_bytes)
+    data = batch if type(batch) is pa.RecordBatch else _types.as_batch(batch)
+    cdef _Columns c = _open(data)
+    try:
+        buf = _row_sizes(c, omit_nulls, quote_decimals)
+        data = c.batch  # what was encoded (string_view columns come back as large_string)
+    finally:
+        c.close()
+    n = data.num_rows
+    sizes = <const int64_t*><size_t>buf.address
+    bounds = []
+    for r in range(n):
+        add = sizes[r] + (1 if r > start else 0)
+        if body + add <= cap:
+            body += add
+            continue
+        if BODY_ENVELOPE + sizes[r] > cap:
+            raise _types.row_too_large(r, sizes[r], BODY_ENVELOPE, cap)
+        bounds.append((start, r))
+        start = r
+        body = BODY_ENVELOPE + sizes[r]
+    if n:
+        bounds.append((start, n))
+    return [data.slice(a, b - a) for a, b in bounds]

@@ -21,7 +21,14 @@ from metersync.codec import _types as t
 from metersync.codec._types import ColumnSpec
 from metersync.errors import CodecTypeError, CodecValueError
 
-__all__ = ["copy_binary", "from_copy_binary", "json_rows", "uuid_array_binary"]
+__all__ = [
+    "copy_binary",
+    "from_copy_binary",
+    "json_row_sizes",
+    "json_rows",
+    "split_by_body_size",
+    "uuid_array_binary",
+]
 
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = COPY_SIGNATURE + struct.pack(">ii", 0, 0)
@@ -259,20 +266,73 @@ def _json_encoder(spec: ColumnSpec) -> Callable[[int, object], str]:
     raise AssertionError(f"unhandled kind {k}")
 
 
-def json_rows(batch: pa.RecordBatch) -> bytes:
-    """JSON array of one object per row, keys in schema order, canonical value forms, no spaces."""
+def _decimal_string_encoder(spec: ColumnSpec) -> Callable[[int, int], str]:
+    """The metertrack form of a decimal: a JSON string with exactly the column's scale digits."""
+    return lambda row, v: f'"{decimal_text(v, spec.scale)}"'
+
+
+def _row_texts(batch: pa.RecordBatch, profile: str) -> list[str]:
+    """Each row of ``batch`` as its JSON object text in ``profile`` (``_types.JSON_PROFILES``)."""
+    omit_nulls, quote_decimals = t.json_profile(profile)
     batch = t.as_batch(batch)
     plan, columns = _columns(batch)
-    texts: list[list[str]] = []
+    null = None if omit_nulls else "null"
+    texts: list[list[str | None]] = []
     for spec, values in zip(plan, columns, strict=True):
         encode = _json_encoder(spec)
-        texts.append(["null" if v is None else encode(row, v) for row, v in enumerate(values)])
+        if quote_decimals and spec.kind == t.KIND_DECIMAL:
+            encode = _decimal_string_encoder(spec)
+        texts.append([null if v is None else encode(row, v) for row, v in enumerate(values)])
     keys = [spec.json_key.decode("utf-8") for spec in plan]
-    rows = [
-        "{" + ",".join(key + col[row] for key, col in zip(keys, texts, strict=True)) + "}"
+    return [
+        "{"
+        + ",".join(
+            key + col[row] for key, col in zip(keys, texts, strict=True) if col[row] is not None
+        )
+        + "}"
         for row in range(batch.num_rows)
     ]
-    return ("[" + ",".join(rows) + "]").encode("utf-8")
+
+
+def json_rows(batch: pa.RecordBatch, *, profile: str = "metersync") -> bytes:
+    """JSON array of one object per row, keys in schema order, canonical value forms, no spaces;
+    ``profile`` "metertrack" omits null fields and writes decimals as strings."""
+    return ("[" + ",".join(_row_texts(batch, profile)) + "]").encode("utf-8")
+
+
+def json_row_sizes(batch: pa.RecordBatch, *, profile: str = "metersync") -> pa.Int64Array:
+    """Each row's length in bytes as ``json_rows(batch, profile=profile)`` encodes it (without the
+    separating comma), as a pyarrow int64 array."""
+    return pa.array([len(row.encode("utf-8")) for row in _row_texts(batch, profile)], pa.int64())
+
+
+#: len(b'{"readings":') + len(b'[') + len(b']') + len(b'}'): the upload body around the rows.
+BODY_ENVELOPE = 15
+
+
+def split_by_body_size(
+    batch: pa.RecordBatch, max_body_bytes: int, *, profile: str = "metersync"
+) -> list[pa.RecordBatch]:
+    """Zero-copy slices of ``batch``, in order, each as many rows as fit an upload body
+    ``{"readings":<json_rows(slice)>}`` of at most ``max_body_bytes`` bytes."""
+    t.json_profile(profile)
+    cap = t.body_cap(max_body_bytes)
+    batch = t.as_batch(batch)
+    sizes = json_row_sizes(batch, profile=profile).to_pylist()
+    bounds: list[tuple[int, int]] = []
+    start, body = 0, BODY_ENVELOPE
+    for r, size in enumerate(sizes):
+        add = size + (1 if r > start else 0)
+        if body + add <= cap:
+            body += add
+            continue
+        if BODY_ENVELOPE + size > cap:
+            raise t.row_too_large(r, size, BODY_ENVELOPE, cap)
+        bounds.append((start, r))
+        start, body = r, BODY_ENVELOPE + size
+    if sizes:
+        bounds.append((start, len(sizes)))
+    return [batch.slice(a, b - a) for a, b in bounds]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pyarrow as pa
 from metersync.errors import CodecTypeError, CodecValueError
 
 __all__ = [
+    "JSON_PROFILES",
     "KIND_BOOL",
     "KIND_DATE",
     "KIND_DECIMAL",
@@ -35,10 +36,13 @@ __all__ = [
     "ColumnSpec",
     "arrow_to_pg",
     "as_batch",
+    "body_cap",
     "column_plan",
     "decimal_max_groups",
     "is_uuid",
+    "json_profile",
     "pg_to_arrow",
+    "row_too_large",
     "value_error",
 ]
 
@@ -228,6 +232,45 @@ def value_error(spec: ColumnSpec, row: int, code: int, value: object = None) -> 
     """The error both twins raise for a value PostgreSQL or the JSON form cannot hold."""
     what = ERROR_TEXT[code].format(value=value, pg_type=spec.pg_type)
     return CodecValueError(f"column {spec.name!r}, row {row}: {what}")
+
+
+#: JSON profiles: name -> (omit null fields, write decimals as JSON strings). "metersync" is the
+#: canonical form of our contract; "metertrack" is what the original MeterTrack Client System
+#: validates (a present null fails its "must be numeric" check; a numeric string reaches its
+#: numeric columns exactly, a JSON number is parsed as float64).
+JSON_PROFILES: dict[str, tuple[bool, bool]] = {
+    "metersync": (False, False),
+    "metertrack": (True, True),
+}
+
+
+def json_profile(profile: str) -> tuple[bool, bool]:
+    """``(omit_nulls, quote_decimals)`` of a JSON profile; ``CodecValueError`` if unknown."""
+    flags = JSON_PROFILES.get(profile) if isinstance(profile, str) else None
+    if flags is None:
+        raise CodecValueError(
+            f"unknown JSON profile {profile!r}: use one of {', '.join(map(repr, JSON_PROFILES))}"
+        )
+    return flags
+
+
+def body_cap(max_body_bytes: int) -> int:
+    """Validate an upload body limit in bytes (a positive integer)."""
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or max_body_bytes < 1
+    ):
+        raise CodecValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+    return max_body_bytes
+
+
+def row_too_large(row: int, size: int, envelope: int, cap: int) -> CodecValueError:
+    """The error both twins raise when one row alone does not fit an upload body."""
+    return CodecValueError(
+        f"row {row} encodes to {size} bytes of JSON: alone it makes a {envelope + size}-byte "
+        f"upload body, over max_body_bytes={cap}"
+    )
 
 
 def arrow_to_pg(arrow_type: pa.DataType, column: str = "?") -> str:

@@ -87,14 +87,21 @@ cdef inline uint8_t* _digits_back(uint8_t* end, uint64_t v) noexcept nogil:
 
 cdef inline uint8_t* _put_decimal_text(uint8_t* p, const uint8_t* src, int scale) noexcept nogil:
     """JSON number with exactly ``scale`` fraction digits (e.g. -0.0001, 12.5000, 7)."""
-    cdef int neg, nd, whole
+    cdef int neg
     cdef ms_u128 m = ms_dec_abs(src, &neg)
+    if ms_u128_fits64(m) and scale <= 19:  # the common case: written in place
+        return ms_put_decimal64(p, ms_u128_lo(m), neg, scale)
+    return _put_decimal_text_wide(p, m, neg, scale)
+
+
+cdef uint8_t* _put_decimal_text_wide(uint8_t* p, ms_u128 m, int neg, int scale) noexcept nogil:
+    """_put_decimal_text for |value| >= 2**64 or scale > 19. Kept out of line (it is rare) so that
+    the common case stays small enough to be inlined into every copy of the JSON row loop."""
+    cdef int nd, whole
     cdef uint32_t chunk
     cdef uint8_t buf[128]
     cdef uint8_t* end = buf + 48   # digits end here; 32-byte block reads stay inside buf
     cdef uint8_t* q = end
-    if ms_u128_fits64(m) and scale <= 19:  # the common case: written in place
-        return ms_put_decimal64(p, ms_u128_lo(m), neg, scale)
     while not ms_u128_fits64(m):
         chunk = ms_u128_divmod(&m, 10000)
         q -= 4
