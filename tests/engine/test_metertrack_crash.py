@@ -93,4 +93,8 @@ async def test_sigkill_leaves_the_batch_in_doubt_and_nothing_is_stored_twice(
         assert run_worker(mt, tenant) == 0
     stored = mt.server.copies(tenant)
     assert len(stored) == 60 and set(stored.values()) == {1}, "exactly once"
+    print(
+        f"\nSIGKILL at {point}#2: held in_doubt {len(held)} (on the Client System: {len(there)}, "
+        f"never sent: {len(missing)}); duplicates 0; stored {len(stored)} of 60"
+    )
     assert await mt.status_counts(tenant) == {"synchronized:true": 60}

@@ -40,7 +40,9 @@ of the batch's sorted id bytes (no Python object per id).
 
 Overlap and the in-flight window: up to ``max_in_flight`` POSTs of one tenant are on the wire at
 once (default 2). The oldest flight is always settled first (FIFO), and while POSTs are in
-flight the next batch is fetched and encoded and the settled one is marked.
+flight the settled one is marked and — idempotent profile only — the next batch is fetched and
+encoded (in the claiming profile a batch is claimed right before its own POST, so that a crash
+holds in doubt only batches that may have been sent).
 
 Failure rules of the idempotent profile (spec §4): a batch that fails as a whole (retries spent
 on timeouts, connection errors, 408/429/5xx, or an answer whose counts do not add up) marks
@@ -482,8 +484,12 @@ class MeterReadingUploadManager:
                         start()
                 if not window:
                     break
-                if self.overlap and not ready and may_start():
-                    await fetch()  # prefetch while the window is on the wire
+                # Prefetch while the window is on the wire — idempotent profile only: there a
+                # fetch claims nothing, while a claimed batch that a crash catches before its
+                # POST would be held in doubt without ever having been sent. (The other POST in
+                # flight keeps the wire busy; a fetch costs ms against MeterTrack's seconds.)
+                if self.overlap and self._profile.idempotent and not ready and may_start():
+                    await fetch()
                 oldest = window.popleft()  # settled below, whatever its answer
                 try:
                     result = await self._await_post(oldest)
