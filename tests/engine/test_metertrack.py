@@ -385,3 +385,33 @@ async def test_requeue_never_releases_in_doubt_readings(mt: Engine) -> None:
     ids = await mt.db.in_doubt_ids(tenant)
     assert await mt.db.requeue(tenant, ids) == 0
     assert len(await mt.db.in_doubt_ids(tenant)) == 10
+
+
+async def test_read_timeout_grows_with_the_batch_so_a_slow_healthy_server_finishes(
+    engine_dsn: str, pg_admin_dsn: str
+) -> None:
+    from fix_pg import create_database, drop_database
+    from metersync.server import AdminClient, ServerThread
+
+    # MeterTrack's worst measured pace: ~11 ms per reading (1.1 s per 100).
+    cs_dsn = create_database(pg_admin_dsn, "ms_mt_slow")
+    thread = ServerThread(cs_dsn, profile="metertrack", reading_delay_ms=11).start()
+    db = await SyncDatabase.connect(engine_dsn)
+    try:
+        with AdminClient(thread.admin_url, thread.admin_token) as admin:
+            eng = Engine(db, engine_dsn, ServerHandle(thread, admin, cs_dsn))
+            tenant = await eng.tenant(upload=100)
+            await eng.seed(tenant, 200)
+            # 0.5 s alone would cut every batch off; + 30 ms per reading gives 3.5 s per batch.
+            scaled = eng.client(tenant, read_timeout=0.5, read_timeout_per_reading=0.03)
+            report = await eng.uploader(tenant, client=scaled, max_batches=1).upload()
+            assert (report.error, report.confirmed, report.in_doubt) == (None, 100, 0)
+            # Without the allowance the same healthy server is cut off mid-batch: in doubt.
+            flat = eng.client(tenant, read_timeout=0.5, read_timeout_per_reading=0.0)
+            report = await eng.uploader(tenant, client=flat, max_batches=1).upload()
+            assert report.in_doubt == 100
+            await eng.aclose()
+    finally:
+        await db.close()
+        thread.stop()
+        drop_database(pg_admin_dsn, cs_dsn)
