@@ -1,0 +1,234 @@
+"""Hypothesis over fault schedules against the MeterTrack emulation (issue 10, item 8).
+
+An example is a small tenant (20–120 readings, upload batch size 1..50, 1..3 POSTs in flight,
+the profile negotiated or forced) and a schedule of 1–4 upload cycles. Each cycle arms up to
+three faults, each at a chosen batch POST attempt (``_mt_faults.ArmingTransport``), so faults
+also land in the middle of the queue and while several POSTs are in flight:
+
+* ``timeout``: stored, answered after the client's read timeout;
+* ``drop``: stored, connection closed without an answer (once or twice);
+* ``fail500``: MeterTrack's 500 "Batch upload error", nothing stored (1–3 times in a row: within
+  the client's two retries, or beyond them);
+* ``fail503``: the error handler's 500-class body that does not say the batch failed;
+* ``fail401``: "Invalid API key" (upload raises ``AuthError``);
+* ``refuse``: 1–3 connection attempts refused by the kernel (bound port, no listener);
+* ``reject``: the INSERT of one reading, or of every reading of one meter, fails (skipped, the
+  answer's errors name the meter: rejected when attributable, else held in doubt).
+
+After every cycle the invariants of ``_mt_check.check`` hold (never stored twice, nothing
+invented, nothing marked unconfirmed, no stored reading back in the queue), the readings held
+before stay held (never resent automatically), and the cycle's report counts exactly the
+readings it newly held in doubt and newly marked. After the schedule ``metersync status --json``
+reports every in-doubt reading; the operator resolves each from the emulation's kept ids
+(``metersync resolve --id … --mark-synchronized|--resend`` in-process, or
+``resolve_in_doubt``); an undisturbed upload then leaves every reading on the Client System
+exactly once and synchronized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import orjson
+import pyarrow as pa
+import pytest
+from _mt_check import check, check_final, observe, operator_resolves, status_in_doubt
+from _mt_faults import ArmingTransport, DeadPort, Fault
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from fix_engine import Engine
+from fix_server import ServerHandle
+from metersync import codec
+from metersync.errors import AuthError
+from metersync.store.database import SyncDatabase
+
+#: Client read timeout in the schedules: READ + PER_READING * batch readings (<= 0.9 s).
+READ = 0.4
+PER_READING = 0.01
+#: The late reply comes well after the largest batch's read timeout.
+LATE = READ + PER_READING * 50 + 0.7
+MAX_RETRIES = 2  # client retries of failures that prove nothing was stored
+EXAMPLES = 40
+
+_FIXED_FIELDS = {"meter_reading_id", "created_at", "meter_id", "meter_element_id"}
+
+FAULT = st.one_of(
+    st.just(Fault("timeout", f"delay={LATE}:1")),
+    st.integers(1, 2).map(lambda n: Fault("drop", f"drop_after_commit={n}", n)),
+    st.integers(1, MAX_RETRIES + 1).map(lambda n: Fault("fail500", f"fail={n}:500", n)),
+    st.just(Fault("fail503", "fail=1:503")),
+    st.just(Fault("fail401", "fail=1:401")),
+    st.integers(1, MAX_RETRIES + 1).map(lambda n: Fault("refuse", n=n)),
+    # The reading is chosen from the seeded batch when the example runs (n = an index).
+    st.integers(0, 10_000).map(lambda i: Fault("reject_one", n=i)),
+    st.integers(0, 10_000).map(lambda i: Fault("reject_meter", n=i)),
+)
+#: One cycle: (new readings collected before it, [(where, fault)]): each fault is armed just
+#: before batch POST attempt 1 + where % (batches the cycle has to send); [] = no fault.
+CYCLE = st.tuples(st.integers(0, 40), st.lists(st.tuples(st.integers(0, 999), FAULT), max_size=3))
+
+
+@st.composite
+def tenants(draw: st.DrawFn) -> tuple[int, int]:
+    """(readings, upload batch size): at most 25 batches per cycle keeps an example short."""
+    size = draw(st.integers(1, 50))
+    n = draw(st.integers(20, min(120, 25 * size)))
+    return n, size
+
+
+@pytest.fixture(scope="module")
+def dead_port() -> Iterator[DeadPort]:
+    dead = DeadPort()
+    try:
+        yield dead
+    finally:
+        dead.close()
+
+
+@pytest.fixture
+async def mt(engine_dsn: str, metertrack_server: ServerHandle) -> AsyncIterator[Engine]:
+    db = await SyncDatabase.connect(engine_dsn)
+    eng = Engine(db, engine_dsn, metertrack_server)
+    try:
+        yield eng
+    finally:
+        metertrack_server.clear_faults()
+        await eng.aclose()
+        await db.close()
+
+
+def concrete(fault: Fault, readings: pa.RecordBatch, pending: list[str]) -> Fault:
+    """A ``reject_*`` fault made concrete on a pending reading (its values exactly as sent)."""
+    if not fault.kind.startswith("reject"):
+        return fault
+    if not pending:
+        return Fault(fault.kind, "reject=meter_id:-1")  # nothing pending: matches nothing
+    wanted = pending[fault.n % len(pending)]
+    ids = [str(uuid.UUID(bytes=b)) for b in readings.column("meter_reading_id").to_pylist()]
+    i = ids.index(wanted)
+    reading = orjson.loads(codec.json_rows(readings.slice(i, 1), profile="metertrack"))[0]
+    if fault.kind == "reject_meter":
+        return Fault(fault.kind, f"reject=meter_id:{reading['meter_id']}")
+    name = next(k for k in reading if k not in _FIXED_FIELDS)  # a present (non-null) field
+    return Fault(fault.kind, f"reject={name}:{reading[name]}")
+
+
+async def run_cycle(
+    mt: Engine,
+    tenant: int,
+    dead: DeadPort,
+    events: dict[int, Fault],
+    *,
+    in_flight: int,
+    profile: str,
+    where: str,
+) -> None:
+    """One upload cycle under ``events``; asserts the per-cycle invariants."""
+    before = await observe(mt, tenant)
+    transport = ArmingTransport(mt.server, events, dead)
+    try:
+        async with mt.client_for(
+            tenant,
+            transport=transport,
+            read_timeout=READ,
+            read_timeout_per_reading=PER_READING,
+            max_retries=MAX_RETRIES,
+            client_profile=profile,
+        ) as client:
+            manager = mt.uploader(tenant, client=client, max_in_flight=in_flight, max_retries=10)
+            try:
+                report = await manager.upload()
+            except AuthError:
+                report = manager.report
+                assert any(f.kind == "fail401" for _, f in transport.log.fired)
+    finally:
+        await asyncio.to_thread(mt.server.clear_faults)
+    for attempt, fault in transport.log.fired:
+        event(f"fault fired: {fault.kind}")
+        if attempt > 1 and in_flight > 1:
+            event("a fault fired after the first answer with W > 1")
+    for name in ("in_doubt", "released", "rejected", "partial_batches"):
+        if getattr(report, name):
+            event(f"a cycle's report: {name} > 0")
+    where = f"{where}, fired {[(k, str(f)) for k, f in transport.log.fired]}"
+    after = await observe(mt, tenant)
+    check(after, where)
+    assert before.held <= after.held, f"{where}: in-doubt readings released without the operator"
+    assert len(after.held) - len(before.held) == report.in_doubt, (
+        f"{where}: report says {report.in_doubt} held in doubt, the database "
+        f"{len(after.held) - len(before.held)}"
+    )
+    assert len(after.synced) - len(before.synced) == report.confirmed, (
+        f"{where}: report says {report.confirmed} confirmed, the database "
+        f"{len(after.synced) - len(before.synced)} newly synchronized"
+    )
+    if report.in_doubt:
+        assert report.error and "resolve" in report.error, report.error
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    shape=tenants(),
+    in_flight=st.integers(1, 3),
+    profile=st.sampled_from(["auto", "metertrack"]),
+    schedule=st.lists(CYCLE, min_size=1, max_size=4),
+    via_cli=st.booleans(),
+)
+async def test_fault_schedules_end_exactly_once_after_the_operator_resolves(
+    mt: Engine,
+    dead_port: DeadPort,
+    shape: tuple[int, int],
+    in_flight: int,
+    profile: str,
+    schedule: list[tuple[int, list[tuple[int, Fault]]]],
+    via_cli: bool,
+) -> None:
+    n, size = shape
+    tenant = await mt.tenant(upload=size)
+    seeded = [await mt.seed(tenant, n)]
+    for c, (arrivals, faults) in enumerate(schedule):
+        if arrivals and c:  # the collectors keep writing between cycles
+            seeded.append(await mt.seed(tenant, arrivals))
+            n += arrivals
+        now = await observe(mt, tenant)
+        pending = sorted(now.local - now.synced - now.held)
+        readings = pa.Table.from_batches(seeded).combine_chunks().to_batches()[0]
+        batches = max(1, math.ceil(len(pending) / size))
+        armed = {1 + k % batches: concrete(f, readings, pending) for k, f in faults}
+        await run_cycle(
+            mt,
+            tenant,
+            dead_port,
+            armed,
+            in_flight=in_flight,
+            profile=profile,
+            where=f"cycle {c} ({len(pending)} pending, size={size}, W={in_flight})",
+        )
+    # Every in-doubt reading is reported by `status` ...
+    seen = await observe(mt, tenant)
+    row = await status_in_doubt(mt.dsn, tenant)
+    assert (row["in_doubt"], row["synchronized"]) == (len(seen.held), len(seen.synced)), row
+    assert (row["oldest_in_doubt_age_s"] is None) == (not seen.held), row
+    # ... and resolved by the operator after looking at the Client System.
+    done = await operator_resolves(mt, tenant, via_cli=via_cli)
+    event(f"in doubt after the schedule: {'none' if not seen.held else 'some'}")
+    event(
+        f"operator: marked {'some' if done.marked else 'none'}, resent "
+        f"{'some' if done.resent else 'none'}"
+    )
+    assert set(done.marked) | set(done.resent) == seen.held
+    resolved = await observe(mt, tenant)
+    check(resolved, "after the operator's resolution")
+    assert not resolved.held
+    async with mt.client_for(tenant, client_profile="metertrack") as client:
+        report = await mt.uploader(tenant, client=client, max_retries=10).upload()
+    assert (report.error, report.in_doubt) == (None, 0), report
+    check_final(await observe(mt, tenant), n)
