@@ -175,3 +175,15 @@ async def test_duplicate_count_does_not_rest_on_the_reference_servers_key(
     assert stats["inserted_per_tenant"] == {str(tenant_id): 6}
     await _verify([outcome], fresh_dsn, reference_server.dsn, stats, {tenant_id: ids})
     assert (outcome.client_rows, outcome.duplicates, outcome.lost) == (3, 3, 0)
+
+
+def test_demo_tables_show_the_verdict_as_a_plain_word(pg_admin_dsn: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "metersync", "demo", "--readings", "2000",
+         "--client-profile", "metertrack", "--dsn", pg_admin_dsn],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "VERIFIED" in proc.stdout and "[bold" not in proc.stdout
+    assert "metertrack" in proc.stdout
