@@ -4,6 +4,8 @@ On 50,000 wide synthetic readings (uuid, timestamptz, 2 bigints, 40 decimal128(1
 - ``copy_binary`` of the whole batch vs pgpq's ``ArrowToPostgresBinaryEncoder`` (target: >= 2x);
 - ``json_rows`` over 1000-row slices vs polars ``write_json`` of the whole batch (>= 4x; note
   polars writes decimals as strings) and vs ``to_pylist()`` + orjson per slice (>= 20x);
+- ``json_rows`` in the ``metertrack`` profile (nulls omitted, decimals as strings), same slices;
+- ``json_row_sizes`` and ``split_by_body_size`` (10 MiB) of the whole batch next to encoding it;
 - ``from_copy_binary`` of one 1000-row page (the database adapter's fetch path).
 
 Run: ``.venv/bin/python -m pytest benchmarks/bench_codec.py --benchmark-only -q``.
@@ -50,8 +52,8 @@ def core() -> ModuleType:
     return pytest.importorskip("metersync.codec._batch")
 
 
-def _json_all(module: ModuleType) -> int:
-    return sum(len(module.json_rows(s)) for s in wide_slices())
+def _json_all(module: ModuleType, profile: str = "metersync") -> int:
+    return sum(len(module.json_rows(s, profile=profile)) for s in wide_slices())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +101,12 @@ def test_json_rows_c_1000_row_slices(benchmark) -> None:
 
 
 @pytest.mark.benchmark(group="codec json 50k wide rows")
+def test_json_rows_core_metertrack_profile_1000_row_slices(benchmark) -> None:
+    c = core()
+    assert benchmark(_json_all, c, "metertrack") > 0
+
+
+@pytest.mark.benchmark(group="codec json 50k wide rows")
 def test_json_rows_python_twin_1000_row_slices(benchmark) -> None:
     assert benchmark.pedantic(_json_all, (_codec_py,), rounds=1, iterations=1) > 0
 
@@ -122,6 +130,32 @@ def test_json_to_pylist_orjson_1000_row_slices(benchmark) -> None:
         return sum(len(orjson.dumps(s.to_pylist(), default=str)) for s in wide_slices())
 
     assert benchmark.pedantic(encode, rounds=2, iterations=1) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Body-size splitting: 50,000 rows against MeterTrack's 10 MiB body limit
+
+
+@pytest.mark.benchmark(group="codec body sizes 50k wide rows")
+def test_json_row_sizes_core(benchmark) -> None:
+    c = core()
+    sizes = benchmark(c.json_row_sizes, wide())
+    assert len(sizes) == ROWS
+
+
+@pytest.mark.benchmark(group="codec body sizes 50k wide rows")
+def test_json_rows_c_whole_batch(benchmark) -> None:
+    """The reference for the sizes: encoding the whole batch once. (Only this entry of the group
+    is named ``*_c_*``: benchmarks/summarize.py takes the one C entry as the group's own.)"""
+    c = core()
+    assert len(benchmark(c.json_rows, wide())) > 0
+
+
+@pytest.mark.benchmark(group="codec body sizes 50k wide rows")
+def test_split_by_body_size_core_10_mib(benchmark) -> None:
+    c = core()
+    parts = benchmark(c.split_by_body_size, wide(), 10_485_760, profile="metertrack")
+    assert sum(p.num_rows for p in parts) == ROWS and len(parts) > 1
 
 
 # ---------------------------------------------------------------------------------------------
