@@ -437,3 +437,21 @@ def test_reading_delay_sets_the_pace(metertrack_server: ServerHandle) -> None:
         elapsed = time.perf_counter() - started
     assert answer.json()["inserted"] == 6
     assert elapsed >= 0.3
+
+
+def test_database_down_health_degraded_and_500(pg_admin_dsn: str) -> None:
+    from fix_pg import create_database, drop_database
+
+    dsn = create_database(pg_admin_dsn, "ms_mt_down")
+    with ServerThread(dsn, profile="metertrack") as thread:
+        assert HTTP.get(f"{thread.base_url}/health").json()["status"] == "OK"
+        drop_database(pg_admin_dsn, dsn)  # disconnects the emulation's sessions
+        health = HTTP.get(f"{thread.base_url}/health")
+        assert health.status_code == 200 and health.json()["status"] == "Degraded"
+        answer = HTTP.post(
+            f"{thread.base_url}/sync/readings/batch",
+            content=orjson.dumps({"readings": [reading()]}),
+            headers={"X-API-Key": "k", "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 500
+        assert answer.json()["message"] == "Internal server error"

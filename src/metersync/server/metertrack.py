@@ -220,6 +220,10 @@ async def _middleware(
             response = await handler(request)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
             response = _json({"success": False, "message": "Route not found"}, 404)
+        except psycopg.Error as exc:
+            # E.g. the API key lookup while its database is down: the global error handler.
+            log.warning("error outside the batch transaction: %s", exc)
+            response = _internal_error()
         status = str(response.status)
         return response
     except _Drop:

@@ -111,6 +111,8 @@ class MeterTrackStore:
             open=False,
             name="metersync-mt",
             configure=_configure,
+            # A database that is down fails a request in seconds, not after psycopg's 30 s.
+            timeout=3.0,
         )
 
     async def open(self) -> None:
