@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 import uuid
@@ -418,3 +420,23 @@ async def test_site_id_is_generated_once_and_stable(fresh_dsn: str) -> None:
         assert await db.site_id() == site
     with pytest.raises(psycopg.errors.Error):  # one row, ever
         _sql(fresh_dsn, "INSERT INTO sync_site (site_id) VALUES ('another')")
+
+
+def test_migrate_command_counts_quarantine_with_the_max_retries_setting(fresh_dsn: str) -> None:
+    _old_database(fresh_dsn)
+    expected = _sql(
+        fresh_dsn,
+        "SELECT count(*) FROM meter_reading WHERE is_synchronized IS NOT TRUE AND retry_count >= 2",
+    )[0][0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "metersync", "--dsn", fresh_dsn, "migrate", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "METERSYNC_MAX_RETRIES": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    actions = json.loads(proc.stdout)["actions"]
+    notes = [a for a in actions if "quarantined" in a]
+    assert notes == [notes[0]] and notes[0].startswith(f"note: {expected} ")
+    assert "retry_count >= 2" in notes[0]

@@ -16,10 +16,12 @@ def migrate(state: AppState) -> int:
     Works on a database of the old system: adds what is missing, never drops data.
     """
     dsn = state.require_dsn()
+    # Only to say how many old readings the upgrade quarantines (max_retries rejections).
+    retries = state.settings.max_retries
 
     async def go() -> list[str]:
         async with open_db(dsn) as db:
-            return list(await db.migrate())
+            return list(await db.migrate(max_retries=retries))
 
     actions = run(go)
     out = state.output
