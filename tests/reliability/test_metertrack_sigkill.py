@@ -1,0 +1,177 @@
+"""SIGKILL at every upload failpoint against the MeterTrack emulation (issue 10, items 2 and 8).
+
+For each failpoint of the upload path (``metersync._failpoints``: after the fetch, before the
+POST, after the Client System answered, inside the mark before the UPDATE, after the UPDATE), at
+the first and at the third hit, with one and with two POSTs in flight, a worker process
+(``_worker.py``, the public library, profile negotiated) is killed by the failpoint. Then:
+
+1. right after the kill the invariants of ``_mt_check.check`` hold (never stored twice, nothing
+   invented, nothing marked unconfirmed, no stored reading back in the queue); the in-doubt
+   readings are counted, and how many of them the Client System holds;
+2. a restarted worker drains the queue without resending any held reading;
+3. the operator resolves them from the emulation's kept ids (CLI in-process or library), an
+   undisturbed upload sends what was resent, and every reading is stored exactly once.
+
+The figures (failpoint → readings, in doubt after the kill, duplicates, lost) are printed
+(``pytest -s``) and, with ``MT_SIGKILL_TABLE=<path>``, written to that file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _harness import REPO, WORKER
+from _mt_check import check, check_final, observe, operator_resolves
+
+from fix_engine import Engine
+from fix_server import ServerHandle
+from metersync._failpoints import NAMES
+from metersync.store.database import SyncDatabase
+
+UPLOAD_POINTS = (
+    "upload.after_fetch",
+    "upload.before_post",
+    "upload.after_post",
+    "upload.before_mark",
+    "upload.after_mark",
+)
+#: (hit, POSTs in flight): the first batch sent alone, and the third with the window open.
+RUNS = ((1, 1), (3, 2))
+READINGS = 60
+BATCH = 10
+#: The Client System answered this batch and nothing marked it: it must be held and stored.
+ANSWERED_UNMARKED = {"upload.after_post", "upload.before_mark"}
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One kill: what it left and how it ended."""
+
+    point: str
+    hit: int
+    in_flight: int
+    readings: int
+    in_doubt: int  # held in_doubt right after the kill
+    in_doubt_stored: int  # of those, on the Client System (the operator marks them)
+    duplicates: int  # rows beyond the first copy, at the end
+    lost: int  # readings not on the Client System, at the end
+
+
+@pytest.fixture
+async def mt(engine_dsn: str, metertrack_server: ServerHandle) -> Any:
+    db = await SyncDatabase.connect(engine_dsn)
+    eng = Engine(db, engine_dsn, metertrack_server)
+    try:
+        yield eng
+    finally:
+        await eng.aclose()
+        await db.close()
+
+
+def run_worker(eng: Engine, tenant: int, in_flight: int, failpoints: str | None = None) -> int:
+    """One ``_worker.py upload`` process to its end (or its SIGKILL); its exit code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+    env.update({"METERSYNC_DSN": eng.dsn, "METERSYNC_API_URL": eng.server.base_url})
+    if "METERSYNC_IMPL" in os.environ:
+        env["METERSYNC_IMPL"] = os.environ["METERSYNC_IMPL"]
+    if failpoints:
+        env["METERSYNC_FAILPOINTS"] = failpoints
+    cmd = [sys.executable, str(WORKER), "upload", str(tenant), "--deadline", "60"]
+    cmd += ["--max-in-flight", str(in_flight)]
+    proc = subprocess.run(
+        cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(f"worker exit {proc.returncode}: {proc.stderr[-3000:]}")
+    return proc.returncode
+
+
+async def kill_restart_resolve(
+    mt: Engine, point: str, hit: int, in_flight: int, *, via_cli: bool
+) -> Figures:
+    """One kill at ``point`` (its ``hit``-th time) and the way back to exactly once."""
+    where = f"SIGKILL at {point}#{hit} (W={in_flight})"
+    tenant = await mt.tenant(upload=BATCH)
+    await mt.seed(tenant, READINGS)
+    code = run_worker(mt, tenant, in_flight, f"{point}={hit}")
+    assert code == -signal.SIGKILL, f"{where}: the failpoint was never reached (exit {code})"
+    killed = await observe(mt, tenant)
+    check(killed, f"right after the {where}")
+    if point in ANSWERED_UNMARKED:
+        assert killed.held & killed.stored, f"{where}: the answered batch must be held"
+    # The restarted worker drains the queue and leaves the held readings alone.
+    assert run_worker(mt, tenant, in_flight) == 0
+    restarted = await observe(mt, tenant)
+    check(restarted, f"after the restart ({where})")
+    assert restarted.held == killed.held, f"{where}: the restart touched in-doubt readings"
+    assert restarted.synced == restarted.local - restarted.held, f"{where}: queue not drained"
+    # The operator looks at the Client System and resolves every held reading.
+    done = await operator_resolves(mt, tenant, via_cli=via_cli)
+    assert set(done.marked) == killed.held & killed.stored
+    assert set(done.resent) == killed.held - killed.stored
+    async with mt.client_for(tenant, client_profile="metertrack") as client:
+        report = await mt.uploader(tenant, client=client).upload()
+    assert (report.error, report.in_doubt, report.confirmed) == (None, 0, len(done.resent))
+    final = await observe(mt, tenant)
+    check_final(final, READINGS, f"at the end ({where})")
+    return Figures(
+        point,
+        hit,
+        in_flight,
+        READINGS,
+        len(killed.held),
+        len(killed.held & killed.stored),
+        final.duplicates,
+        final.lost,
+    )
+
+
+def table(rows: list[Figures]) -> str:
+    """The figures as a fixed-width text table."""
+    head = (
+        "failpoint",
+        "hit",
+        "W",
+        "readings",
+        "in_doubt after kill",
+        "of which stored",
+        "duplicates",
+        "lost",
+    )
+    cells = [astuple(r) for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *cells, strict=True)]
+
+    def line(values: tuple[Any, ...]) -> str:
+        return "  ".join(str(v).ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, cells)])
+
+
+async def test_sigkill_at_every_upload_failpoint_ends_exactly_once(mt: Engine) -> None:
+    assert {p for p in NAMES if p.startswith("upload.")} == set(UPLOAD_POINTS), (
+        "a new upload failpoint: add it here"
+    )
+    rows = []
+    for i, point in enumerate(UPLOAD_POINTS):
+        for j, (hit, in_flight) in enumerate(RUNS):
+            via_cli = (i + j) % 2 == 0
+            rows.append(await kill_restart_resolve(mt, point, hit, in_flight, via_cli=via_cli))
+    assert all(r.duplicates == 0 and r.lost == 0 for r in rows)
+    text = (
+        "SIGKILL at every upload failpoint, MeterTrack emulation (profile negotiated), "
+        f"{READINGS} readings per tenant, upload batch size {BATCH}; after the kill: restart, "
+        "operator resolution (mark what the Client System holds, resend the rest), one more "
+        "upload\n" + table(rows)
+    )
+    print("\n" + text)
+    target = os.environ.get("MT_SIGKILL_TABLE")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(text + "\n")
