@@ -61,7 +61,16 @@ def run_worker(eng: Engine, tenant: int, failpoints: str | None = None) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("point", ["upload.after_post", "upload.before_mark", "upload.before_post"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "upload.after_fetch",
+        "upload.before_post",
+        "upload.after_post",
+        "upload.before_mark",
+        "upload.after_mark",
+    ],
+)
 async def test_sigkill_leaves_the_batch_in_doubt_and_nothing_is_stored_twice(
     mt: Engine, point: str
 ) -> None:
@@ -74,7 +83,7 @@ async def test_sigkill_leaves_the_batch_in_doubt_and_nothing_is_stored_twice(
     stored = mt.server.copies(tenant)
     assert set(stored.values()) <= {1}
     assert synced <= set(stored)  # nothing marked without the Client System's confirmation
-    if point != "upload.before_post":
+    if point in ("upload.after_post", "upload.before_mark"):
         assert held & set(stored), "the answered batch is on the Client System"
     # A new worker drains the queue but never resends the held readings.
     assert run_worker(mt, tenant) == 0
