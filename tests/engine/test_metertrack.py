@@ -415,3 +415,23 @@ async def test_read_timeout_grows_with_the_batch_so_a_slow_healthy_server_finish
         await db.close()
         thread.stop()
         drop_database(pg_admin_dsn, cs_dsn)
+
+
+async def test_upload_command_says_what_to_do_when_readings_are_in_doubt(mt: Engine) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    tenant = await mt.tenant(upload=10)
+    await mt.seed(tenant, 10)
+    mt.server.set_faults("drop_after_commit=1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+    env |= {"METERSYNC_DSN": mt.dsn, "METERSYNC_API_URL": mt.server.base_url}
+    cmd = [sys.executable, "-m", "metersync", "--client-profile", "metertrack", "upload"]
+    proc = await asyncio.to_thread(
+        subprocess.run, [*cmd, "--tenant", str(tenant)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode not in (0, 1), proc.stderr  # a documented, non-success exit code
+    assert f"metersync resolve --tenant {tenant}" in proc.stderr
+    assert len(await mt.local_ids(tenant, "sync_status = 'in_doubt'")) == 10

@@ -801,3 +801,26 @@ async def test_server_words_reach_the_error_line(canned_server) -> None:
     async with ClientSystemApiClient(url, "k", client_profile="metertrack", **FAST) as client:
         with pytest.raises(OutcomeUnknownError, match="HTTP 502"):
             await client.post_batch(b"[1]", 1, idempotency_key="g")
+
+
+def test_client_from_settings_carries_the_profile_settings() -> None:
+    from metersync.remote.client import client_from_settings
+    from metersync.settings import Settings
+
+    settings = Settings(
+        api_url="http://127.0.0.1:9/api",
+        client_profile="metertrack",
+        max_body_bytes=5_000_000,
+        site_id="site-a",
+        read_timeout_per_reading=0.07,
+        read_timeout=12.0,
+    )
+    client = client_from_settings(settings, "k", verify=False)
+    assert (client.client_profile, client.max_body_bytes, client.site_id) == (
+        "metertrack",
+        5_000_000,
+        "site-a",
+    )
+    assert (client.read_timeout, client.read_timeout_per_reading) == (12.0, 0.07)
+    assert client_from_settings(settings, "k", site_id="site-db", verify=False).site_id == "site-db"
+    assert client_from_settings(Settings(), "k", verify=False).site_id  # the host name
