@@ -379,10 +379,13 @@ def test_injected_reject_skips_the_meter(metertrack_server: ServerHandle) -> Non
     tenant_id, key = metertrack_server.new_tenant()
     metertrack_server.set_faults("reject=meter_id:13")
     batch = [reading(meter_id=13), reading(meter_id=14)]
-    doc = post(metertrack_server, key, {"readings": batch}).json()
+    answer = post(metertrack_server, key, {"readings": batch})
+    doc = answer.json()
     assert (doc["inserted"], doc["skipped"]) == (1, 1)
     (error,) = doc["errors"]
     assert error["meter_id"] == 13 and error["code"] == "23514"
+    # Node prints the float64 13 as 13 (JSON.stringify), not 13.0.
+    assert b'"meter_id":13,' in answer.content
     assert "meter_id 13" in error["detail"]
     assert metertrack_server.rows(tenant_id) == 1
     assert metertrack_server.stats()["faults_injected"] == {"reject": 1}
@@ -455,3 +458,14 @@ def test_database_down_health_degraded_and_500(pg_admin_dsn: str) -> None:
         )
         assert answer.status_code == 500
         assert answer.json()["message"] == "Internal server error"
+
+
+def test_numbers_in_replies_are_printed_as_node_prints_them(
+    metertrack_server: ServerHandle,
+) -> None:
+    _, key = metertrack_server.new_tenant()
+    body = b'{"readings":[{"meter_id":1,"power":1e21,"current":[2,null]}]}'
+    answer = post(metertrack_server, key, body)
+    assert answer.status_code == 400
+    assert b'"value":1e+21' in answer.content  # JSON.stringify(1e21)
+    assert b'"value":[2,null]' in answer.content  # an array fails on its null element

@@ -49,7 +49,12 @@ from metersync.errors import ConfigError
 from metersync.server.admin_auth import ADMIN_TOKEN_HEADER, admin_refusal
 from metersync.server.app import key_digest
 from metersync.server.faults import BATCH_PATH, FaultPlan
-from metersync.server.metertrack_rules import BodyParseError, parse_body, validation_errors
+from metersync.server.metertrack_rules import (
+    BodyParseError,
+    js_json_values,
+    parse_body,
+    validation_errors,
+)
 from metersync.server.metertrack_store import MeterTrackStore, TransactionFailed
 
 log = logging.getLogger("metersync.server.metertrack")
@@ -175,7 +180,9 @@ def _timestamp() -> str:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    # Numbers as Node prints them (the readings' values were parsed as float64).
+    body = orjson.dumps(js_json_values(data))
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def _internal_error() -> web.Response:

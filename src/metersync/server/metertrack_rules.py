@@ -20,6 +20,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from metersync.model import MEASUREMENT_COLUMNS
 
 #: The fields the original validates and stores (anything else in a reading is ignored).
@@ -75,6 +77,21 @@ def js_number_text(x: float) -> str:
         mantissa = digits if k == 1 else digits[0] + "." + digits[1:]
         text = f"{mantissa}e{'+' if e >= 0 else '-'}{abs(e)}"
     return ("-" if sign else "") + text
+
+
+def js_json_values(value: Any) -> Any:
+    """``value`` made ready for orjson so that the text is what ``JSON.stringify`` writes:
+    every number is a float64 in the original, printed as ``Number::toString`` (``375``, not
+    ``375.0``; ``1e+21``), and NaN/Infinity become ``null``."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return orjson.Fragment(js_number_text(value).encode())
+    if isinstance(value, dict):
+        return {k: js_json_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [js_json_values(v) for v in value]
+    return value
 
 
 def js_string(value: Any) -> str:
