@@ -155,6 +155,8 @@ def test_numeric_edge_cases_exact(impl: ModuleType) -> None:
     for profile, quote in (("metersync", False), ("metertrack", True)):
         expected = "[" + ",".join(row(v, quote, quote) for v in numbers) + "]"
         assert impl.json_rows(batch, profile=profile) == expected.encode(), profile
+        rows = [row(v, quote, quote) for v in numbers]
+        assert impl.json_row_sizes(batch, profile=profile).to_pylist() == list(map(len, rows))
     parsed = json.loads(impl.json_rows(batch, profile="metertrack"))
     assert Decimal(parsed[0]["v"]) == Decimal("99999999999999.9999")  # all 18 digits kept
     assert parsed[6] == {"z": "1"}
@@ -166,6 +168,16 @@ def test_all_null_row_is_empty_object(impl: ModuleType) -> None:
     )
     assert impl.json_rows(batch, profile="metertrack") == b'[{},{"a":1}]'
     assert impl.json_row_sizes(batch, profile="metertrack").to_pylist() == [2, 7]
+
+
+def test_sizes_and_split_validate_like_json_rows(impl: ModuleType) -> None:
+    batch = pa.RecordBatch.from_arrays([pa.array([1.5, float("inf")])], names=["f"])
+    for call in (
+        lambda: impl.json_row_sizes(batch),
+        lambda: impl.split_by_body_size(batch, 1000, profile="metertrack"),
+    ):
+        with pytest.raises(CodecValueError, match=r"column 'f', row 1: float inf has no JSON"):
+            call()
 
 
 def test_unknown_profile_is_a_clear_error(impl: ModuleType) -> None:

@@ -66,7 +66,8 @@ def json_row_sizes(batch: pa.RecordBatch, *, profile: JsonProfile = "metersync")
 
     The length is that of the row's ``{...}`` object, without the comma that separates it from
     the next row, so ``len(json_rows(b)) == 2 + sum(sizes) + max(0, len(b) - 1)``. The C core
-    encodes the rows a chunk at a time into a reused buffer and keeps only the lengths.
+    adds up each value's length without writing any text (about a third of the time of
+    encoding the rows); the same validation runs, so it raises what :func:`json_rows` would.
     """
     return impl_module.json_row_sizes(batch, profile=profile)
 

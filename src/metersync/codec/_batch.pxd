@@ -169,6 +169,7 @@ cdef extern from *:
     bint ms_u128_ge(ms_u128 a, ms_u128 b) noexcept nogil
     bint ms_u128_is0(ms_u128 a) noexcept nogil
     uint8_t* ms_put_u64(uint8_t* p, uint64_t v) noexcept nogil
+    int ms_u64_len(uint64_t v) noexcept nogil
     uint8_t* ms_put_decimal64(uint8_t* p, uint64_t m, int neg, int scale) noexcept nogil
 
 

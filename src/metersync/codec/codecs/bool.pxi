@@ -19,3 +19,7 @@ cdef inline uint8_t* _bool_json(uint8_t* p, const Col* col, int64_t j) noexcept 
 cdef inline void _bool_decode(DCol* col, int64_t r, const uint8_t* p) noexcept nogil:
     if p[0]:
         col.data[r >> 3] |= 1 << (r & 7)
+
+
+cdef inline int64_t _bool_json_len(const Col* col, int64_t j) noexcept nogil:
+    return 4 if (col.data[j >> 3] >> (j & 7)) & 1 else 5

@@ -164,3 +164,10 @@ cdef inline bint _timestamp_decode(DCol* col, int64_t r, const uint8_t* p, int64
         return _dfail(f, D_TIMESTAMP, at, c, v)
     (<int64_t*>col.data)[r] = v + PG_EPOCH_US
     return True
+
+
+# JSON text lengths: '"YYYY-MM-DD"', '"YYYY-MM-DDTHH:MM:SS.ffffff"' and 'Z' with a zone (the
+# validation pass keeps years in 1..9999, so always four digits).
+cdef enum:
+    DATE_JSON_LEN = 12
+    TIMESTAMP_JSON_LEN = 28

@@ -61,3 +61,10 @@ cdef inline void _float32_decode(DCol* col, int64_t r, const uint8_t* p) noexcep
 
 cdef inline void _float64_decode(DCol* col, int64_t r, const uint8_t* p) noexcept nogil:
     ms_store64(col.data + 8 * r, ms_get64(p))
+
+
+cdef inline int64_t _float_json_len(double x) noexcept nogil:
+    """Length of _put_float's output (-1: out of memory); floats are off the hot path."""
+    cdef uint8_t buf[40]
+    cdef uint8_t* end = _put_float(buf, x)
+    return -1 if end == NULL else end - buf

@@ -49,3 +49,10 @@ cdef inline void _int32_decode(DCol* col, int64_t r, const uint8_t* p) noexcept 
 
 cdef inline void _int64_decode(DCol* col, int64_t r, const uint8_t* p) noexcept nogil:
     ms_store64(col.data + 8 * r, ms_get64(p))
+
+
+cdef inline int64_t _i64_json_len(int64_t v) noexcept nogil:
+    """Length of _put_i64's output, without writing it."""
+    if v < 0:
+        return 1 + ms_u64_len(<uint64_t>0 - <uint64_t>v)
+    return ms_u64_len(<uint64_t>v)

@@ -186,3 +186,19 @@ cdef inline bint _numeric_value(const uint8_t* p, int64_t length, const DCol* co
             return _dfail(f, D_NUMERIC_FIT, pos, ci, 0)
     ms_dec_store(dst, acc, sign == 0x4000)
     return True
+
+
+cdef inline int64_t _numeric_json_len(const Col* col, int64_t j) noexcept nogil:
+    """Length of _put_decimal_text's output for this value, without writing it."""
+    cdef int neg
+    cdef int64_t nd = 0
+    cdef ms_u128 m
+    ms_prefetch(col.data + 16 * (j + PREFETCH_ROWS))
+    m = ms_dec_abs(col.data + 16 * j, &neg)
+    while not ms_u128_fits64(m):  # rare: |value| >= 2**64
+        ms_u128_divmod(&m, 10000)
+        nd += 4
+    nd += ms_u64_len(ms_u128_lo(m))
+    if col.scale == 0:
+        return neg + nd
+    return neg + max(nd, col.scale + 1) + 1  # digits padded to "0.000d", and the point

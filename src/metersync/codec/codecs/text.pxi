@@ -150,3 +150,12 @@ cdef inline bint _text_decode(DCol* col, int64_t r, const uint8_t* p, int64_t le
     memcpy(col.chars + v, p, length)
     (<int32_t*>col.data)[r + 1] = <int32_t>(v + length)
     return True
+
+
+cdef inline int64_t _text_json_len(const Col* col, int64_t j) noexcept nogil:
+    """Length of _text_json's output (quotes and escapes), without writing it."""
+    cdef int64_t a = _text_offset(col, j), b = _text_offset(col, j + 1), k, n = 2
+    cdef const uint8_t* s = col.chars + a
+    for k in range(b - a):
+        n += ESC_LEN[s[k]]
+    return n

@@ -23,6 +23,10 @@ cdef inline uint8_t* _put_uuid(uint8_t* p, const uint8_t* u) noexcept nogil:
     return p + 1
 
 
+cdef enum:
+    UUID_JSON_LEN = 38  # '"8-4-4-4-12"'
+
+
 cdef inline uint8_t* _uuid_json(uint8_t* p, const Col* col, int64_t j) noexcept nogil:
     return _put_uuid(p, col.data + 16 * j)
 
