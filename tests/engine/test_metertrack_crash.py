@@ -107,3 +107,46 @@ async def test_sigkill_leaves_the_batch_in_doubt_and_nothing_is_stored_twice(
         f"never sent: {len(missing)}); duplicates 0; stored {len(stored)} of 60"
     )
     assert await mt.status_counts(tenant) == {"synchronized:true": 60}
+
+
+def test_random_sigkills_under_faults_never_store_twice(
+    engine_dsn: str, metertrack_server: ServerHandle
+) -> None:
+    """Workers killed at random moments while the emulation answers late, drops connections
+    after committing or fails batches (the reliability harness's MeterTrackWorld checks)."""
+    import asyncio
+    import random
+    import time
+
+    sys.path.insert(0, str(WORKER.parent))
+    from _harness import MeterTrackWorld, finish, sigkill, wait_for_line
+
+    world = MeterTrackWorld(engine_dsn, metertrack_server)
+    tenant = 700_000 + random.randrange(100_000)
+    world.add_tenant(tenant, upload=7)
+    rng = random.Random(5)
+    plans = ("delay=0.2", "drop_after_commit=2", "fail=1:500,delay=0.1", "random=0.3:503", "")
+    kills = 0
+    for i in range(6):
+        world.server.set_faults(f"{plans[i % len(plans)]},seed={i}".strip(","))
+        world.seed(tenant, rng.randint(10, 40))
+        proc = world.spawn("upload", [tenant], args=["--read-timeout", "1.0"])
+        wait_for_line(proc, "ready")
+        time.sleep(rng.uniform(0.0, 0.5))
+        kills += sigkill(proc)
+        world.check_metertrack([tenant], where=f"after random SIGKILL {i}")
+    assert kills >= 2, f"only {kills} of 6 workers were still running when killed"
+    world.server.clear_faults()
+    marked, resent = world.resolve_from_truth(tenant)
+    proc = world.spawn("upload", [tenant], args=["--deadline", "60"])
+    _, err = finish(proc)
+    assert proc.returncode == 0, err[-2000:]
+    world.check_metertrack([tenant], final=True, where="after resolution and a final run")
+    assert asyncio.run(_count(engine_dsn, tenant)) == world.seeded[tenant]
+    print(f"\nrandom kills: {kills}; in doubt resolved: {marked} marked, {resent} resent")
+
+
+async def _count(dsn: str, tenant: int) -> int:
+    async with await SyncDatabase.connect(dsn) as db:
+        (row,) = await db.queue_status(tenant)
+        return row.synchronized

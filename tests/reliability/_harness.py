@@ -202,6 +202,72 @@ class World:
         )
 
 
+@dataclass
+class MeterTrackWorld(World):
+    """A world whose Client System is the MeterTrack emulation (not idempotent, issue 10).
+
+    Its own ids and no de-duplication: the emulation keeps the id each reading was sent with,
+    and ``copies()`` counts rows per sent id. The invariants here (:meth:`check_metertrack`):
+    nothing stored twice, nothing marked without being stored, and every stored reading is
+    synchronized or held ``in_doubt`` locally (a stored reading left pending would be resent:
+    a second copy). :meth:`resolve_from_truth` plays the operator: it marks the held readings
+    the Client System holds and resends the others.
+    """
+
+    def copies(self, tenant_id: int) -> dict[str, int]:
+        return self.server.copies(tenant_id)
+
+    def check_metertrack(
+        self, tenant_ids: Iterable[int], *, final: bool = False, where: str = ""
+    ) -> dict[int, tuple[set[str], set[str]]]:
+        """Assert the MeterTrack invariants; ``{tenant: (stored ids, in-doubt ids)}``."""
+        out = {}
+        for t in tenant_ids:
+            ctx = f"tenant {t}{' ' + where if where else ''}"
+            copies = self.copies(t)
+            twice = {k: v for k, v in copies.items() if v > 1}
+            assert not twice, f"{ctx}: {len(twice)} readings stored more than once"
+            with psycopg.connect(self.sync_dsn, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT meter_reading_id::text, is_synchronized, sync_status "
+                    "FROM meter_reading WHERE tenant_id = %s",
+                    (t,),
+                ).fetchall()
+            stored = set(copies)
+            synced = {r[0] for r in rows if r[1]}
+            held = {r[0] for r in rows if r[2] == "in_doubt"}
+            assert synced <= stored, f"{ctx}: {len(synced - stored)} marked but not stored"
+            exposed = stored - synced - held
+            assert not exposed, f"{ctx}: {len(exposed)} stored but pending (would be resent)"
+            assert stored <= {r[0] for r in rows}, f"{ctx}: the server holds unknown readings"
+            if final:
+                assert not held, f"{ctx}: {len(held)} readings still in doubt"
+                assert stored == {r[0] for r in rows}, f"{ctx}: readings never stored"
+            out[t] = (stored, held)
+        return out
+
+    def resolve_from_truth(self, tenant_id: int) -> tuple[int, int]:
+        """The operator's resolution: (marked synchronized, sent back to the queue)."""
+        from metersync.engine.upload import resolve_in_doubt
+        from metersync.store.database import SyncDatabase
+
+        stored, held = self.check_metertrack([tenant_id])[tenant_id]
+        there, missing = sorted(held & stored), sorted(held - stored)
+
+        async def go() -> tuple[int, int]:
+            async with await SyncDatabase.connect(self.sync_dsn) as db:
+                a = b = 0
+                if there:
+                    a = (
+                        await resolve_in_doubt(db, tenant_id, "mark_synchronized", ids=there)
+                    ).resolved
+                if missing:
+                    b = (await resolve_in_doubt(db, tenant_id, "resend", ids=missing)).resolved
+                return a, b
+
+        return run(go())
+
+
 def advisory_locks(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return int(
