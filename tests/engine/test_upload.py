@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import uuid
@@ -112,6 +113,14 @@ def test_idempotency_key_is_stable_and_order_free() -> None:
     assert a == b
     assert len({a, c, d}) == 3
     assert a.isascii() and " " not in a
+    # Sliced arrays (offsets) and the uuid extension type give the same key, and the digest is
+    # the one of the sorted id bytes (what earlier versions sent: keys stay stable on upgrade).
+    padded = pa.array([b"\xff" * 16, *reversed(ids)], type=pa.binary(16)).slice(1)
+    assert idempotency_key(3, padded) == a
+    if hasattr(pa, "uuid"):
+        ext = pa.ExtensionArray.from_storage(pa.uuid(), pa.array(ids, type=pa.binary(16)))
+        assert idempotency_key(3, ext) == a
+    assert a == f"ms1-3-{hashlib.sha256(b''.join(sorted(ids))).hexdigest()[:40]}"
 
 
 async def test_logs_each_batch_at_debug_and_the_cycle_at_info(

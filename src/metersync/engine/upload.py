@@ -158,6 +158,8 @@ def idempotency_key(tenant_id: int, ids: pa.Array) -> str:
     """
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
+    if isinstance(ids.type, pa.BaseExtensionType):  # e.g. arrow.uuid over 16-byte storage
+        ids = ids.storage
     if not pa.types.is_fixed_size_binary(ids.type) or ids.type.byte_width != 16:
         ids = pa.array([bytes(b) for b in ids.to_pylist()], type=pa.binary(16))
     ordered = ids.take(pc.sort_indices(ids)) if len(ids) > 1 else ids
