@@ -26,23 +26,31 @@ BATCH_PATH = "/sync/readings/batch"
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``kind`` and the emulation spec that makes it (``refuse`` has none).
+    """One fault (or several armed at the same attempt): ``kind``, the emulation spec that
+    makes it, and how many connection attempts to refuse first.
 
     Kinds: ``timeout`` (stored, answered after the client's read timeout), ``drop`` (stored,
     connection closed unanswered), ``fail500`` (MeterTrack's "Batch upload error", nothing
     stored, ``n`` times in a row), ``fail503`` (the error handler's body: nothing stored, but
-    nothing says so), ``fail401`` (Invalid API key), ``refuse`` (``n`` connection attempts
-    refused), ``reject`` (INSERT of matching readings fails: skipped, errors name the meter).
+    nothing says so), ``fail401`` (Invalid API key), ``refuse`` (``refuse`` connection attempts
+    refused), ``reject_one`` / ``reject_meter`` (the INSERT of one reading / of every reading of
+    one meter fails: skipped, the answer's errors name the meter; ``n`` picks the reading).
+    Faults armed together are joined with ``+`` (:meth:`merge`).
     """
 
     kind: str
     spec: str = ""
     n: int = 1
+    refuse: int = 0
+
+    def merge(self, other: Fault) -> Fault:
+        """Both faults armed at the same attempt (the refusals come first)."""
+        spec = ",".join(x for x in (self.spec, other.spec) if x)
+        return Fault(f"{self.kind}+{other.kind}", spec, self.n, self.refuse + other.refuse)
 
     def __str__(self) -> str:
-        if self.kind == "refuse":
-            return f"refuse x{self.n}"
-        return f"{self.kind}({self.spec})"
+        refused = f"refuse x{self.refuse}" if self.refuse else ""
+        return "; ".join(x for x in (refused, self.spec) if x) or self.kind
 
 
 class DeadPort:
@@ -88,9 +96,8 @@ class ArmingTransport(httpx.AsyncHTTPTransport):
             fault = self.events.get(self.log.attempts)
             if fault is not None:
                 self.log.fired.append((self.log.attempts, fault))
-                if fault.kind == "refuse":
-                    self._refuse_left = fault.n
-                else:
+                self._refuse_left = fault.refuse
+                if fault.spec:
                     # A few ms on the admin API; the emulation runs in its own thread.
                     self.server.set_faults(fault.spec)
             if self._refuse_left > 0:

@@ -1,9 +1,11 @@
 """Hypothesis over fault schedules against the MeterTrack emulation (issue 10, item 8).
 
-An example is a small tenant (20–120 readings, upload batch size 1..50, 1..3 POSTs in flight,
-the profile negotiated or forced) and a schedule of 1–4 upload cycles. Each cycle arms up to
-three faults, each at a chosen batch POST attempt (``_mt_faults.ArmingTransport``), so faults
-also land in the middle of the queue and while several POSTs are in flight:
+An example is a small tenant (20–120 readings of 3 or 50 meters, upload batch size 1..50, 1..3
+POSTs in flight, the profile negotiated or forced, batches split under a small body cap or not)
+and a schedule of 1–4 upload cycles, with new readings arriving between cycles. Each cycle arms
+up to three faults, each at a chosen POST attempt (``_mt_faults.ArmingTransport``), so faults
+also land in the middle of the queue, on a piece of a split batch and while several POSTs are in
+flight; faults landing on the same attempt are armed together:
 
 * ``timeout``: stored, answered after the client's read timeout;
 * ``drop``: stored, connection closed without an answer (once or twice);
@@ -54,8 +56,9 @@ PER_READING = 0.01
 LATE = READ + PER_READING * 50 + 0.7
 MAX_RETRIES = 2  # client retries of failures that prove nothing was stored
 #: Examples per run; MT_FAULT_EXAMPLES raises it for a longer bug hunt (not in the suite).
-EXAMPLES = int(os.environ.get("MT_FAULT_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MT_FAULT_EXAMPLES", "60"))
 
+READING_BYTES = 1300  # JSON of one synthetic reading in the metertrack profile, about
 _FIXED_FIELDS = {"meter_reading_id", "created_at", "meter_id", "meter_element_id"}
 
 FAULT = st.one_of(
@@ -64,22 +67,28 @@ FAULT = st.one_of(
     st.integers(1, MAX_RETRIES + 1).map(lambda n: Fault("fail500", f"fail={n}:500", n)),
     st.just(Fault("fail503", "fail=1:503")),
     st.just(Fault("fail401", "fail=1:401")),
-    st.integers(1, MAX_RETRIES + 1).map(lambda n: Fault("refuse", n=n)),
+    st.integers(1, MAX_RETRIES + 1).map(lambda n: Fault("refuse", refuse=n)),
     # The reading is chosen from the seeded batch when the example runs (n = an index).
     st.integers(0, 10_000).map(lambda i: Fault("reject_one", n=i)),
     st.integers(0, 10_000).map(lambda i: Fault("reject_meter", n=i)),
 )
 #: One cycle: (new readings collected before it, [(where, fault)]): each fault is armed just
-#: before batch POST attempt 1 + where % (batches the cycle has to send); [] = no fault.
+#: before POST attempt 1 + where % (POSTs the cycle has to send); [] = no fault. Faults that
+#: land on the same attempt are armed together (e.g. a 500, then the retry dropped).
 CYCLE = st.tuples(st.integers(0, 40), st.lists(st.tuples(st.integers(0, 999), FAULT), max_size=3))
+#: The client's body limit: MeterTrack's own, or small enough to split batches into pieces
+#: (a metertrack reading of the synthetic data is ~1.3 KB of JSON).
+BODY_CAPS = st.sampled_from([None, 4096, 12_000])
 
 
 @st.composite
-def tenants(draw: st.DrawFn) -> tuple[int, int]:
-    """(readings, upload batch size): at most 25 batches per cycle keeps an example short."""
+def tenants(draw: st.DrawFn) -> tuple[int, int, int]:
+    """(readings, upload batch size, meters): at most 25 batches per cycle keeps an example
+    short; 3 meters make several readings of one meter per batch common (a skip that names
+    the meter then cannot say which reading: partial batch, held in doubt)."""
     size = draw(st.integers(1, 50))
     n = draw(st.integers(20, min(120, 25 * size)))
-    return n, size
+    return n, size, draw(st.sampled_from([3, 50]))
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +136,7 @@ async def run_cycle(
     *,
     in_flight: int,
     profile: str,
+    body_cap: int | None,
     where: str,
 ) -> None:
     """One upload cycle under ``events``; asserts the per-cycle invariants."""
@@ -140,17 +150,21 @@ async def run_cycle(
             read_timeout_per_reading=PER_READING,
             max_retries=MAX_RETRIES,
             client_profile=profile,
+            max_body_bytes=body_cap,
         ) as client:
             manager = mt.uploader(tenant, client=client, max_in_flight=in_flight, max_retries=10)
             try:
                 report = await manager.upload()
             except AuthError:
                 report = manager.report
-                assert any(f.kind == "fail401" for _, f in transport.log.fired)
+                assert any("fail401" in f.kind for _, f in transport.log.fired)
     finally:
         await asyncio.to_thread(mt.server.clear_faults)
     for attempt, fault in transport.log.fired:
-        event(f"fault fired: {fault.kind}")
+        for kind in fault.kind.split("+"):
+            event(f"fault fired: {kind}")
+        if "+" in fault.kind:
+            event("faults armed together at one attempt")
         if attempt > 1 and in_flight > 1:
             event("a fault fired after the first answer with W > 1")
     for name in ("in_doubt", "released", "rejected", "partial_batches"):
@@ -181,30 +195,38 @@ async def run_cycle(
     shape=tenants(),
     in_flight=st.integers(1, 3),
     profile=st.sampled_from(["auto", "metertrack"]),
+    body_cap=BODY_CAPS,
     schedule=st.lists(CYCLE, min_size=1, max_size=4),
     via_cli=st.booleans(),
 )
 async def test_fault_schedules_end_exactly_once_after_the_operator_resolves(
     mt: Engine,
     dead_port: DeadPort,
-    shape: tuple[int, int],
+    shape: tuple[int, int, int],
     in_flight: int,
     profile: str,
+    body_cap: int | None,
     schedule: list[tuple[int, list[tuple[int, Fault]]]],
     via_cli: bool,
 ) -> None:
-    n, size = shape
+    n, size, meters = shape
     tenant = await mt.tenant(upload=size)
-    seeded = [await mt.seed(tenant, n)]
+    seeded = [await mt.seed(tenant, n, meters=meters)]
+    # POSTs per batch: one, or the pieces the body cap splits it into.
+    pieces = 1 if body_cap is None else math.ceil(size * READING_BYTES / body_cap)
     for c, (arrivals, faults) in enumerate(schedule):
         if arrivals and c:  # the collectors keep writing between cycles
-            seeded.append(await mt.seed(tenant, arrivals))
+            seeded.append(await mt.seed(tenant, arrivals, meters=meters))
             n += arrivals
         now = await observe(mt, tenant)
         pending = sorted(now.local - now.synced - now.held)
         readings = pa.Table.from_batches(seeded).combine_chunks().to_batches()[0]
-        batches = max(1, math.ceil(len(pending) / size))
-        armed = {1 + k % batches: concrete(f, readings, pending) for k, f in faults}
+        posts = max(1, math.ceil(len(pending) / size) * pieces)
+        armed: dict[int, Fault] = {}
+        for k, fault in faults:
+            f = concrete(fault, readings, pending)
+            at = 1 + k % posts
+            armed[at] = armed[at].merge(f) if at in armed else f
         await run_cycle(
             mt,
             tenant,
@@ -212,7 +234,9 @@ async def test_fault_schedules_end_exactly_once_after_the_operator_resolves(
             armed,
             in_flight=in_flight,
             profile=profile,
-            where=f"cycle {c} ({len(pending)} pending, size={size}, W={in_flight})",
+            body_cap=body_cap,
+            where=f"cycle {c} ({len(pending)} pending, size={size}, W={in_flight}, "
+            f"cap={body_cap}, meters={meters})",
         )
     # Every in-doubt reading is reported by `status` ...
     seen = await observe(mt, tenant)
