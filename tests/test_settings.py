@@ -208,3 +208,30 @@ def test_global_client_profile_flag_reaches_the_settings() -> None:
     )
     assert result.exit_code == 0, result.output
     assert state.settings.client_profile == "metertrack"
+
+
+def test_drop_unknown_fields_from_toml_env_and_flag(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "m.toml", 'drop_unknown_fields = ["site_note", "extra", "extra"]\n')
+    s = resolve_settings({}, env={}, config_file=cfg)
+    assert (s.drop_unknown_fields, s.source("drop_unknown_fields")) == (
+        ("site_note", "extra"),
+        "file",
+    )
+    s = resolve_settings({}, env={"METERSYNC_DROP_UNKNOWN_FIELDS": " a , b "}, config_file=cfg)
+    assert s.drop_unknown_fields == ("a", "b")
+    s = resolve_settings({"drop_unknown_fields": "*"}, env={}, config_file=cfg)
+    assert (s.drop_unknown_fields, s.source("drop_unknown_fields")) == ("*", "flag")
+    assert resolve_settings({}, env={}, cwd=tmp_path).drop_unknown_fields is None
+    star = write(tmp_path / "s.toml", 'drop_unknown_fields = "*"\n')
+    assert resolve_settings({}, env={}, config_file=star).drop_unknown_fields == "*"
+
+
+@pytest.mark.parametrize("value", ["a,,b", ",", "[]"])
+def test_drop_unknown_fields_rejects_empty_names(tmp_path: Path, value: str) -> None:
+    if value == "[]":
+        cfg = write(tmp_path / "m.toml", "drop_unknown_fields = []\n")
+        with pytest.raises(ConfigError, match="at least one field"):
+            resolve_settings({}, env={}, config_file=cfg)
+        return
+    with pytest.raises(ConfigError, match="METERSYNC_DROP_UNKNOWN_FIELDS must be"):
+        resolve_settings({}, env={"METERSYNC_DROP_UNKNOWN_FIELDS": value}, cwd=tmp_path)

@@ -46,6 +46,9 @@ class Settings:
     the id stored in the sync database, else the host name).
     ``read_timeout_per_reading``: seconds added to the read timeout per reading of a batch
     against a non-idempotent Client System (so a slow but healthy one is never cut off).
+    ``drop_unknown_fields``: download page fields that are not columns of ``meter_reading`` and
+    may be dropped instead of refusing the page: a tuple of names, ``"*"`` (any), or ``None``
+    (refuse every unknown field, the default).
     ``sources``: field name → ``"flag"``, ``"env"``, ``"file"`` or ``"default"``.
     """
 
@@ -63,6 +66,7 @@ class Settings:
     max_body_bytes: int | None = None
     site_id: str | None = None
     read_timeout_per_reading: float = 0.03
+    drop_unknown_fields: tuple[str, ...] | str | None = None
     config_file: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -176,6 +180,30 @@ def _log_level(name: str, value: Any) -> str:
     return level
 
 
+def _field_names(name: str, value: Any) -> tuple[str, ...] | str:
+    """``"*"``, or field names: a TOML list, or a comma-separated string (env, flag)."""
+    if isinstance(value, str):
+        if value.strip() == "*":
+            return "*"
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ConfigError(f'{name} must be a list of field names or "*", got {value!r}')
+    names = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(
+                f'{name} must be a list of non-empty field names or "*", got {value!r}'
+            )
+        if item.strip() == "*":
+            return "*"
+        names.append(item.strip())
+    if not names:
+        raise ConfigError(f'{name} must name at least one field (or be "*")')
+    return tuple(dict.fromkeys(names))
+
+
 #: Every configurable field, its parser, and its environment variable.
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dsn": _text,
@@ -192,6 +220,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_body_bytes": _body_bytes,
     "site_id": _site_id,
     "read_timeout_per_reading": _allowance,
+    "drop_unknown_fields": _field_names,
 }
 ENV_VARS: dict[str, str] = {name: ENV_PREFIX + name.upper() for name in _PARSERS}
 ENV_VARS["tenant_id"] = "METERSYNC_TENANT"
