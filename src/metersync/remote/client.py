@@ -260,6 +260,8 @@ class ClientSystemApiClient:
             filter (None: never sent).
         read_timeout_per_reading: seconds added to the read timeout per reading of a batch
             against a non-idempotent server (MeterTrack stores a reading in up to ~11 ms).
+        profile: a :class:`ClientProfile` already negotiated with this Client System by another
+            client with the same settings (many tenants: one ``GET /health``, not one each).
     """
 
     def __init__(
@@ -280,6 +282,7 @@ class ClientSystemApiClient:
         max_body_bytes: int | None = None,
         site_id: str | None = None,
         read_timeout_per_reading: float = 0.03,
+        profile: ClientProfile | None = None,
     ) -> None:
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
@@ -316,7 +319,9 @@ class ClientSystemApiClient:
         self.read_timeout_per_reading = read_timeout_per_reading
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._profile: ClientProfile | None = None
+        # A profile another client already negotiated with this Client System (a process with
+        # many tenants asks GET /health once, not once per tenant); else negotiated on first use.
+        self._profile: ClientProfile | None = profile
         self._profile_lock = asyncio.Lock()
         self.base_url = str(url)
         self._api_key = api_key
