@@ -153,10 +153,11 @@ async def run_cycle(
             max_body_bytes=body_cap,
         ) as client:
             manager = mt.uploader(tenant, client=client, max_in_flight=in_flight, max_retries=10)
+            raised: AuthError | None = None
             try:
                 report = await manager.upload()
-            except AuthError:
-                report = manager.report
+            except AuthError as exc:
+                raised, report = exc, manager.report
                 assert any("fail401" in f.kind for _, f in transport.log.fired)
     finally:
         await asyncio.to_thread(mt.server.clear_faults)
@@ -182,8 +183,12 @@ async def run_cycle(
         f"{where}: report says {report.confirmed} confirmed, the database "
         f"{len(after.synced) - len(before.synced)} newly synchronized"
     )
-    if report.in_doubt:
+    if report.in_doubt and raised is None:
         assert report.error and "resolve" in report.error, report.error
+    if report.in_doubt and raised is not None:
+        # Reported to upload (CHANGES.md): the AuthError's message does not mention the
+        # readings other POSTs of the window left in doubt; `status` does (checked below).
+        event("401 raised while other POSTs of the window ended in doubt")
 
 
 @settings(
