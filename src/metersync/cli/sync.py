@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import click
+import httpx
 
 from metersync.cli._app import AppState, check_dsn_syntax, json_option, pass_state
 from metersync.cli.output import (
@@ -79,21 +80,56 @@ class _Run:
         self.scheduler: Any = None
         self.main_task: asyncio.Task[Any] | None = None
         self.signals = 0
+        self.transport: Any = None  # one connection pool to the Client System for all tenants
+        self._http: Any = None
+        self.profile: Any = None  # the Client System's profile, negotiated once per run
+        self.site_id: str | None = None
 
     def _client(self, tenant_id: int, api_key: str) -> Any:
-        from metersync.remote import client as remote
+        """A tenant's client: the run's settings, ONE shared connection pool to the Client
+        System (no TCP connect per tenant) and the profile negotiated once for the run."""
+        from metersync.remote.client import client_from_settings
+
+        return client_from_settings(
+            self.state.settings,
+            api_key,
+            site_id=self.site_id,
+            transport=self.transport,
+            profile=self.profile,
+        )
+
+    async def _shared_http(self) -> None:
+        """The run's HTTP connection pool and the Client System's profile (asked once).
+
+        A Client System that cannot be reached now decides nothing: each client then asks
+        on its first request, as it would alone.
+        """
+        import httpx
+
+        from metersync.remote.client import ClientSystemApiClient, client_from_settings
 
         s = self.state.settings
-        build = getattr(remote, "client_from_settings", None)
-        if build is not None:  # the profile settings (client_profile, max_body_bytes, site_id)
-            return build(s, api_key)
-        return remote.ClientSystemApiClient(
-            s.api_url,
-            api_key,
-            connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
-            verify=s.ca_bundle or True,
+        # The verification the clients would do on their own connections (CA bundle or the
+        # system's store); plain http to loopback needs no context at all.
+        verify: Any = True
+        if s.ca_bundle:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=s.ca_bundle)
+        # One connection per POST in flight (2 per tenant) for every tenant running at once.
+        width = self.concurrency * 2 + 1
+        limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+        self._http = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+        self.transport = _SharedTransport(self._http)
+        probe: ClientSystemApiClient = client_from_settings(
+            s, None, site_id=self.site_id, transport=self.transport
         )
+        try:
+            self.profile = await probe.profile()
+        except Exception as exc:  # unreachable now: every client asks for itself later
+            log.debug("Client System profile not negotiated up front: %s", exc)
+        finally:
+            await probe.aclose()
 
     async def open(self) -> None:
         """Connect, check the tenants exist and have keys, register them with the scheduler."""
@@ -110,6 +146,7 @@ class _Run:
         )
         await self.scheduler.open()
         async with self.scheduler.connection() as db:
+            self.site_id = await db.site_id()
             if self.requested is None:
                 rows = [t for t in await db.list_tenants() if t.active]
                 if not rows:
@@ -130,12 +167,16 @@ class _Run:
                     "(re-add it with METERSYNC_API_KEY set)"
                 )
             self.scheduler.add_tenant(row.tenant_id)
+        await self._shared_http()
 
     async def close(self) -> None:
-        """Close the clients, the listener and the connections (never raises)."""
+        """Close the clients, the listener, the connections and the HTTP pool (never raises)."""
         if self.scheduler is not None:
             with contextlib.suppress(Exception):
                 await self.scheduler.close()
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.aclose()
 
     def on_signal(self) -> None:
         """First signal: finish the batches in flight, then stop. Second: abandon them."""
@@ -154,6 +195,24 @@ class _Run:
     def _cancel(self) -> None:
         if self.main_task is not None and not self.main_task.done():
             self.main_task.cancel()
+
+
+class _SharedTransport(httpx.AsyncBaseTransport):
+    """The run's one HTTP connection pool, lent to every tenant's client.
+
+    A client's ``aclose()`` (one tenant done, or rebuilt after a key change) must not close the
+    pool under the others: closing is the run's job (:meth:`_Run.close`).
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send through the shared pool."""
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Nothing: the run closes the pool once, after every client."""
 
 
 class _Interrupted(Exception):
