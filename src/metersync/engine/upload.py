@@ -331,14 +331,17 @@ class MeterReadingUploadManager:
                 statements=self._db.statements - statements0,
                 seconds=time.perf_counter() - started,
             )
+            # Readings held in doubt are always said in the report — also when the cycle ends
+            # with a raised error (a 401 on one batch while another's answer was lost).
+            if self.report.in_doubt and self.report.error is None:
+                text = self._in_doubt_hint(
+                    f"tenant {self.tenant_id}: {self.report.in_doubt} readings held in_doubt: "
+                    "the Client System's answer did not say whether (or which of them) it "
+                    "stored them"
+                )
+                self.error_cause = OutcomeUnknownError(text)
+                self.report = replace(self.report, error=text)
         r = self.report
-        if r.in_doubt and r.error is None:
-            text = self._in_doubt_hint(
-                f"tenant {self.tenant_id}: {r.in_doubt} readings held in_doubt: the Client "
-                "System's answer did not say which of them it stored"
-            )
-            self.error_cause = OutcomeUnknownError(text)
-            self.report = r = replace(r, error=text)
         log.log(
             logging.WARNING if r.error else logging.INFO,
             "tenant %s upload (%s profile): %d batches, %d readings (%d inserted, "
