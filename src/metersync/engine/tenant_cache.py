@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,6 +121,24 @@ class TenantCache:
                 batch.source,
             )
             return settings
+
+    async def prime(self, load: Callable[[], Awaitable[Iterable[TenantSettings]]]) -> int:
+        """Store many tenants' settings from ONE call of ``load`` (e.g. one query for every
+        tenant a scheduler runs) instead of one load per tenant; returns how many were stored.
+
+        Nothing is stored when an invalidation (NOTIFY, :meth:`invalidate`) came while ``load``
+        ran: it may have read rows from before the change.
+        """
+        async with self._lock:
+            generation = self._generation
+            loaded = list(await load())
+            self.loads += 1
+            if generation != self._generation:
+                return 0
+            now = time.monotonic()
+            for settings in loaded:
+                self._entries[settings.tenant_id] = _Entry(settings, now)
+            return len(loaded)
 
     def invalidate(self, tenant_id: int | None = None) -> None:
         """Drop one tenant's entry (or all with ``None``); the next :meth:`get` reloads it."""

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -1063,6 +1063,30 @@ class SyncDatabase:
                 None if error is None else _clean_text(error),
             ),
         )
+
+    @_operation
+    async def write_sync_logs(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append many cycles to ``sync_log`` in ONE round trip (a pipeline); each row has the
+        keyword arguments of :meth:`write_sync_log`. Many tenants' bookkeeping, batched."""
+        params = [
+            (
+                _check_tenant_id(r["tenant_id"]),
+                r["operation"],
+                float(r["duration_s"]),
+                r["batches"],
+                r["records"],
+                r["statements"],
+                float(r["duration_s"]),
+                bool(r["success"]),
+                None if r.get("error") is None else _clean_text(r["error"]),
+            )
+            for r in rows
+        ]
+        if not params:
+            return
+        self.statements += 1
+        async with self._conn.cursor() as cur:
+            await cur.executemany(q.WRITE_SYNC_LOG, params)
 
     @_operation
     async def recent_cycles(self, tenant_id: int, limit: int = 10) -> list[CycleRow]:
