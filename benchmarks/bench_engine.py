@@ -274,6 +274,9 @@ def run(args: argparse.Namespace) -> list[Row]:
         sink.register(UP, KEY_UP)
         sink.register(DOWN, KEY_DOWN)
 
+        if args.profile:
+            profile(args.profile, dsn, sink.base_url, args.top)
+            return rows
         for _ in range(args.rounds):
             _reset_pending(dsn, UP)
             rows.append(Row("upload", "floor", n, upload_floor(dsn, upload_columns, n)))
@@ -389,6 +392,27 @@ def run(args: argparse.Namespace) -> list[Row]:
             server.stop()
 
 
+def profile(what: str, dsn: str, url: str, top: int) -> None:
+    """One engine run (``upload`` or ``download``) under cProfile; the top of the profile by
+    own time and by cumulative time, and the wall-clock split of the run's phases."""
+    import cProfile
+    import pstats
+
+    if what == "upload":
+        _reset_pending(dsn, UP)
+        work = lambda: asyncio.run(engine_upload(dsn, url, 1))  # noqa: E731
+    else:
+        _reset_download(dsn)
+        work = lambda: asyncio.run(engine_download(dsn, url))  # noqa: E731
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    report = profiler.runcall(work)
+    print(f"{what}: {time.perf_counter() - started:.2f} s under cProfile; {report}")
+    stats = pstats.Stats(profiler).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 async def _layout(dsn: str) -> Any:
     async with await SyncDatabase.connect(dsn) as db:
         return await db.layout()
@@ -482,6 +506,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-tenant", type=int, default=_env_int("METERSYNC_BENCH_ENGINE_PER", 100))
     p.add_argument("--rounds", type=int, default=_env_int("METERSYNC_BENCH_ENGINE_ROUNDS", 1))
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument(
+        "--profile",
+        choices=["upload", "download"],
+        help="only run this engine path once under cProfile and print the top of the profile",
+    )
+    p.add_argument("--top", type=int, default=30, help="lines of the profile to print")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -489,6 +519,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = run(args)
+    if args.profile:
+        return 0
     print(table(rows, args))
     if args.json:
         args.json.write_text(

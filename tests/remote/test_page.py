@@ -432,3 +432,20 @@ def test_twins_agree_on_any_page(raw: bytes, limit: int, drop: Any, shape_only: 
         assert c[1].schema == py[1].schema
         assert c[1].equals(py[1]), (c[1].to_pylist(), py[1].to_pylist())
         assert c[2] == py[2]
+
+
+@pytest.mark.skipif(_page_c is None, reason="compiled core not built")
+@settings(max_examples=400, deadline=None)
+@given(
+    st.from_regex(r"\A-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?\Z"),
+    st.sampled_from(["amount", "whole", "medium", "reading"]),
+)
+def test_twins_agree_on_every_spelling_of_a_number(number: str, column: str) -> None:
+    r = {"meter_reading_id": str(uuid.uuid4()), "created_at": "2026-01-01T00:00:00Z"}
+    raw = encode({"readings": [{**r, "meter_id": 1, column: 0}], "next_cursor": None}).encode()
+    raw = raw.replace(f'"{column}":0'.encode(), f'"{column}":{number}'.encode())
+    c = _outcome(_page_c, raw, WIDE, limit=1)
+    py = _outcome(_page_py, raw, WIDE, limit=1)
+    assert c[0] == py[0] and (c[1] == py[1] if c[0] == "error" else c[1].equals(py[1]))
+    if c[0] == "ok" and column == "amount":
+        assert c[1].column("amount")[0].as_py() == Decimal(number)

@@ -37,6 +37,32 @@ cdef extern from *:
         memcpy(p, &lo, 8); memcpy(p + 8, &hi, 8);
     }
     static inline pg_u128 pg_u128_zero(void) { return 0; }
+    /* Fast decimal: the token's digits as one integer ``mant`` (at most 18 digits), ``frac``
+       of them after the point, no exponent; scale <= 18 and precision <= 38. Stores the
+       decimal128 and returns 0, or returns err_scale / err_range. */
+    static const uint64_t pg_pow10[19] = {
+        1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
+        100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL,
+        10000000000000ULL, 100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
+        100000000000000000ULL, 1000000000000000000ULL};
+    static inline int pg_dec_fast(uint64_t mant, int frac, int scale, int precision, int neg,
+                                  unsigned char *dst, int err_scale, int err_range) {
+        pg_u128 v, limit = 1;
+        int k;
+        if (frac > scale) {
+            uint64_t d = pg_pow10[frac - scale];
+            if (mant % d) return err_scale;
+            v = mant / d;
+        } else {
+            v = (pg_u128)mant * pg_pow10[scale - frac];
+        }
+        for (k = 0; k < precision; k++) limit *= 10;
+        if (v >= limit) return err_range;
+        if (neg) v = (pg_u128)0 - v;
+        uint64_t lo = (uint64_t)v, hi = (uint64_t)(v >> 64);
+        memcpy(dst, &lo, 8); memcpy(dst + 8, &hi, 8);
+        return 0;
+    }
     static inline uint64_t pg_load64(const unsigned char *p) {
         uint64_t v; memcpy(&v, p, 8); return v;
     }
@@ -45,6 +71,8 @@ cdef extern from *:
         pass
     pg_u128 pg_u128_muladd(pg_u128 acc, unsigned m, unsigned a) noexcept nogil
     pg_u128 pg_u128_zero() noexcept nogil
+    int pg_dec_fast(uint64_t mant, int frac, int scale, int precision, int neg, uint8_t* dst,
+                    int err_scale, int err_range) noexcept nogil
     void pg_dec_store(uint8_t* p, pg_u128 v, int neg) noexcept nogil
     uint64_t pg_load64(const uint8_t* p) noexcept nogil
 
@@ -174,6 +202,7 @@ cdef struct NumTok:
     int64_t frac_len
     bint has_exp
     int64_t exp
+    uint64_t mant        # the integer and fraction digits as one number (up to 18 digits)
 
 
 cdef struct Name:
@@ -383,6 +412,7 @@ cdef bint _string(P* p, uint8_t* out, int64_t* out_len, bint* escaped, bint* nul
 cdef bint _number(P* p, NumTok* t) noexcept nogil:
     cdef const uint8_t* b = p.b
     cdef int64_t start = p.pos, i = p.pos, n = p.n, j, ev
+    cdef uint64_t mant
     cdef bint eneg
     t.neg = b[i] == 45
     if t.neg:
@@ -390,10 +420,12 @@ cdef bint _number(P* p, NumTok* t) noexcept nogil:
     if i >= n or not _is_digit(b[i]):
         return _fail(p, SX_NUMBER, -1, -1, start, start + 1, 0)
     t.int_start = i
+    mant = 0
     if b[i] == 48:
         i += 1
     else:
         while i < n and _is_digit(b[i]):
+            mant = mant * 10 + (b[i] - 48)
             i += 1
     t.int_len = i - t.int_start
     t.frac_start = i
@@ -402,8 +434,10 @@ cdef bint _number(P* p, NumTok* t) noexcept nogil:
         i += 1
         t.frac_start = i
         while i < n and _is_digit(b[i]):
+            mant = mant * 10 + (b[i] - 48)
             i += 1
         t.frac_len = i - t.frac_start
+    t.mant = mant  # meaningful only when int_len + frac_len <= 18 (no overflow)
     t.has_exp = False
     t.exp = 0
     if i < n and (b[i] == 101 or b[i] == 69):
@@ -604,6 +638,12 @@ cdef int _decimal(const uint8_t* b, NumTok* t, PCol* col, uint8_t* dst) noexcept
     """Store the number as decimal128(precision, scale) at dst (0) or return the error code."""
     cdef int64_t total = t.int_len + t.frac_len, first = 0, last, nd, e, k
     cdef pg_u128 acc
+    if total <= 18 and not t.has_exp and col.scale <= 18:
+        if t.mant == 0:
+            memset(dst, 0, 16)
+            return 0
+        return pg_dec_fast(t.mant, <int>t.frac_len, col.scale, col.precision, t.neg, dst,
+                           V_DEC_SCALE, V_DEC_RANGE)
     while first < total and _digit_at(b, t, first) == 0:
         first += 1
     if first == total:
