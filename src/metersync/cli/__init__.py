@@ -18,7 +18,13 @@ import click
 
 from metersync import __impl__, __version__, extras
 from metersync.cli._app import INTERRUPTED_MESSAGE, AppState, configure_logging
-from metersync.cli.output import EXIT_CODES_HELP, ExitCode, exit_code_for, one_line
+from metersync.cli.output import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    error_document,
+    exit_code_for,
+    one_line,
+)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -205,6 +211,8 @@ def _report(state: AppState, exc: BaseException, args: Sequence[str] = ()) -> in
     code = exit_code_for(exc)
     if state.verbose:
         traceback.print_exception(exc, file=sys.stderr)
+    if state.output.json_mode:  # scripts get ONE JSON document on stdout, also on failure
+        state.output.emit_json({"error": error_document(exc, code), "exit_code": int(code)})
     if code == ExitCode.UNEXPECTED:
         state.output.error(
             f"unexpected {type(exc).__name__}: {one_line(exc)} (run with -v for details)"
