@@ -426,6 +426,7 @@ class MeterReadingUploadManager:
 
             fill:    while < W in flight and may start: next piece (fetch when none) → POST
             overlap: fetch+encode the next batch while the window is on the wire
+                     (idempotent profile; the claiming profile claims right before a POST)
             settle:  await the OLDEST POST → check its answer
             refill:  start the prefetched piece (the wire stays busy) → mark the oldest
 
