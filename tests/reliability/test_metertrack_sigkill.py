@@ -14,8 +14,9 @@ worker is killed while its POST is on the wire and the emulation has already sto
 3. the operator resolves them from the emulation's kept ids (CLI in-process or library), an
    undisturbed upload sends what was resent, and every reading is stored exactly once.
 
-The figures (failpoint → readings, in doubt after the kill, duplicates, lost) are printed
-(``pytest -s``) and, with ``MT_SIGKILL_TABLE=<path>``, written to that file.
+The figures (failpoint → readings, in doubt after the kill, how many of those the Client System
+holds — some only committed after the kill, from a POST that was on the wire —, duplicates,
+lost) are printed (``pytest -s``) and, with ``MT_SIGKILL_TABLE=<path>``, written to that file.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Figures:
     readings: int
     in_doubt: int  # held in_doubt right after the kill
     in_doubt_stored: int  # of those, on the Client System when the operator looked (marked)
+    stored_after_kill: int  # of those, committed by the Client System after the kill
     duplicates: int  # rows beyond the first copy, at the end
     lost: int  # readings not on the Client System, at the end
 
@@ -176,6 +178,7 @@ async def kill_restart_resolve(
         READINGS,
         len(killed.held),
         len(done.marked),
+        len(done.marked) - len(killed.held & killed.stored),
         final.duplicates,
         final.lost,
     )
@@ -190,6 +193,7 @@ def table(rows: list[Figures]) -> str:
         "readings",
         "in_doubt after kill",
         "of which stored (marked)",
+        "committed after the kill",
         "duplicates",
         "lost",
     )
