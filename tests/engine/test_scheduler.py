@@ -286,3 +286,38 @@ async def test_managers_sharing_a_connection_take_turns(engine: Engine) -> None:
         assert engine.server.rows(tenant) == 25
         # Each report counted its own statements only (no interleaving on the connection).
         assert report.upload.statements <= 2 * 5 + 10
+
+
+async def test_many_tenants_share_the_bookkeeping(engine: Engine) -> None:
+    """The cache is primed with one query per cycle and the sync_log rows go in bulk."""
+    tenants = [await engine.tenant(upload=100) for _ in range(12)]
+    for tenant in tenants:
+        await engine.seed(tenant, 20)
+    async with scheduler_for(engine, tenants, concurrency=3) as scheduler:
+        results = await scheduler.run_cycle(operations=["upload"])
+        loads = scheduler.cache.loads
+    assert loads == 1  # one prime for 12 tenants, not 2 statements each
+    assert all(r.outcome == "ok" and r.readings == 20 for r in results)
+    # Per tenant only the upload's own statements remain (no cache loads, no sync_log row).
+    per_tenant = [r.report.statements for r in results]  # type: ignore[union-attr]
+    assert max(per_tenant) <= 6, per_tenant
+    logged = await engine.rows(
+        "SELECT tenant_id, success, records FROM sync_log WHERE tenant_id = ANY(%s)", tenants
+    )
+    assert sorted(logged) == sorted((t, True, 20) for t in tenants)
+
+
+async def test_prime_raced_by_a_change_is_not_kept(engine: Engine) -> None:
+    """A NOTIFY that lands while the priming query runs drops what it read."""
+    tenants = [await engine.tenant(upload=7) for _ in range(3)]
+    async with scheduler_for(engine, tenants) as scheduler:
+        cache = scheduler.cache
+
+        async def load_then_change() -> list[Any]:
+            cache.invalidate(tenants[0])  # what a NOTIFY does, mid-load
+            return []
+
+        assert await cache.prime(load_then_change) == 0
+        await scheduler._prime(tenants)
+        assert all(cache.cached(t) for t in tenants)
+        assert (await cache.get(tenants[1])).batch.upload_batch_size == 7
