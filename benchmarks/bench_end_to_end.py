@@ -180,7 +180,8 @@ def bench_e2e_naive_baseline(benchmark, sync_dsn, server, reset, size):
 
 @pytest.mark.parametrize("size", BATCH_SIZES)
 def bench_e2e_limit_server_only(benchmark, server, reset, size):
-    """The ceiling: POST pre-encoded bodies of the same readings, no sync database at all.
+    """The ceiling at ONE POST in flight: POST pre-encoded bodies of the same readings one after
+    the other, no sync database at all (compare it with metersync's one-in-flight row only).
 
     Shows how much of the end-to-end time is the reference Client System's own work (parsing,
     validating and storing each reading), which no client can go below.
