@@ -518,6 +518,8 @@ def test_accepts_polars_and_tables(impl: ModuleType) -> None:
         ("timestamp(3) with time zone", None, None, pa.timestamp("us", tz="UTC")),
         ("NUMERIC(5)", None, None, pa.decimal128(5, 0)),
         ("bpchar", None, None, pa.string()),
+        ("numeric", None, None, _types.numeric_type()),  # plain numeric: exact text
+        ("decimal", None, None, _types.numeric_type()),
     ],
 )
 def test_pg_to_arrow(pg: str, precision: int | None, scale: int | None, arrow: pa.DataType) -> None:
@@ -525,8 +527,6 @@ def test_pg_to_arrow(pg: str, precision: int | None, scale: int | None, arrow: p
 
 
 def test_pg_to_arrow_refusals() -> None:
-    with pytest.raises(TypeError, match=r"column 'x'.*precision and scale"):
-        _types.pg_to_arrow("numeric", column="x")
     with pytest.raises(TypeError, match="jsonb"):
         _types.pg_to_arrow("jsonb", column="x")
     with pytest.raises(TypeError, match="precision 38"):

@@ -63,5 +63,5 @@ def test_bad_values_and_bytes(impl: ModuleType) -> None:
 def test_facade_and_type_mapping() -> None:
     with pytest.raises(CodecValueError, match="slice size must be a positive integer"):
         list(codec.slices(_one(pa.int32(), [1]), 0))
-    with pytest.raises(CodecTypeError, match="numeric without precision"):
-        codec._types.pg_to_arrow("numeric")
+    with pytest.raises(CodecTypeError, match="precision 38"):
+        codec._types.pg_to_arrow("numeric", 40, 2)

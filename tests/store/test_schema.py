@@ -14,6 +14,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
+from metersync.codec._types import numeric_type
 from metersync.errors import SchemaError
 from metersync.model import MEASUREMENT_COLUMNS
 from metersync.store.database import SyncDatabase
@@ -192,11 +193,18 @@ def test_reflect_upload_columns_in_table_order() -> None:
 
 @pytest.mark.parametrize(
     ("typname", "sql_type"),
-    [("jsonb", "jsonb"), ("interval", "interval"), ("numeric", "numeric"), ("_int4", "integer[]")],
+    [("jsonb", "jsonb"), ("interval", "interval"), ("_int4", "integer[]")],
 )
 def test_reflect_refuses_unsupported_types_naming_the_column(typname: str, sql_type: str) -> None:
     with pytest.raises(SchemaError, match=rf"meter_reading\.odd.*{sql_type.replace('[', '.')}"):
         reflect(_catalog(("odd", typname, sql_type), typmod=-1))
+
+
+def test_reflect_maps_plain_numeric_to_exact_text() -> None:
+    """A numeric without precision and scale (issue 11 item 8): the metersync.numeric type."""
+    layout = reflect(_catalog(("reading", "numeric", "numeric"), typmod=-1))
+    assert layout.upload_schema.field("reading").type == numeric_type()
+    assert layout.insert_schema.field("reading").type == numeric_type()
 
 
 def test_reflect_needs_the_bookkeeping_columns() -> None:

@@ -12,10 +12,11 @@ cdef inline bint _valid(const Col* col, int64_t row) noexcept nogil:
 
 
 cdef inline int64_t _text_offset(const Col* col, int64_t j) noexcept nogil:
-    """Entry ``j`` (absolute index) of a string (int32) or large_string (int64) offsets buffer."""
-    if col.kind == KIND_STRING:
-        return (<const int32_t*>col.data)[j]
-    return (<const int64_t*>col.data)[j]
+    """Entry ``j`` (absolute index) of a string or plain numeric (int32) or large_string (int64)
+    offsets buffer."""
+    if col.kind == KIND_LARGE_STRING:
+        return (<const int64_t*>col.data)[j]
+    return (<const int32_t*>col.data)[j]  # string and plain numeric text
 
 
 cdef inline int64_t _text_start(const Col* col, int64_t row) noexcept nogil:
@@ -51,6 +52,8 @@ cdef bint _format_matches(int kind, const char* fmt):
         return strncmp(fmt, b"tsu:", 4) == 0
     if kind == KIND_DECIMAL:
         return strncmp(fmt, b"d:", 2) == 0
+    if kind == KIND_NUMERIC:
+        return strcmp(fmt, b"u") == 0  # the extension's string storage
     return False
 
 
@@ -199,7 +202,7 @@ cdef _Columns _open(object data):
         col.precision = spec.precision
         col.tz = spec.tz
         col.offset = child.offset + c.c_array.offset
-        need = 3 if spec.kind == KIND_STRING or spec.kind == KIND_LARGE_STRING else 2
+        need = 3 if spec.kind in (KIND_STRING, KIND_LARGE_STRING, KIND_NUMERIC) else 2
         if child.n_buffers != need:
             raise CodecValueError(
                 f"column {spec.name!r}: {child.n_buffers} Arrow buffers, expected {need}"
@@ -229,4 +232,6 @@ cdef _raise_failure(_Columns c, Failure* f):
     value = None
     if f.code == ERR_FLOAT:
         value = c.batch.column(f.col)[f.row].as_py()
+    elif f.code in (ERR_NUMERIC_SYNTAX, ERR_NUMERIC_RANGE, ERR_NUMERIC_JSON):
+        value = c.batch.column(f.col).storage[f.row].as_py()
     raise _types.value_error(spec, f.row, f.code, value)

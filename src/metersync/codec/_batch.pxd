@@ -212,6 +212,7 @@ cdef enum:
     KIND_DATE = 10
     KIND_TIMESTAMP = 11
     KIND_DECIMAL = 12
+    KIND_NUMERIC = 13
 
 # Value error codes: the same numbers as metersync.codec._types.ERR_*.
 cdef enum:
@@ -221,6 +222,9 @@ cdef enum:
     ERR_YEAR = 4
     ERR_PRECISION = 5
     ERR_RANGE = 6
+    ERR_NUMERIC_SYNTAX = 7
+    ERR_NUMERIC_RANGE = 8
+    ERR_NUMERIC_JSON = 9
 
 
 cdef struct Col:
@@ -266,6 +270,8 @@ cdef enum:
     D_TRAILING
     D_TEXT_SIZE
     D_TEXT_UTF8
+    D_NUMERIC_SIGN
+    D_NUMERIC_DSCALE
 
 
 cdef struct DCol:

@@ -17,7 +17,8 @@ family, textually included so the compiler still inlines every codec into the ro
 - ``_arrow.pxi``: exporting a batch through the C data interface, the column plan cache;
 - ``_buffer.pxi``: the output buffer and scratch pool;
 - ``codecs/{text,uuid,int,float,bool,datetime,numeric}.pxi``: per type family, its validation,
-  COPY field, JSON value and COPY decoding;
+  COPY field, JSON value and COPY decoding; ``codecs/plain_numeric.pxi`` the same for plain
+  ``numeric`` text, with ``codecs/numeric_text.pxi`` its literal parser (shared with _page.pyx);
 - ``_copy_writer.pxi``, ``_json_writer.pxi``, ``_copy_reader.pxi``: the row loops and the
   public functions.
 """
@@ -29,7 +30,7 @@ from cpython.ref cimport PyObject, Py_XDECREF
 from libc.math cimport isfinite
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memchr, memcpy, memset, strcmp, strncmp
+from libc.string cimport memchr, memcmp, memcpy, memset, strcmp, strncmp
 
 import pyarrow as pa
 
@@ -75,6 +76,8 @@ include "codecs/float.pxi"
 include "codecs/bool.pxi"
 include "codecs/datetime.pxi"
 include "codecs/numeric.pxi"
+include "codecs/numeric_text.pxi"
+include "codecs/plain_numeric.pxi"
 
 include "_copy_writer.pxi"
 include "_json_writer.pxi"

@@ -7,6 +7,7 @@ cdef int64_t _scan(const uint8_t* d, int64_t size, DCol* cols, Py_ssize_t ncols,
                    int64_t* body, DFail* f) noexcept nogil:
     """Pass 1: check the structure, count rows and text bytes; -1 on error."""
     cdef int64_t pos = 11, rows = 0, length
+    cdef int code
     cdef uint32_t flags
     cdef int32_t ext
     cdef int16_t count
@@ -66,6 +67,12 @@ cdef int64_t _scan(const uint8_t* d, int64_t size, DCol* cols, Py_ssize_t ncols,
                 if length != col.width:
                     _dfail(f, D_WIDTH, pos - 4, c, length)
                     return -1
+            elif col.kind == KIND_NUMERIC:
+                code = _numeric_out_check(d + pos, length)
+                if code:
+                    _dfail(f, code, pos + length, c, length)
+                    return -1
+                col.text_bytes += _numeric_out_len(d + pos)
             elif col.kind == KIND_DECIMAL:
                 if length < 8 or <int16_t>ms_get16(d + pos) < 0 or \
                         length != 8 + 2 * <int64_t><int16_t>ms_get16(d + pos):
@@ -97,7 +104,7 @@ cdef bint _fill(const uint8_t* d, int64_t pos, DCol* cols, Py_ssize_t ncols, int
             p = d + pos
             if length == -1:
                 col.nulls += 1
-                if col.kind == KIND_STRING:
+                if col.kind == KIND_STRING or col.kind == KIND_NUMERIC:
                     (<int32_t*>col.data)[r + 1] = (<int32_t*>col.data)[r]
                 elif col.kind == KIND_LARGE_STRING:
                     (<int64_t*>col.data)[r + 1] = (<int64_t*>col.data)[r]
@@ -132,6 +139,8 @@ cdef bint _fill(const uint8_t* d, int64_t pos, DCol* cols, Py_ssize_t ncols, int
                 _int16_decode(col, r, p)
             elif col.kind == KIND_BOOL:
                 _bool_decode(col, r, p)
+            elif col.kind == KIND_NUMERIC:
+                _plain_numeric_decode(col, r, p)
             elif not _text_decode(col, r, p, length, at, c, f):
                 return False
     return True
@@ -161,6 +170,8 @@ _DECODE_TEXT = {
     D_TRAILING: "{value} bytes after the trailer",
     D_TEXT_SIZE: "column {name!r}: more text than a string array holds",
     D_TEXT_UTF8: "column {name!r}: text is not valid UTF-8",
+    D_NUMERIC_SIGN: "column {name!r}: unknown numeric sign",
+    D_NUMERIC_DSCALE: "column {name!r}: numeric display scale out of range",
 }
 
 
@@ -213,13 +224,13 @@ def from_copy_binary(data, schema):
             validity = pa.allocate_buffer((nrows + 7) // 8)
             col.validity = _address(validity)
             memset(col.validity, 0, (nrows + 7) // 8)
-            if spec.kind == KIND_STRING or spec.kind == KIND_LARGE_STRING:
-                if spec.kind == KIND_STRING and col.text_bytes > 2147483647:
+            if spec.kind in (KIND_STRING, KIND_LARGE_STRING, KIND_NUMERIC):
+                if spec.kind != KIND_LARGE_STRING and col.text_bytes > 2147483647:
                     f.code = D_TEXT_SIZE
                     f.col = i
                     f.pos = 0
                     raise _decode_error(&f, plan)
-                width = 4 if spec.kind == KIND_STRING else 8
+                width = 8 if spec.kind == KIND_LARGE_STRING else 4
                 values = pa.allocate_buffer(width * (nrows + 1))
                 chars = pa.allocate_buffer(col.text_bytes)
                 col.data = _address(values)

@@ -18,7 +18,7 @@ cdef int64_t _copy_field_max(const Col* col) noexcept nogil:
         return 6
     if col.kind == KIND_BOOL:
         return 5
-    return 4  # text
+    return 4  # text and plain numeric
 
 
 cdef bint _copy_check(const Col* col, int64_t nrows, Py_ssize_t ci, int64_t* text,
@@ -31,6 +31,8 @@ cdef bint _copy_check(const Col* col, int64_t nrows, Py_ssize_t ci, int64_t* tex
         return n >= 0
     if col.kind == KIND_DECIMAL:
         return _numeric_check_copy(col, nrows, ci, f)
+    if col.kind == KIND_NUMERIC:
+        return _plain_numeric_check(col, nrows, ci, False, text, f)
     if col.kind == KIND_DATE:
         return _date_check_copy(col, nrows, ci, f)
     if col.kind == KIND_TIMESTAMP:
@@ -77,6 +79,8 @@ cdef Py_ssize_t _copy_rows(const Col* cols, Py_ssize_t ncols, int64_t nrows,
                 p = _float64_copy(p, col, j)
             elif col.kind == KIND_BOOL:
                 p = _bool_copy(p, col, j)
+            elif col.kind == KIND_NUMERIC:
+                p = _plain_numeric_copy(p, col, j)
             else:
                 p = _text_copy(p, col, j)
     ms_put16(p, 0xFFFF)

@@ -29,7 +29,7 @@ cdef int64_t _json_value_max(const Col* col, bint quote_decimals) noexcept nogil
         return 12
     if col.kind == KIND_BOOL:
         return 5
-    return 4  # text
+    return 4  # text and plain numeric
 
 
 cdef bint _json_check(const Col* col, int64_t nrows, Py_ssize_t ci, int64_t* text,
@@ -42,6 +42,8 @@ cdef bint _json_check(const Col* col, int64_t nrows, Py_ssize_t ci, int64_t* tex
         return n >= 0
     if col.kind == KIND_FLOAT32 or col.kind == KIND_FLOAT64:
         return _float_check_json(col, nrows, ci, f)
+    if col.kind == KIND_NUMERIC:
+        return _plain_numeric_check(col, nrows, ci, True, text, f)
     if col.kind == KIND_DATE:
         return _date_check_json(col, nrows, ci, f)
     if col.kind == KIND_TIMESTAMP:
@@ -111,6 +113,14 @@ cdef inline Py_ssize_t _json_rows_as(const Col* cols, Py_ssize_t ncols, int64_t 
                 p = _float32_json(p, col, j)
                 if p == NULL:
                     return -1
+            elif col.kind == KIND_NUMERIC:
+                if quote_decimals:
+                    p[0] = 34
+                    p += 1
+                p = _plain_numeric_json(p, col, j)
+                if quote_decimals:
+                    p[0] = 34
+                    p += 1
             else:
                 p = _text_json(p, col, j)
         if p == row:  # no field written: '{}'
@@ -178,6 +188,8 @@ cdef bint _json_row_lens(const Col* cols, Py_ssize_t ncols, int64_t nrows, bint 
                 if v < 0:
                     return False
                 n += v
+            elif col.kind == KIND_NUMERIC:
+                n += _plain_numeric_json_len(col, j) + (2 if quote_decimals else 0)
             else:
                 n += _text_json_len(col, j)
         sizes[r] = n + 1 if n else 2

@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta
 
 import pyarrow as pa
 
+from metersync.codec import _numeric
 from metersync.codec import _types as t
 from metersync.codec._types import ColumnSpec
 from metersync.errors import CodecTypeError, CodecValueError
@@ -74,6 +75,8 @@ def column_values(spec: ColumnSpec, arr: pa.Array) -> list:
         return (arr.storage if isinstance(arr, pa.ExtensionArray) else arr).to_pylist()
     if k in (t.KIND_STRING, t.KIND_LARGE_STRING):
         return arr.cast(pa.binary() if k == t.KIND_STRING else pa.large_binary()).to_pylist()
+    if k == t.KIND_NUMERIC:
+        return arr.storage.cast(pa.binary()).to_pylist()
     if k == t.KIND_DATE:
         return arr.view(pa.int32()).to_pylist()
     if k == t.KIND_TIMESTAMP:
@@ -91,6 +94,14 @@ def _columns(batch: pa.RecordBatch) -> tuple[tuple[ColumnSpec, ...], list[list]]
 def _check_precision(spec: ColumnSpec, row: int, v: int) -> None:
     if abs(v) >= 10**spec.precision:
         raise t.value_error(spec, row, t.ERR_PRECISION)
+
+
+def _numeric_text(spec: ColumnSpec, row: int, raw: bytes) -> _numeric.NumericText:
+    """The parsed plain-numeric text of one value; ``CodecValueError`` naming column and row."""
+    value = _numeric.parse(raw)
+    if isinstance(value, int):
+        raise t.value_error(spec, row, value, raw)
+    return value
 
 
 def _text(spec: ColumnSpec, row: int, raw: bytes) -> str:
@@ -177,6 +188,8 @@ def _field_encoder(spec: ColumnSpec) -> Callable[[int, object], bytes]:
             return numeric_binary(v, spec.scale)
 
         return numeric
+    if k == t.KIND_NUMERIC:
+        return lambda row, v: _numeric_text(spec, row, v).binary()
     raise AssertionError(f"unhandled kind {k}")  # column_plan only returns known kinds
 
 
@@ -263,12 +276,26 @@ def _json_encoder(spec: ColumnSpec) -> Callable[[int, object], str]:
         return timestamp
     if k == t.KIND_DECIMAL:
         return lambda row, v: decimal_text(v, spec.scale)
+    if k == t.KIND_NUMERIC:
+
+        def numeric(row: int, v: bytes) -> str:
+            value = _numeric_text(spec, row, v)
+            if value.special:
+                raise t.value_error(spec, row, t.ERR_NUMERIC_JSON, v)
+            return value.canonical()
+
+        return numeric
     raise AssertionError(f"unhandled kind {k}")
 
 
 def _decimal_string_encoder(spec: ColumnSpec) -> Callable[[int, int], str]:
     """The metertrack form of a decimal: a JSON string with exactly the column's scale digits."""
     return lambda row, v: f'"{decimal_text(v, spec.scale)}"'
+
+
+def _quoted(encode: Callable[[int, bytes], str]) -> Callable[[int, bytes], str]:
+    """The metertrack form of a plain numeric: its canonical text as a JSON string."""
+    return lambda row, v: f'"{encode(row, v)}"'
 
 
 def _row_texts(batch: pa.RecordBatch, profile: str) -> list[str]:
@@ -282,6 +309,8 @@ def _row_texts(batch: pa.RecordBatch, profile: str) -> list[str]:
         encode = _json_encoder(spec)
         if quote_decimals and spec.kind == t.KIND_DECIMAL:
             encode = _decimal_string_encoder(spec)
+        elif quote_decimals and spec.kind == t.KIND_NUMERIC:
+            encode = _quoted(encode)
         texts.append([null if v is None else encode(row, v) for row, v in enumerate(values)])
     keys = [spec.json_key.decode("utf-8") for spec in plan]
     return [
@@ -436,6 +465,23 @@ def numeric_unscaled(field: memoryview, spec: ColumnSpec, reader: _Reader) -> in
     return -value if sign == NUMERIC_NEG else value
 
 
+def numeric_text(field: memoryview, spec: ColumnSpec, reader: _Reader) -> bytes:
+    """PostgreSQL's text of a binary numeric for a plain ``numeric`` column (checked like
+    PostgreSQL's ``numeric_recv``)."""
+    ndigits = struct.unpack(">H", field[:2])[0] if len(field) >= 8 else -1
+    if ndigits < 0 or len(field) != 8 + 2 * ndigits:
+        raise reader.fail(f"column {spec.name!r}: malformed numeric field of {len(field)} bytes")
+    _, _, sign, dscale = struct.unpack(">HhHH", field[:8])
+    if sign not in (NUMERIC_POS, NUMERIC_NEG, 0xC000, 0xD000, 0xF000):
+        raise reader.fail(f"column {spec.name!r}: unknown numeric sign")
+    if sign in (NUMERIC_POS, NUMERIC_NEG):
+        if any(d >= 10000 for d in struct.unpack(f">{ndigits}H", field[8:])):
+            raise reader.fail(f"column {spec.name!r}: numeric digit out of range")
+        if dscale > _numeric.DSCALE_MAX:
+            raise reader.fail(f"column {spec.name!r}: numeric display scale out of range")
+    return _numeric.binary_text(field).encode("ascii")
+
+
 def _pack_bits(bits: list[bool]) -> bytes:
     out = bytearray((len(bits) + 7) // 8)
     for i, bit in enumerate(bits):
@@ -457,7 +503,7 @@ class _ColumnBuilder:
     def null(self) -> None:
         self.valid.append(False)
         k = self.spec.kind
-        if k in (t.KIND_STRING, t.KIND_LARGE_STRING):
+        if k in (t.KIND_STRING, t.KIND_LARGE_STRING, t.KIND_NUMERIC):
             self.offsets.append(len(self.data))
         elif k == t.KIND_BOOL:
             self.bools.append(False)
@@ -488,6 +534,9 @@ class _ColumnBuilder:
             self.offsets.append(len(self.data))
         elif k == t.KIND_DECIMAL:
             self.data += numeric_unscaled(field, spec, reader).to_bytes(16, "little", signed=True)
+        elif k == t.KIND_NUMERIC:
+            self.data += numeric_text(field, spec, reader)
+            self.offsets.append(len(self.data))
         else:
             (v,) = struct.unpack(_PG_FORMAT[k], field)
             if k == t.KIND_DATE:
@@ -503,10 +552,10 @@ class _ColumnBuilder:
     def finish(self) -> pa.Array:
         spec, k, n = self.spec, self.spec.kind, len(self.valid)
         validity = None if all(self.valid) else pa.py_buffer(_pack_bits(self.valid))
-        if k in (t.KIND_STRING, t.KIND_LARGE_STRING):
-            fmt = "<i" if k == t.KIND_STRING else "<q"
+        if k in (t.KIND_STRING, t.KIND_LARGE_STRING, t.KIND_NUMERIC):
+            fmt = "<q" if k == t.KIND_LARGE_STRING else "<i"
             offsets = b"".join(struct.pack(fmt, o) for o in self.offsets)
-            if k == t.KIND_STRING and self.offsets[-1] > 2**31 - 1:
+            if k != t.KIND_LARGE_STRING and self.offsets[-1] > 2**31 - 1:
                 raise CodecValueError(f"column {spec.name!r}: more text than a string array holds")
             buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(bytes(self.data))]
         elif k == t.KIND_BOOL:

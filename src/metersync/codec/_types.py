@@ -10,6 +10,7 @@ asserts they agree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -30,17 +31,21 @@ __all__ = [
     "KIND_INT32",
     "KIND_INT64",
     "KIND_LARGE_STRING",
+    "KIND_NUMERIC",
     "KIND_STRING",
     "KIND_TIMESTAMP",
     "KIND_UUID",
     "ColumnSpec",
+    "NumericType",
     "arrow_to_pg",
     "as_batch",
     "body_cap",
     "column_plan",
     "decimal_max_groups",
+    "is_numeric",
     "is_uuid",
     "json_profile",
+    "numeric_type",
     "pg_to_arrow",
     "row_too_large",
     "value_error",
@@ -59,14 +64,60 @@ KIND_LARGE_STRING = 9
 KIND_DATE = 10
 KIND_TIMESTAMP = 11
 KIND_DECIMAL = 12
+KIND_NUMERIC = 13  # plain numeric (no typmod) as its decimal text: the metersync.numeric type
 
 #: Largest decimal128 precision (and so the largest numeric(p, s) we map).
 MAX_PRECISION = 38
 
 _SUPPORTED = (
     "fixed_size_binary(16) or uuid, int16/32/64, float32/64, bool, string, large_string, "
-    "date32, timestamp('us'[, tz]), decimal128(p, s) with s >= 0"
+    "date32, timestamp('us'[, tz]), decimal128(p, s) with s >= 0, metersync.numeric"
 )
+
+
+class NumericType(pa.ExtensionType):
+    """Plain PostgreSQL ``numeric`` (no precision or scale): each value is its decimal text.
+
+    Why an extension type on ``string`` storage and not ``decimal128``/``decimal256``: a plain
+    numeric has no fixed scale (``1.5`` and ``1.500`` are different values to PostgreSQL, which
+    keeps the display scale) and up to 131072 integer and 16383 fraction digits, so only text
+    holds every value exactly. Why not field metadata on a ``string`` column: metadata is lost by
+    many Arrow operations and ignored by schema equality and hashing, so a numeric column could
+    silently become text. The extension name travels with the type (also through the Arrow C
+    data interface). Values: see :mod:`metersync.codec._numeric` for the accepted text.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(pa.string(), "metersync.numeric")
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return b""
+
+    def __hash__(self) -> int:  # schemas holding it are hashed (the column plan cache)
+        return hash("metersync.numeric")
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type: pa.DataType, serialized: bytes) -> NumericType:
+        return cls()
+
+
+_NUMERIC = NumericType()
+with contextlib.suppress(pa.ArrowKeyError):  # already registered (module reloaded)
+    pa.register_extension_type(_NUMERIC)
+
+
+def numeric_type() -> NumericType:
+    """The Arrow type of a plain ``numeric`` column (``metersync.numeric``, string storage)."""
+    return _NUMERIC
+
+
+def is_numeric(arrow_type: pa.DataType) -> bool:
+    """True for the plain ``numeric`` extension type."""
+    return (
+        isinstance(arrow_type, pa.BaseExtensionType)
+        and arrow_type.extension_name == "metersync.numeric"
+        and arrow_type.storage_type == pa.string()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +190,8 @@ def column_spec(name: str, arrow_type: pa.DataType) -> ColumnSpec:
     key = json.dumps(name, ensure_ascii=False).encode("utf-8") + b":"
     if is_uuid(t):
         return ColumnSpec(name, t, KIND_UUID, "uuid", json_key=key)
+    if is_numeric(t):
+        return ColumnSpec(name, t, KIND_NUMERIC, "numeric", json_key=key)
     if isinstance(t, pa.BaseExtensionType):
         raise _unsupported(name, t, f"extension type {t.extension_name}")
     simple = {
@@ -217,6 +270,9 @@ ERR_FLOAT = 3
 ERR_YEAR = 4
 ERR_PRECISION = 5
 ERR_RANGE = 6
+ERR_NUMERIC_SYNTAX = 7  # the same numbers as metersync.codec._numeric.SYNTAX / RANGE
+ERR_NUMERIC_RANGE = 8
+ERR_NUMERIC_JSON = 9
 
 ERROR_TEXT: dict[int, str] = {
     ERR_NUL: "text contains a NUL byte, which PostgreSQL cannot store",
@@ -225,11 +281,28 @@ ERROR_TEXT: dict[int, str] = {
     ERR_YEAR: "{pg_type} value is outside the years 1..9999 of the canonical JSON form",
     ERR_PRECISION: "decimal value does not fit {pg_type}",
     ERR_RANGE: "{pg_type} value is outside the range PostgreSQL can store",
+    ERR_NUMERIC_SYNTAX: "{value} is not a numeric literal ([+-]digits[.digits][e[+-]digits], "
+    "NaN, Infinity or -Infinity)",
+    ERR_NUMERIC_RANGE: "numeric {value} is outside the range PostgreSQL can store (at most "
+    "131072 digits before the point and 16383 after)",
+    ERR_NUMERIC_JSON: "numeric {value} has no JSON form (NaN and infinities are rejected)",
 }
+
+# Numeric text echoed into an error is clipped (it may be a megabyte of digits).
+_ECHO = 60
+
+
+def _echo(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = repr(value)
+    return text if len(text) <= _ECHO else f"{text[:_ECHO]}... ({len(text)} characters)"
 
 
 def value_error(spec: ColumnSpec, row: int, code: int, value: object = None) -> CodecValueError:
     """The error both twins raise for a value PostgreSQL or the JSON form cannot hold."""
+    if code in (ERR_NUMERIC_SYNTAX, ERR_NUMERIC_RANGE, ERR_NUMERIC_JSON):
+        value = _echo(value)
     what = ERROR_TEXT[code].format(value=value, pg_type=spec.pg_type)
     return CodecValueError(f"column {spec.name!r}, row {row}: {what}")
 
@@ -337,8 +410,9 @@ def pg_to_arrow(
     ``type_name`` is a ``pg_type.typname`` (``int8``, ``timestamptz``, ``bpchar``) or the SQL
     spelling (``bigint``, ``timestamp with time zone``, ``character varying``); a typmod suffix
     such as ``numeric(18,4)`` or ``varchar(20)`` is understood too. ``precision``/``scale`` are the
-    numeric typmod (e.g. ``information_schema.columns.numeric_precision/_scale``); a numeric
-    without them is refused because decimal128 needs a fixed scale. Raises ``CodecTypeError`` naming
+    numeric typmod (e.g. ``information_schema.columns.numeric_precision/_scale``): ``numeric(p,s)``
+    maps to ``decimal128(p, s)``; a ``numeric`` without them (plain numeric, any scale) maps to
+    :class:`NumericType`, its values as exact decimal text. Raises ``CodecTypeError`` naming
     ``column`` for anything unsupported.
     """
     # Split "numeric(18,4)", "varchar(20)", "timestamp(3) with time zone" into name + typmod.
@@ -361,10 +435,7 @@ def pg_to_arrow(
     if pg != "numeric":
         return _PG_TO_ARROW[pg]
     if precision is None:
-        raise CodecTypeError(
-            f"column {column!r}: numeric without precision and scale cannot be mapped to a "
-            "fixed-scale decimal; declare it as numeric(p,s)"
-        )
+        return _NUMERIC
     scale = 0 if scale is None else scale
     if not 1 <= precision <= MAX_PRECISION:
         raise CodecTypeError(
