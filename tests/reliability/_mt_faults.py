@@ -15,6 +15,7 @@ own retry policy then decides — this is the "proves nothing was stored" case o
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,10 +83,17 @@ class ArmingTransport(httpx.AsyncHTTPTransport):
     fault plan: an armed fault cancels one armed earlier and not consumed yet).
     """
 
-    def __init__(self, server: Any, events: dict[int, Fault], dead: DeadPort) -> None:
+    def __init__(
+        self,
+        server: Any,
+        events: dict[int, Fault],
+        dead: DeadPort,
+        lags: dict[int, float] | None = None,
+    ) -> None:
         super().__init__(verify=False)  # plain http on loopback: no CA bundle to load
         self.server = server
         self.events = dict(events)
+        self.lags = dict(lags or {})  # attempt -> seconds to wait before sending it (ordering)
         self.dead = dead
         self.log = Armed()
         self._refuse_left = 0
@@ -104,4 +112,7 @@ class ArmingTransport(httpx.AsyncHTTPTransport):
                 self._refuse_left -= 1
                 self.log.refused += 1
                 request.url = request.url.copy_with(port=self.dead.port)
+            lag = self.lags.get(self.log.attempts)
+            if lag:
+                await asyncio.sleep(lag)
         return await super().handle_async_request(request)

@@ -56,7 +56,7 @@ PER_READING = 0.01
 LATE = READ + PER_READING * 50 + 0.7
 MAX_RETRIES = 2  # client retries of failures that prove nothing was stored
 #: Examples per run; MT_FAULT_EXAMPLES raises it for a longer bug hunt (not in the suite).
-EXAMPLES = int(os.environ.get("MT_FAULT_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("MT_FAULT_EXAMPLES", "50"))
 
 READING_BYTES = 1300  # JSON of one synthetic reading in the metertrack profile, about
 _FIXED_FIELDS = {"meter_reading_id", "created_at", "meter_id", "meter_element_id"}
@@ -183,12 +183,10 @@ async def run_cycle(
         f"{where}: report says {report.confirmed} confirmed, the database "
         f"{len(after.synced) - len(before.synced)} newly synchronized"
     )
-    if report.in_doubt and raised is None:
+    if report.in_doubt:  # also when the cycle ended with a raised 401 (upload 69561ee)
         assert report.error and "resolve" in report.error, report.error
-    if report.in_doubt and raised is not None:
-        # Reported to upload (CHANGES.md): the AuthError's message does not mention the
-        # readings other POSTs of the window left in doubt; `status` does (checked below).
-        event("401 raised while other POSTs of the window ended in doubt")
+        if raised is not None:
+            event("401 raised while other POSTs of the window ended in doubt")
 
 
 @settings(
@@ -263,3 +261,31 @@ async def test_fault_schedules_end_exactly_once_after_the_operator_resolves(
         report = await mt.uploader(tenant, client=client, max_retries=10).upload()
     assert (report.error, report.in_doubt) == (None, 0), report
     check_final(await observe(mt, tenant), n)
+
+
+async def test_a_401_does_not_hide_the_readings_other_posts_left_in_doubt(
+    mt: Engine, dead_port: DeadPort
+) -> None:
+    """Three POSTs in flight: the oldest is refused (401), the two younger ones are stored and
+    their connections dropped. The two batches are held in doubt (never resent) and the
+    operator is told so by the cycle, not only by ``status`` (found by the property above)."""
+    tenant = await mt.tenant(upload=5)
+    await mt.seed(tenant, 20)
+    # Attempt 1 alone opens the window; 2, 3, 4 then go together (3 and 4 a little later, so
+    # that 2 meets the 401 and the others the drops).
+    events = {2: Fault("fail401+drop", "fail=1:401,drop_after_commit=2")}
+    transport = ArmingTransport(mt.server, events, dead_port, lags={3: 0.1, 4: 0.2})
+    try:
+        async with mt.client_for(tenant, transport=transport, client_profile="metertrack") as c:
+            manager = mt.uploader(tenant, client=c, max_in_flight=3)
+            with pytest.raises(AuthError) as raised:
+                await manager.upload()
+    finally:
+        mt.server.clear_faults()
+    seen = await observe(mt, tenant)
+    check(seen, "after the 401")
+    assert (len(seen.synced), len(seen.held), len(seen.held & seen.stored)) == (5, 10, 10)
+    assert manager.report.in_doubt == 10
+    told = manager.report.error or ""
+    assert "resolve" in told and "10 readings" in told, f"not told about 10 held: {told}"
+    assert "API key" in str(raised.value)
