@@ -565,6 +565,17 @@ class Scheduler:
             raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
         tenant = self._tenants.setdefault(tenant_id, _Tenant(tenant_id))
         result = OperationResult(tenant_id, operation)
+        try:
+            await self._run_with_lease(tenant, result, log_rows)
+        except DatabaseUnavailable as exc:  # no connection could be (re)opened for it
+            result.error, result.raised = exc, True
+        self._observe(result)
+        return result
+
+    async def _run_with_lease(
+        self, tenant: _Tenant, result: OperationResult, log_rows: list[dict[str, Any]] | None
+    ) -> None:
+        tenant_id, operation = tenant.tenant_id, result.operation
         async with self._pool.lease() as db:
             try:
                 await self._run_leased(tenant, db, result)
@@ -583,8 +594,6 @@ class Scheduler:
                     log_rows.append(row)
                 else:
                     await self._write_logs(db, [row])
-        self._observe(result)
-        return result
 
     async def _run_leased(self, tenant: _Tenant, db: Any, result: OperationResult) -> None:
         settings = await self.cache.get(tenant.tenant_id)
@@ -684,8 +693,12 @@ class Scheduler:
                 while queue and not self._stop.is_set() and not outage.is_set():
                     tenant_id = queue.pop()
                     tenant = self._tenants[tenant_id]
-                    if tenant.parked is not None and not await self._unpark(tenant):
-                        continue
+                    if tenant.parked is not None:
+                        try:
+                            if not await self._unpark(tenant):
+                                continue
+                        except DatabaseUnavailable:
+                            continue  # the next operation meets the outage and reports it
                     mine = results.setdefault(tenant_id, [])
                     for operation in operations:
                         if self._stop.is_set() or outage.is_set():
@@ -708,9 +721,13 @@ class Scheduler:
 
     async def _flush(self, log_rows: list[dict[str, Any]]) -> None:
         rows, log_rows[:] = list(log_rows), []
-        if rows:
+        if not rows:
+            return
+        try:
             async with self._pool.lease() as db:
                 await self._write_logs(db, rows)
+        except DatabaseUnavailable as exc:  # reported once for the cycle by the loop
+            log.debug("%d sync_log row(s) not written: %s", len(rows), exc)
 
     async def _prime(self, tenant_ids: list[int]) -> None:
         """Load the sizes and keys of the cycle's tenants not in the cache with ONE query,
