@@ -52,6 +52,7 @@ def test_codec_api_names() -> None:
         "from_copy_binary",
         "json_row_sizes",
         "json_rows",
+        "parse_page",
         "slices",
         "split_by_body_size",
         "uuid_array_binary",

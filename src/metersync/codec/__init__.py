@@ -7,12 +7,12 @@ in :mod:`metersync.codec._impl` (the Cython core ``metersync.codec._batch`` or t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Literal
 
 import pyarrow as pa
 
-from metersync.codec._impl import IMPL, impl_module
+from metersync.codec._impl import IMPL, impl_module, page_module
 from metersync.errors import CodecValueError
 
 #: The JSON profiles of :func:`json_rows` (see its docstring).
@@ -25,6 +25,7 @@ __all__ = [
     "from_copy_binary",
     "json_row_sizes",
     "json_rows",
+    "parse_page",
     "slices",
     "split_by_body_size",
     "uuid_array_binary",
@@ -114,3 +115,24 @@ def slices(batch: pa.RecordBatch, n: int) -> Iterator[pa.RecordBatch]:
         raise CodecValueError(f"slice size must be a positive integer, got {n!r}")
     for start in range(0, batch.num_rows, n):
         yield batch.slice(start, n)
+
+
+def parse_page(
+    body: bytes,
+    schema: pa.Schema | None,
+    *,
+    tenant_id: int | None,
+    limit: int,
+    unknown_fields: Collection[str] | str | None = None,
+) -> tuple[pa.RecordBatch, str | None]:
+    """Parse and validate one download page: ``(readings as a batch of schema, next_cursor)``.
+
+    One pass over the JSON bytes (the compiled ``metersync.codec._page`` or its twin
+    ``_page_py``, same rule as the rest of the codec): exact decimal128 from the digits, UUIDs,
+    RFC 3339 timestamps, ranges, the tenant, duplicates and unknown fields checked as read.
+    See :func:`metersync.remote.page.parse_page` for the arguments; raises
+    :class:`~metersync.errors.MalformedPageError`.
+    """
+    return page_module.parse_page(
+        body, schema, tenant_id=tenant_id, limit=limit, unknown_fields=unknown_fields
+    )
