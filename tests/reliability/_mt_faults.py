@@ -69,11 +69,13 @@ class DeadPort:
 
 @dataclass
 class Armed:
-    """What the transport did: ``(attempt, fault)`` in the order they fired."""
+    """What the transport did: ``(attempt, fault)`` in the order they fired. Shared by the
+    transports of several clients (tenants), it counts their attempts together."""
 
     fired: list[tuple[int, Fault]] = field(default_factory=list)
     attempts: int = 0
     refused: int = 0
+    refuse_left: int = 0
 
 
 class ArmingTransport(httpx.AsyncHTTPTransport):
@@ -89,14 +91,14 @@ class ArmingTransport(httpx.AsyncHTTPTransport):
         events: dict[int, Fault],
         dead: DeadPort,
         lags: dict[int, float] | None = None,
+        log: Armed | None = None,
     ) -> None:
         super().__init__(verify=False)  # plain http on loopback: no CA bundle to load
         self.server = server
-        self.events = dict(events)
+        self.events = events  # shared as given (several transports, one schedule)
         self.lags = dict(lags or {})  # attempt -> seconds to wait before sending it (ordering)
         self.dead = dead
-        self.log = Armed()
-        self._refuse_left = 0
+        self.log = log if log is not None else Armed()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and request.url.path.endswith(BATCH_PATH):
@@ -104,12 +106,12 @@ class ArmingTransport(httpx.AsyncHTTPTransport):
             fault = self.events.get(self.log.attempts)
             if fault is not None:
                 self.log.fired.append((self.log.attempts, fault))
-                self._refuse_left = fault.refuse
+                self.log.refuse_left = fault.refuse
                 if fault.spec:
                     # A few ms on the admin API; the emulation runs in its own thread.
                     self.server.set_faults(fault.spec)
-            if self._refuse_left > 0:
-                self._refuse_left -= 1
+            if self.log.refuse_left > 0:
+                self.log.refuse_left -= 1
                 self.log.refused += 1
                 request.url = request.url.copy_with(port=self.dead.port)
             lag = self.lags.get(self.log.attempts)

@@ -39,7 +39,7 @@ import orjson
 import pyarrow as pa
 import pytest
 from _mt_check import check, check_final, observe, operator_resolves, status_in_doubt
-from _mt_faults import ArmingTransport, DeadPort, Fault
+from _mt_faults import Armed, ArmingTransport, DeadPort, Fault
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -289,3 +289,124 @@ async def test_a_401_does_not_hide_the_readings_other_posts_left_in_doubt(
     told = manager.report.error or ""
     assert "resolve" in told and "10 readings" in told, f"not told about 10 held: {told}"
     assert "API key" in str(raised.value)
+
+
+SCHEDULER_EXAMPLES = max(1, EXAMPLES // 3)
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> list[tuple[int, int]]:
+    """2–3 tenants as (readings, upload batch size)."""
+    out = []
+    for _ in range(draw(st.integers(2, 3))):
+        size = draw(st.integers(1, 30))
+        out.append((draw(st.integers(10, min(60, 12 * size))), size))
+    return out
+
+
+@settings(
+    max_examples=SCHEDULER_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    fleet=fleets(),
+    concurrency=st.integers(1, 3),
+    in_flight=st.integers(1, 2),
+    profile=st.sampled_from(["auto", "metertrack"]),
+    schedule=st.lists(
+        st.lists(st.tuples(st.integers(0, 999), FAULT), max_size=3), min_size=1, max_size=3
+    ),
+)
+async def test_scheduler_cycles_of_several_tenants_under_fault_schedules(
+    mt: Engine,
+    dead_port: DeadPort,
+    fleet: list[tuple[int, int]],
+    concurrency: int,
+    in_flight: int,
+    profile: str,
+    schedule: list[list[tuple[int, Fault]]],
+) -> None:
+    """The production path (``Scheduler``: what ``upload``/``sync --once`` run): several
+    tenants uploaded concurrently while the faults hit whichever tenant's POST comes next.
+    Per tenant the invariants hold after every cycle, held readings stay held, ``status``
+    reports them and the operator's resolution ends exactly once."""
+    from metersync.engine.scheduler import EngineOptions, Scheduler
+    from metersync.remote.client import ClientSystemApiClient
+
+    tenants = {}
+    seeded = []
+    for n, size in fleet:
+        t = await mt.tenant(upload=size)
+        seeded.append(await mt.seed(t, n))
+        tenants[t] = n
+    readings = pa.Table.from_batches(seeded).combine_chunks().to_batches()[0]
+    sizes = dict(zip(tenants, (size for _, size in fleet), strict=True))
+
+    async def cycle(events: dict[int, Fault], where: str) -> None:
+        log = Armed()
+
+        def client(tenant_id: int, key: str) -> ClientSystemApiClient:
+            return ClientSystemApiClient(
+                mt.server.base_url,
+                key,
+                transport=ArmingTransport(mt.server, events, dead_port, log=log),
+                read_timeout=READ,
+                read_timeout_per_reading=PER_READING,
+                max_retries=MAX_RETRIES,
+                backoff_base=0.01,
+                backoff_max=0.05,
+                client_profile=profile,
+                verify=False,
+            )
+
+        before = {t: await observe(mt, t) for t in tenants}
+        options = EngineOptions(max_retries=10, max_in_flight=in_flight)
+        scheduler = Scheduler(
+            dsn=mt.dsn,
+            concurrency=concurrency,
+            listen=False,
+            client_factory=client,
+            options=options,
+        )
+        try:
+            async with scheduler:
+                for t in tenants:
+                    scheduler.add_tenant(t)
+                results = await scheduler.run_cycle(operations=["upload"])
+        finally:
+            await asyncio.to_thread(mt.server.clear_faults)
+        for _, fault in log.fired:
+            for kind in fault.kind.split("+"):
+                event(f"scheduler: fault fired: {kind}")
+        where = f"{where}, fired {[(k, str(f)) for k, f in log.fired]}"
+        for r in results:
+            if r.report is not None and getattr(r.report, "in_doubt", 0):
+                event("scheduler: a tenant's cycle held readings in doubt")
+                assert "resolve" in (r.report.error or ""), r
+        for t in tenants:
+            after = await observe(mt, t)
+            check(after, where)
+            assert before[t].held <= after.held, f"{where}: in-doubt released without operator"
+
+    for c, faults in enumerate(schedule):
+        now = {t: await observe(mt, t) for t in tenants}
+        pending = sorted(x for s in now.values() for x in s.local - s.synced - s.held)
+        posts = max(
+            1, sum(math.ceil(len(s.local - s.synced - s.held) / sizes[t]) for t, s in now.items())
+        )
+        armed: dict[int, Fault] = {}
+        for k, fault in faults:
+            f = concrete(fault, readings, pending)
+            at = 1 + k % posts
+            armed[at] = armed[at].merge(f) if at in armed else f
+        await cycle(armed, f"scheduler cycle {c} (C={concurrency}, W={in_flight})")
+    for t in tenants:
+        seen = await observe(mt, t)
+        row = await status_in_doubt(mt.dsn, t)
+        assert row["in_doubt"] == len(seen.held), row
+        done = await operator_resolves(mt, t, via_cli=False)
+        assert set(done.marked) | set(done.resent) == seen.held
+    await cycle({}, "after the operator's resolution")
+    for t, n in tenants.items():
+        check_final(await observe(mt, t), n)
