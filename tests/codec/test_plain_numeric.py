@@ -10,7 +10,9 @@ byte and every error.
 from __future__ import annotations
 
 import json
+import re
 import struct
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from types import ModuleType
@@ -21,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metersync.codec import _numeric, _types
-from metersync.errors import CodecValueError
+from metersync.codec import _numeric, _page_py, _types
+from metersync.errors import CodecValueError, MalformedPageError
 
 PG = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -274,3 +276,116 @@ def test_parse_reference() -> None:
     assert _numeric.parse(b"-0.000").canonical() == "0.000"  # type: ignore[union-attr]
     assert _numeric.parse(b"1e" + b"9" * 30) == _numeric.RANGE
     assert _numeric.parse(b"--1") == _numeric.SYNTAX
+
+
+# ---------------------------------------------------------------------------------------------
+# Download pages: a JSON number (or a numeric string) keeps its digits exactly
+
+
+JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+PAGE_SCHEMA = pa.schema(
+    [
+        ("meter_reading_id", pa.binary(16)),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("meter_id", pa.int64()),
+        ("x", _types.numeric_type()),
+    ]
+)
+
+
+def _page_body(values: list[bytes]) -> bytes:
+    readings = b",".join(
+        b'{"meter_reading_id":"%s","created_at":"2025-01-01T00:00:00Z","meter_id":1,"x":%s}'
+        % (str(uuid.UUID(int=i + 1)).encode(), v)
+        for i, v in enumerate(values)
+    )
+    return b'{"readings":[' + readings + b'],"next_cursor":null}'
+
+
+@pytest.fixture(params=["c", "python"])
+def page_twin(request: pytest.FixtureRequest) -> ModuleType:
+    if request.param == "python":
+        return _page_py
+    from metersync.codec import _page
+
+    return _page
+
+
+def _parse(twin: ModuleType, body: bytes) -> pa.RecordBatch:
+    batch, _ = twin.parse_page(body, PAGE_SCHEMA, tenant_id=None, limit=100)
+    return batch
+
+
+def test_page_keeps_numbers_and_numeric_strings_exactly(page_twin: ModuleType) -> None:
+    values = [
+        b"123456789012345678901234567890.123456789012345678901234567890",
+        b"1" + b"0" * 399,  # beyond float64 (orjson refuses it as infinite)
+        b"-0.000000000000000000000000000000000001",
+        b"1.500",
+        b"2.5E-3",
+        b'"12.5000"',
+        b'"NaN"',
+        b'"-Infinity"',
+        b"null",
+    ]
+    batch = _parse(page_twin, _page_body(values))
+    assert batch.schema.field("x").type == _types.numeric_type()
+    texts = batch.column("x").storage.to_pylist()
+    assert texts[:5] == [v.decode() for v in values[:5]]
+    assert texts[5:] == ["12.5000", "NaN", "-Infinity", None]
+    # Stored by COPY, the literal is PostgreSQL's value of it, sent back with the same digits.
+    body = py_json_rows(batch.select(["x"]).slice(0, 5))
+    assert body == b"[" + b",".join(b'{"x":%s}' % v for v in values[:4]) + b',{"x":0.0025}]'
+
+
+def py_json_rows(batch: pa.RecordBatch) -> bytes:
+    from metersync.codec import _python
+
+    return _python.json_rows(batch)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (b'"abc"', '"abc" is not a numeric PostgreSQL can store'),
+        (b'"1\\u0030"', "is not a numeric PostgreSQL can store"),  # escaped: refused
+        (b'" 1"', "is not a numeric"),
+        (b"1e99999999999", "is not a numeric PostgreSQL can store"),
+        (b"true", "expected a number or a numeric string, got boolean true"),
+        (b"[1]", "expected a number or a numeric string"),
+    ],
+)
+def test_page_refuses_what_is_not_a_numeric(value: bytes, problem: str) -> None:
+    from metersync.codec import _page
+
+    messages = []
+    for twin in (_page, _page_py):
+        with pytest.raises(MalformedPageError, match=r"reading 1 .*field 'x': ") as info:
+            _parse(twin, _page_body([b"1", value]))
+        messages.append(str(info.value))
+        assert problem in str(info.value)
+    assert messages[0] == messages[1]
+
+
+@given(values=st.lists(literals(exponent=True), min_size=1, max_size=8), garbage=st.text())
+@settings(max_examples=200, deadline=None)
+def test_page_twins_agree(values: list[str], garbage: str) -> None:
+    from metersync.codec import _page
+
+    body = _page_body(
+        [
+            v.encode() if i % 2 and JSON_NUMBER.fullmatch(v) else json.dumps(v).encode()
+            for i, v in enumerate(values)
+        ]
+    )
+    got = [_parse(twin, body) for twin in (_page, _page_py)]
+    assert got[0].equals(got[1])
+    assert got[0].column("x").storage.to_pylist() == values
+    bad = _page_body([b"1", json.dumps(garbage).encode()])
+    outcomes = []
+    for twin in (_page, _page_py):
+        try:
+            outcomes.append(_parse(twin, bad).column("x").storage.to_pylist())
+        except MalformedPageError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]

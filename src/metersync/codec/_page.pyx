@@ -91,6 +91,7 @@ cdef enum:
     KIND_DATE = 10
     KIND_TIMESTAMP = 11
     KIND_DECIMAL = 12
+    KIND_NUMERIC = 13
 
 cdef enum:
     SX_END = 1
@@ -122,6 +123,7 @@ cdef enum:
     V_DEC_RANGE = 38
     V_FLOAT_RANGE = 39
     V_NUL = 40
+    V_NUMERIC = 41
     EXP_VALUE = 1
     EXP_KEY = 2
     EXP_COLON = 3
@@ -140,6 +142,7 @@ CODES = {
     "KIND_INT64": KIND_INT64, "KIND_FLOAT32": KIND_FLOAT32, "KIND_FLOAT64": KIND_FLOAT64,
     "KIND_BOOL": KIND_BOOL, "KIND_STRING": KIND_STRING, "KIND_LARGE_STRING": KIND_LARGE_STRING,
     "KIND_DATE": KIND_DATE, "KIND_TIMESTAMP": KIND_TIMESTAMP, "KIND_DECIMAL": KIND_DECIMAL,
+    "KIND_NUMERIC": KIND_NUMERIC, "V_NUMERIC": V_NUMERIC,
     "SX_END": SX_END, "SX_CHAR": SX_CHAR, "SX_STRING": SX_STRING, "SX_NUMBER": SX_NUMBER,
     "SX_DEPTH": SX_DEPTH, "P_READINGS_TYPE": P_READINGS_TYPE, "P_NO_READINGS": P_NO_READINGS,
     "P_CURSOR": P_CURSOR, "P_NO_CURSOR": P_NO_CURSOR, "P_DUP_TOP": P_DUP_TOP,
@@ -153,6 +156,9 @@ CODES = {
     "EXP_OBJECT": EXP_OBJECT, "EXP_EOF": EXP_EOF, "TENANT_COL": TENANT_COL,
     "MAX_DEPTH": MAX_DEPTH,
 }
+
+# Plain numeric literals: the parser the codec uses too (so both accept the same texts).
+include "codecs/numeric_text.pxi"
 
 cdef int DAYS_IN_MONTH[13]
 DAYS_IN_MONTH[:] = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
@@ -674,7 +680,7 @@ cdef inline bint _bit_set(uint8_t* bitmap, int64_t r) noexcept nogil:
 
 cdef inline void _null(PCol* col, int64_t r) noexcept nogil:
     col.nulls += 1
-    if col.kind == KIND_STRING or col.kind == KIND_LARGE_STRING:
+    if col.kind == KIND_STRING or col.kind == KIND_LARGE_STRING or col.kind == KIND_NUMERIC:
         (<int64_t*>col.data)[r + 1] = (<int64_t*>col.data)[r]
 
 
@@ -686,7 +692,26 @@ cdef bint _field(P* p, int64_t row, Py_ssize_t ci) noexcept nogil:
     cdef uint64_t mag
     cdef bint esc, nul
     cdef NumTok t
+    cdef NumLit lit
     cdef uint8_t* dst
+    if kind == KIND_NUMERIC and (c == 34 or c == 45 or _is_digit(c)):
+        # Plain numeric: the number's literal, or an unescaped numeric string, kept as text.
+        at = (<int64_t*>col.data)[row]
+        if c == 34:
+            if not _string(p, col.chars + at, &olen, &esc, &nul):
+                return False
+            if esc:
+                return _fail(p, V_NUMERIC, row, ci, start, p.pos, 0)
+        else:
+            if not _number(p, &t):
+                return False
+            olen = p.pos - start
+            memcpy(col.chars + at, b + start, olen)
+        if _numlit_parse(col.chars + at, olen, &lit):
+            return _fail(p, V_NUMERIC, row, ci, start, p.pos, 0)
+        (<int64_t*>col.data)[row + 1] = at + olen
+        col.nchars = at + olen
+        return _bit_set(col.valid, row)
     if c == 34 and (kind == KIND_STRING or kind == KIND_LARGE_STRING):
         at = (<int64_t*>col.data)[row]
         if not _string(p, col.chars + at, &olen, &esc, &nul):
@@ -1096,8 +1121,8 @@ cdef _arrow(P* p, plan):
         if col.nulls:
             validity = pa.allocate_buffer((n + 7) // 8)
             memcpy(_address(validity), col.valid, (n + 7) // 8)
-        if col.kind == KIND_STRING or col.kind == KIND_LARGE_STRING:
-            if col.kind == KIND_STRING:
+        if col.kind == KIND_STRING or col.kind == KIND_LARGE_STRING or col.kind == KIND_NUMERIC:
+            if col.kind != KIND_LARGE_STRING:
                 if col.nchars > 2147483647:
                     raise ValueError(f"column {spec.name!r}: more text than a string array holds")
                 offsets = pa.allocate_buffer(4 * (n + 1))
@@ -1188,7 +1213,7 @@ def parse_page(body, schema, *, tenant_id, limit, unknown_fields=None):
                     col.max_pos = high
                     col.max_neg = -low
                 col.valid = <uint8_t*>calloc((cap + 7) // 8 + 1, 1)
-                if spec.kind == KIND_STRING or spec.kind == KIND_LARGE_STRING:
+                if spec.kind in (KIND_STRING, KIND_LARGE_STRING, KIND_NUMERIC):
                     col.data = <uint8_t*>calloc(cap + 1, 8)
                     col.chars = <uint8_t*>malloc(p.n + 1)
                     if col.chars == NULL:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from metersync.codec import _types
+from metersync.codec import _numeric, _types
 from metersync.errors import MalformedPageError
 
 __all__ = ["REQUIRED_FIELDS", "page_error", "page_plan", "parse_page"]
@@ -46,6 +46,7 @@ P_READINGS_TYPE, P_NO_READINGS, P_CURSOR, P_NO_CURSOR, P_DUP_TOP, P_TOO_MANY, P_
 R_UNKNOWN, R_MISSING, R_TENANT, R_TWICE, R_NULL, R_DUP_ID = 20, 21, 22, 23, 24, 25
 V_TYPE, V_UUID, V_TS, V_TS_NOZONE, V_TS_ZONE, V_DATE = 30, 31, 32, 33, 34, 35
 V_INT_RANGE, V_DEC_SCALE, V_DEC_RANGE, V_FLOAT_RANGE, V_NUL = 36, 37, 38, 39, 40
+V_NUMERIC = 41
 
 # What a syntax error expected (``aux`` of SX_CHAR).
 EXP_VALUE, EXP_KEY, EXP_COLON, EXP_OBJ_NEXT, EXP_ARR_NEXT, EXP_OBJECT, EXP_EOF = 1, 2, 3, 4, 5, 6, 7
@@ -72,6 +73,7 @@ _TYPE_EXPECTED = {
     K.KIND_FLOAT32: "a number",
     K.KIND_FLOAT64: "a number",
     K.KIND_DECIMAL: "a number",
+    K.KIND_NUMERIC: "a number or a numeric string",
     K.KIND_BOOL: "true or false",
     K.KIND_STRING: "a string",
     K.KIND_LARGE_STRING: "a string",
@@ -254,6 +256,12 @@ def _value_problem(body: bytes, plan: PagePlan, code: int, col: int, start: int,
     if code == V_INT_RANGE:
         low, high = INT_RANGES[spec.kind]
         return f"integer {echo} out of range for {spec.arrow_type} [{low}, {high}]"
+    if code == V_NUMERIC:
+        return (
+            f"{echo} is not a numeric PostgreSQL can store (a JSON number, or an unescaped "
+            "string [+-]digits[.digits][e[+-]digits], NaN, Infinity or -Infinity; at most "
+            "131072 digits before the point and 16383 after)"
+        )
     if code == V_DEC_SCALE:
         return f"number {echo} has more than {spec.scale} decimal places ({spec.pg_type})"
     if code == V_DEC_RANGE:
@@ -586,7 +594,7 @@ class _Parser:
         self.valid[col].append(False)
         if kind == K.KIND_UUID:
             self.values[col].append(_NO_ID)
-        elif kind in (K.KIND_STRING, K.KIND_LARGE_STRING):
+        elif kind in (K.KIND_STRING, K.KIND_LARGE_STRING, K.KIND_NUMERIC):
             self.values[col].append(b"")
         elif kind == K.KIND_BOOL:
             self.values[col].append(False)
@@ -607,7 +615,18 @@ class _Parser:
                 raise fail(R_NULL)
             self.store_null(col)
             return
-        if kind == K.KIND_DECIMAL:
+        if kind == K.KIND_NUMERIC:  # plain numeric: the literal as text, digits exactly kept
+            if c in _DIGITS:
+                value = payload.group(0)
+            elif c == 0x22:
+                if payload[1]:
+                    raise fail(V_NUMERIC)
+                value = payload[0]
+            else:
+                raise fail(V_TYPE)
+            if isinstance(_numeric.parse(value), int):
+                raise fail(V_NUMERIC)
+        elif kind == K.KIND_DECIMAL:
             if c not in _DIGITS:
                 raise fail(V_TYPE)
             value = _decimal(payload, spec.precision, spec.scale)
@@ -700,15 +719,15 @@ class _Parser:
                 bufs = [validity, pa.py_buffer(data)]
             elif kind == K.KIND_BOOL:
                 bufs = [validity, pa.array(values, pa.bool_()).buffers()[1]]
-            elif kind in (K.KIND_STRING, K.KIND_LARGE_STRING):
+            elif kind in (K.KIND_STRING, K.KIND_LARGE_STRING, K.KIND_NUMERIC):
                 offsets = [0]
                 at = 0
                 for v in values:
                     at += len(v)
                     offsets.append(at)
-                if kind == K.KIND_STRING and at > 2**31 - 1:
+                if kind != K.KIND_LARGE_STRING and at > 2**31 - 1:
                     raise ValueError(f"column {spec.name!r}: more text than a string array holds")
-                code = "i" if kind == K.KIND_STRING else "q"
+                code = "q" if kind == K.KIND_LARGE_STRING else "i"
                 bufs = [
                     validity,
                     pa.py_buffer(array(code, offsets)),
