@@ -28,12 +28,13 @@ EXTRA_COLUMNS = {
     "x_float4": "float4",
     "x_float8": "float8",
     "x_numeric_scaled": "numeric(30,9)",
+    "x_numeric_plain": "numeric",
     "x_uuid": "uuid",
 }
 
 # Row values (SQL literals) including the awkward ones: quotes, backslashes, braces, unicode,
-# extremes of each integer type. (Plain ``numeric`` is tested at the HTTP level below: the
-# engine's reflection does not take it yet.)
+# extremes of each integer type; plain ``numeric`` beyond float64 and decimal128, with the
+# trailing zeros of its display scale.
 ROWS: list[dict[str, str]] = [
     {
         "x_text": "'plain'",
@@ -48,6 +49,7 @@ ROWS: list[dict[str, str]] = [
         "x_float4": "1.5",
         "x_float8": "0.1",
         "x_numeric_scaled": "'123456789012345678901.123456789'",
+        "x_numeric_plain": "'123456789012345678901234567890.123456789012345678901234567890'",
         "x_uuid": "'6f1c2a36-0d33-4a5e-9d6e-7b1f0e7c2a11'",
     },
     {
@@ -63,6 +65,7 @@ ROWS: list[dict[str, str]] = [
         "x_float4": "-0.25",
         "x_float8": "-1e300",
         "x_numeric_scaled": "'-0.000000001'",
+        "x_numeric_plain": "'-0.000000000000000000000000000000000001000'",
         "x_uuid": "'00000000-0000-0000-0000-000000000000'",
     },
     {name: "NULL" for name in EXTRA_COLUMNS},
@@ -79,6 +82,7 @@ ROWS: list[dict[str, str]] = [
         "x_float4": "0",
         "x_float8": "123456789.125",
         "x_numeric_scaled": "0",
+        "x_numeric_plain": "'1e60'",
         "x_uuid": "NULL",
     },
 ]
@@ -138,6 +142,9 @@ async def test_every_supported_type_goes_up_and_comes_back_exactly(engine: Engin
         )
     first = json.loads(stored[ids[0]], parse_float=Decimal)
     assert first["x_numeric_scaled"] == Decimal("123456789012345678901.123456789")
+    plain = "123456789012345678901234567890.123456789012345678901234567890"
+    assert first["x_numeric_plain"] == Decimal(plain)
+    assert f'"x_numeric_plain":{plain},' in stored[ids[0]]  # sent as a number, digit for digit
     assert first["x_bool"] is True and first["x_date"] == "2025-02-28"
     second = json.loads(stored[ids[1]], parse_float=Decimal)
     assert second["x_text"] == 'quote " backslash \\ brace } { caf\u00e9 \u2603'
@@ -173,6 +180,22 @@ async def test_every_supported_type_goes_up_and_comes_back_exactly(engine: Engin
     assert down.error is None, down.error
     assert down.inserted == len(ROWS)
     assert await _values(engine, target) == await _values(engine, source)
+    # Plain numeric: the same digits and display scale (Decimal equality ignores trailing zeros).
+    texts = [
+        await engine.rows(
+            "SELECT x_numeric_plain::text FROM meter_reading WHERE tenant_id = %s"
+            " ORDER BY created_at",
+            tenant,
+        )
+        for tenant in (source, target)
+    ]
+    assert texts[0] == [
+        ("123456789012345678901234567890.123456789012345678901234567890",),
+        ("-0.000000000000000000000000000000000001000",),
+        (None,),
+        ("1" + "0" * 60,),
+    ]
+    assert texts[1] == texts[0]
 
 
 def test_plain_numeric_literals_are_kept_exactly(engine: Engine) -> None:
