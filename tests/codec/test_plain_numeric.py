@@ -389,3 +389,23 @@ def test_page_twins_agree(values: list[str], garbage: str) -> None:
         except MalformedPageError as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
+
+
+@given(field=st.binary(max_size=24), head=st.tuples(st.integers(0, 3), st.integers(-3, 3)))
+@settings(max_examples=300, deadline=None)
+def test_corrupt_numeric_fields_decode_alike(
+    field: bytes, head: tuple[int, int], c_impl: ModuleType, py_impl: ModuleType
+) -> None:
+    """Random fields (half of them with a plausible header) give the same text or the same
+    error from both twins, never a crash."""
+    ndigits, weight = head
+    if len(field) % 2 == 0 and len(field) >= 4:
+        field = struct.pack(">Hh", ndigits, weight) + field[4:]
+    schema = numeric_batch([]).schema
+    outcomes = []
+    for impl in (c_impl, py_impl):
+        try:
+            outcomes.append(impl.from_copy_binary(_stream(field), schema).column(0).storage[0])
+        except CodecValueError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]

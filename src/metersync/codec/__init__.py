@@ -51,13 +51,15 @@ def json_rows(batch: pa.RecordBatch, *, profile: JsonProfile = "metersync") -> b
 
     Canonical form (``profile="metersync"``): UUID lowercase 36 chars; timestamptz
     ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; timestamp the same without ``Z``; date ``YYYY-MM-DD``;
-    decimal a JSON number with exactly the column's scale digits; float the shortest round-trip
-    text (Python ``repr``), NaN and infinities rejected; null ``null``.
+    decimal a JSON number with exactly the column's scale digits; plain numeric (the
+    ``metersync.numeric`` type, decimal text) a JSON number with exactly PostgreSQL's digits and
+    display scale (``1.500``, never an exponent), NaN and infinities rejected; float the shortest
+    round-trip text (Python ``repr``), NaN and infinities rejected; null ``null``.
 
     ``profile="metertrack"`` (the original MeterTrack Client System): a null field is omitted
     (its key is absent, a row of nulls is ``{}``) and a decimal is a JSON string with exactly the
     column's scale digits (``"12.5000"``), so it reaches a ``numeric`` column without passing
-    through float64; everything else as above. An unknown profile raises ``CodecValueError``.
+    through float64 (a plain numeric likewise, as its text); everything else as above. An unknown profile raises ``CodecValueError``.
     """
     return impl_module.json_rows(batch, profile=profile)
 
