@@ -59,7 +59,8 @@ def json_rows(batch: pa.RecordBatch, *, profile: JsonProfile = "metersync") -> b
     ``profile="metertrack"`` (the original MeterTrack Client System): a null field is omitted
     (its key is absent, a row of nulls is ``{}``) and a decimal is a JSON string with exactly the
     column's scale digits (``"12.5000"``), so it reaches a ``numeric`` column without passing
-    through float64 (a plain numeric likewise, as its text); everything else as above. An unknown profile raises ``CodecValueError``.
+    through float64 (a plain numeric likewise, as its text); everything else as above. An
+    unknown profile raises ``CodecValueError``.
     """
     return impl_module.json_rows(batch, profile=profile)
 
