@@ -318,9 +318,12 @@ async def ingest(
     staged: list[StagedReading] = []
     first_ord: dict[str, int] = {}  # lowercase id -> ordinal of its first valid occurrence
     repeats: list[tuple[int, int]] = []  # (ordinal, ordinal of the first occurrence)
+    # A NUL can only reach a string through the JSON escape \u0000 (raw control characters are
+    # invalid JSON); PostgreSQL text cannot hold it, so only then is every string looked at.
+    nul_possible = b"\\u0000" in raw
     for i, reading in enumerate(readings, start=1):
         # orjson parsed the values: its floats are finite (it refuses NaN and infinities).
-        error = validate_reading(reading, tenant_id, finite=True)
+        error = validate_reading(reading, tenant_id, finite=True, check_nul=nul_possible)
         if error is None and apply_faults:
             error = state.injector.rejection(reading)
         if error is not None:

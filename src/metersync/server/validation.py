@@ -46,13 +46,17 @@ def _is_int64(value: Any) -> bool:
 _GOOD_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
-def validate_reading(reading: Any, tenant_id: int, *, finite: bool = False) -> str | None:
+def validate_reading(
+    reading: Any, tenant_id: int, *, finite: bool = False, check_nul: bool = True
+) -> str | None:
     """Return why ``reading`` cannot be stored for ``tenant_id``, or None when it is good.
 
     ``finite=True`` says an infinite float can only come from a literal too large for a float64
     (orjson refuses NaN and infinities; the fallback parser refuses the NaN/Infinity words), so it
     is kept: the stored text is the literal, exact (a plain ``numeric`` may hold such values).
     It also lets a good reading be passed by C-level type checks instead of a per-field loop.
+    ``check_nul=False`` says the caller knows no string can hold a NUL character (its body has
+    no ``\\u0000`` escape); PostgreSQL text cannot store one, so such a reading is refused.
     """
     if not isinstance(reading, dict):
         return "reading is not a JSON object"
@@ -73,6 +77,10 @@ def validate_reading(reading: Any, tenant_id: int, *, finite: bool = False) -> s
         return "meter_element_id must be a 64-bit integer or null"
     if "tenant_id" in reading and reading["tenant_id"] != tenant_id:
         return "tenant_id does not match the API key's tenant"
+    if check_nul:
+        for name, value in reading.items():
+            if type(value) is str and "\x00" in value:
+                return f"field {name!r} holds a NUL character, which PostgreSQL text cannot store"
     if finite and _GOOD_TYPES.issuperset(map(type, reading.values())):
         # 40+ fields per reading: map() keeps the type scan in C.
         return None
