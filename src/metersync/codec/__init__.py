@@ -53,7 +53,8 @@ def json_rows(batch: pa.RecordBatch, *, profile: JsonProfile = "metersync") -> b
     ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; timestamp the same without ``Z``; date ``YYYY-MM-DD``;
     decimal a JSON number with exactly the column's scale digits; plain numeric (the
     ``metersync.numeric`` type, decimal text) a JSON number with exactly PostgreSQL's digits and
-    display scale (``1.500``, never an exponent), NaN and infinities rejected; float the shortest
+    display scale (``1.500``, never an exponent), NaN and infinities as the JSON strings
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (no JSON number holds them); float the shortest
     round-trip text (Python ``repr``), NaN and infinities rejected; null ``null``.
 
     ``profile="metertrack"`` (the original MeterTrack Client System): a null field is omitted

@@ -232,6 +232,6 @@ cdef _raise_failure(_Columns c, Failure* f):
     value = None
     if f.code == ERR_FLOAT:
         value = c.batch.column(f.col)[f.row].as_py()
-    elif f.code in (ERR_NUMERIC_SYNTAX, ERR_NUMERIC_RANGE, ERR_NUMERIC_JSON):
+    elif f.code == ERR_NUMERIC_SYNTAX or f.code == ERR_NUMERIC_RANGE:
         value = c.batch.column(f.col).storage[f.row].as_py()
     raise _types.value_error(spec, f.row, f.code, value)

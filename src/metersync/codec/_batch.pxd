@@ -224,7 +224,6 @@ cdef enum:
     ERR_RANGE = 6
     ERR_NUMERIC_SYNTAX = 7
     ERR_NUMERIC_RANGE = 8
-    ERR_NUMERIC_JSON = 9
 
 
 cdef struct Col:

@@ -114,13 +114,7 @@ cdef inline Py_ssize_t _json_rows_as(const Col* cols, Py_ssize_t ncols, int64_t 
                 if p == NULL:
                     return -1
             elif col.kind == KIND_NUMERIC:
-                if quote_decimals:
-                    p[0] = 34
-                    p += 1
-                p = _plain_numeric_json(p, col, j)
-                if quote_decimals:
-                    p[0] = 34
-                    p += 1
+                p = _plain_numeric_json(p, col, j, quote_decimals)
             else:
                 p = _text_json(p, col, j)
         if p == row:  # no field written: '{}'
@@ -189,7 +183,7 @@ cdef bint _json_row_lens(const Col* cols, Py_ssize_t ncols, int64_t nrows, bint 
                     return False
                 n += v
             elif col.kind == KIND_NUMERIC:
-                n += _plain_numeric_json_len(col, j) + (2 if quote_decimals else 0)
+                n += _plain_numeric_json_len(col, j, quote_decimals)
             else:
                 n += _text_json_len(col, j)
         sizes[r] = n + 1 if n else 2

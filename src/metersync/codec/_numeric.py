@@ -13,6 +13,9 @@ least 0, so ``1.500`` keeps its trailing zeros and ``1.5e3`` is ``1500``.
 
 The canonical text is what PostgreSQL prints for the same value (``numeric_out``): no exponent,
 no leading zeros, exactly ``dscale`` fraction digits, no sign on zero.
+In JSON it is a number (a string in the metertrack profile), except NaN and the infinities,
+which have no JSON number form and are always the strings ``"NaN"``, ``"Infinity"``,
+``"-Infinity"`` (the page parser reads them back).
 
 Limits: PostgreSQL's binary format holds ``dscale <= 16383`` and a weight (base-10000 digits
 before the point, minus one) ``<= 32767`` (131072 integer digits); outside them the value is

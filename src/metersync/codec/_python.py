@@ -8,6 +8,7 @@ function per type. Raw Arrow memory is read only where pyarrow has no exact conv
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -277,14 +278,7 @@ def _json_encoder(spec: ColumnSpec) -> Callable[[int, object], str]:
     if k == t.KIND_DECIMAL:
         return lambda row, v: decimal_text(v, spec.scale)
     if k == t.KIND_NUMERIC:
-
-        def numeric(row: int, v: bytes) -> str:
-            value = _numeric_text(spec, row, v)
-            if value.special:
-                raise t.value_error(spec, row, t.ERR_NUMERIC_JSON, v)
-            return value.canonical()
-
-        return numeric
+        return lambda row, v: _numeric_json(spec, row, v, quote=False)
     raise AssertionError(f"unhandled kind {k}")
 
 
@@ -293,9 +287,12 @@ def _decimal_string_encoder(spec: ColumnSpec) -> Callable[[int, int], str]:
     return lambda row, v: f'"{decimal_text(v, spec.scale)}"'
 
 
-def _quoted(encode: Callable[[int, bytes], str]) -> Callable[[int, bytes], str]:
-    """The metertrack form of a plain numeric: its canonical text as a JSON string."""
-    return lambda row, v: f'"{encode(row, v)}"'
+def _numeric_json(spec: ColumnSpec, row: int, v: bytes, *, quote: bool) -> str:
+    """A plain numeric's canonical text: a JSON number, or a JSON string when ``quote`` (the
+    metertrack profile) or for NaN and the infinities, which have no JSON number form."""
+    value = _numeric_text(spec, row, v)
+    text = value.canonical()
+    return f'"{text}"' if quote or value.special else text
 
 
 def _row_texts(batch: pa.RecordBatch, profile: str) -> list[str]:
@@ -310,7 +307,7 @@ def _row_texts(batch: pa.RecordBatch, profile: str) -> list[str]:
         if quote_decimals and spec.kind == t.KIND_DECIMAL:
             encode = _decimal_string_encoder(spec)
         elif quote_decimals and spec.kind == t.KIND_NUMERIC:
-            encode = _quoted(encode)
+            encode = functools.partial(_numeric_json, spec, quote=True)
         texts.append([null if v is None else encode(row, v) for row, v in enumerate(values)])
     keys = [spec.json_key.decode("utf-8") for spec in plan]
     return [

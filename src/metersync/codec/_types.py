@@ -272,7 +272,6 @@ ERR_PRECISION = 5
 ERR_RANGE = 6
 ERR_NUMERIC_SYNTAX = 7  # the same numbers as metersync.codec._numeric.SYNTAX / RANGE
 ERR_NUMERIC_RANGE = 8
-ERR_NUMERIC_JSON = 9
 
 ERROR_TEXT: dict[int, str] = {
     ERR_NUL: "text contains a NUL byte, which PostgreSQL cannot store",
@@ -285,7 +284,6 @@ ERROR_TEXT: dict[int, str] = {
     "NaN, Infinity or -Infinity)",
     ERR_NUMERIC_RANGE: "numeric {value} is outside the range PostgreSQL can store (at most "
     "131072 digits before the point and 16383 after)",
-    ERR_NUMERIC_JSON: "numeric {value} has no JSON form (NaN and infinities are rejected)",
 }
 
 # Numeric text echoed into an error is clipped (it may be a megabyte of digits).
@@ -301,7 +299,7 @@ def _echo(value: object) -> str:
 
 def value_error(spec: ColumnSpec, row: int, code: int, value: object = None) -> CodecValueError:
     """The error both twins raise for a value PostgreSQL or the JSON form cannot hold."""
-    if code in (ERR_NUMERIC_SYNTAX, ERR_NUMERIC_RANGE, ERR_NUMERIC_JSON):
+    if code in (ERR_NUMERIC_SYNTAX, ERR_NUMERIC_RANGE):
         value = _echo(value)
     what = ERROR_TEXT[code].format(value=value, pg_type=spec.pg_type)
     return CodecValueError(f"column {spec.name!r}, row {row}: {what}")

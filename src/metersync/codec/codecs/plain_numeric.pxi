@@ -34,8 +34,8 @@ cdef int64_t _numlit_text_len(const NumLit* v) noexcept nogil:
 
 cdef bint _plain_numeric_check(const Col* col, int64_t nrows, Py_ssize_t ci, bint json,
                                int64_t* size, Failure* f) noexcept nogil:
-    """Every value parses (and, for JSON, is finite); ``size`` grows by the COPY payloads or
-    the canonical texts plus quotes."""
+    """Every value parses; ``size`` grows by the COPY payloads or the canonical texts plus
+    quotes (written in the metertrack profile, and around NaN and the infinities always)."""
     cdef int64_t r
     cdef int code
     cdef NumLit v
@@ -43,8 +43,6 @@ cdef bint _plain_numeric_check(const Col* col, int64_t nrows, Py_ssize_t ci, bin
         if not _valid(col, r):
             continue
         code = _numlit_at(col, col.offset + r, &v)
-        if code == 0 and json and v.special:
-            code = ERR_NUMERIC_JSON
         if code:
             f.code = code
             f.col = ci
@@ -140,16 +138,27 @@ cdef uint8_t* _put_numlit_text(uint8_t* p, const NumLit* v) noexcept nogil:
     return p
 
 
-cdef uint8_t* _plain_numeric_json(uint8_t* p, const Col* col, int64_t j) noexcept nogil:
+cdef uint8_t* _plain_numeric_json(uint8_t* p, const Col* col, int64_t j,
+                                  bint quote) noexcept nogil:
+    """The canonical text: a JSON number, or a string when ``quote`` (metertrack profile) or
+    for NaN and the infinities (JSON numbers have no form for them)."""
     cdef NumLit v
     _numlit_at(col, j, &v)
-    return _put_numlit_text(p, &v)
+    quote = quote or v.special != 0
+    if quote:
+        p[0] = 34
+        p += 1
+    p = _put_numlit_text(p, &v)
+    if quote:
+        p[0] = 34
+        p += 1
+    return p
 
 
-cdef int64_t _plain_numeric_json_len(const Col* col, int64_t j) noexcept nogil:
+cdef int64_t _plain_numeric_json_len(const Col* col, int64_t j, bint quote) noexcept nogil:
     cdef NumLit v
     _numlit_at(col, j, &v)
-    return _numlit_text_len(&v)
+    return _numlit_text_len(&v) + (2 if quote or v.special != 0 else 0)
 
 
 # ---- decoding: binary numeric -> PostgreSQL's text (numeric_out)
