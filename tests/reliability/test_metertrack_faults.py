@@ -410,3 +410,85 @@ async def test_scheduler_cycles_of_several_tenants_under_fault_schedules(
     await cycle({}, "after the operator's resolution")
     for t, n in tenants.items():
         check_final(await observe(mt, t), n)
+
+
+#: The slow emulation stores one reading every SLOW_MS (MeterTrack: 2.6–11 ms per reading) ...
+SLOW_MS = 8
+#: ... and the client gives up after SLOW_READ s whatever the batch: batches of more than
+#: ~SLOW_READ / SLOW_MS readings time out while the Client System is still storing them.
+SLOW_READ = 0.12
+
+
+@pytest.fixture(scope="module")
+def slow_metertrack(pg_admin_dsn: str) -> Iterator[ServerHandle]:
+    """A MeterTrack emulation of its own that stores one reading every SLOW_MS."""
+    from fix_pg import create_database, drop_database
+    from metersync.server import AdminClient, ServerThread
+
+    dsn = create_database(pg_admin_dsn, "ms_mtslow")
+    thread = ServerThread(dsn, profile="metertrack", reading_delay_ms=SLOW_MS).start()
+    try:
+        with AdminClient(thread.admin_url, thread.admin_token) as admin:
+            yield ServerHandle(thread, admin, dsn)
+    finally:
+        thread.stop()
+        drop_database(pg_admin_dsn, dsn)
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    n=st.integers(30, 90),
+    size=st.integers(5, 40),
+    in_flight=st.integers(1, 2),
+    cycles=st.integers(1, 3),
+)
+async def test_timeouts_while_the_client_system_is_still_storing(
+    engine_dsn: str,
+    slow_metertrack: ServerHandle,
+    n: int,
+    size: int,
+    in_flight: int,
+    cycles: int,
+) -> None:
+    """A read timeout in the MIDDLE of MeterTrack's one-reading-after-the-other transaction:
+    the batch is committed after the client gave up. It is held in doubt (never resent) while
+    the next cycles send the rest; the operator waits until the Client System cannot still be
+    storing it (longer than its slowest batch), then looks and resolves: exactly once. (Looked
+    at right away, the batch is not there yet and --resend would store it twice: the
+    migration guide must say to wait — CHANGES.md, verification, finding 2.)"""
+    db = await SyncDatabase.connect(engine_dsn)
+    mt = Engine(db, engine_dsn, slow_metertrack)
+    try:
+        tenant = await mt.tenant(upload=size)
+        await mt.seed(tenant, n)
+        for c in range(cycles):
+            async with mt.client_for(
+                tenant,
+                read_timeout=SLOW_READ,
+                read_timeout_per_reading=0.0,
+                client_profile="metertrack",
+            ) as client:
+                report = await mt.uploader(tenant, client=client, max_in_flight=in_flight).upload()
+            seen = await observe(mt, tenant)
+            check(seen, f"cycle {c} (size={size}, W={in_flight})")
+            if report.in_doubt:
+                assert "resolve" in (report.error or "")
+                if seen.held - seen.stored:
+                    event("held readings the Client System had not committed yet")
+        # The operator waits out the slowest batch the Client System could still be storing.
+        await asyncio.sleep(size * SLOW_MS / 1000 + 0.5)
+        seen = await observe(mt, tenant)
+        check(seen, "before the operator's resolution")
+        done = await operator_resolves(mt, tenant, via_cli=False)
+        assert set(done.marked) | set(done.resent) == seen.held
+        async with mt.client_for(tenant, client_profile="metertrack") as client:
+            report = await mt.uploader(tenant, client=client).upload()
+        assert (report.error, report.in_doubt) == (None, 0), report
+        check_final(await observe(mt, tenant), n)
+    finally:
+        await mt.aclose()
+        await db.close()
