@@ -56,7 +56,7 @@ PER_READING = 0.01
 LATE = READ + PER_READING * 50 + 0.7
 MAX_RETRIES = 2  # client retries of failures that prove nothing was stored
 #: Examples per run; MT_FAULT_EXAMPLES raises it for a longer bug hunt (not in the suite).
-EXAMPLES = int(os.environ.get("MT_FAULT_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("MT_FAULT_EXAMPLES", "40"))
 
 READING_BYTES = 1300  # JSON of one synthetic reading in the metertrack profile, about
 _FIXED_FIELDS = {"meter_reading_id", "created_at", "meter_id", "meter_element_id"}
