@@ -22,6 +22,7 @@ lost) are printed (``pytest -s``) and, with ``MT_SIGKILL_TABLE=<path>``, written
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -228,3 +229,98 @@ async def test_sigkill_at_every_upload_failpoint_ends_exactly_once(mt: Engine) -
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_text(text + "\n")
+
+
+def ms(
+    eng: Engine, cwd: Path, *args: str, failpoints: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m metersync ARGS`` as the operator runs it (sync database and Client System
+    from the environment, no config file), optionally with failpoints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+    env.update({"METERSYNC_DSN": eng.dsn, "METERSYNC_API_URL": eng.server.base_url})
+    if "METERSYNC_IMPL" in os.environ:
+        env["METERSYNC_IMPL"] = os.environ["METERSYNC_IMPL"]
+    if failpoints:
+        env["METERSYNC_FAILPOINTS"] = failpoints
+    return subprocess.run(
+        [sys.executable, "-m", "metersync", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def json_of(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON document of a command that exited 0."""
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout)
+
+
+#: Failpoints for the all-CLI run: claimed and unsent, answered and unmarked, inside the mark.
+CLI_POINTS = ("upload.after_fetch", "upload.after_post", "upload.before_mark")
+
+
+async def test_sigkill_of_the_cli_and_the_operator_path_through_the_cli(
+    mt: Engine, tmp_path: Path
+) -> None:
+    """The same with nothing but the command line: ``metersync upload`` killed at a failpoint
+    (its 2nd hit), ``status --json`` shows the held readings, ``upload`` again exits 0 without
+    resending them, ``resolve --id … --mark-synchronized`` / ``--resend`` after looking at the
+    Client System, ``upload`` once more: exactly once."""
+    rows = []
+    for point in CLI_POINTS:
+        tenant = await mt.tenant(upload=BATCH)
+        await mt.seed(tenant, READINGS)
+        where = f"CLI killed at {point}#2"
+        t = str(tenant)
+        killed_proc = ms(mt, tmp_path, "upload", "--tenant", t, "--json", failpoints=f"{point}=2")
+        assert killed_proc.returncode == -signal.SIGKILL, (where, killed_proc.stderr[-2000:])
+        killed = await observe(mt, tenant)
+        check(killed, f"right after the {where}")
+        assert killed.held, f"{where}: the claimed batch must be held"
+        (row,) = json_of(ms(mt, tmp_path, "status", "--tenant", t, "--json"))["tenants"]
+        assert row["in_doubt"] == len(killed.held), row
+        json_of(ms(mt, tmp_path, "upload", "--tenant", t, "--json"))
+        restarted = await observe(mt, tenant)
+        check(restarted, f"after the restart ({where})")
+        assert restarted.held == killed.held
+        assert restarted.synced == restarted.local - restarted.held
+        there = sorted(restarted.held & restarted.stored)
+        missing = sorted(restarted.held - restarted.stored)
+        for flag, ids in (("--mark-synchronized", there), ("--resend", missing)):
+            if ids:
+                argv = ["resolve", "--tenant", t, flag, "--json"]
+                for i in ids:
+                    argv += ["--id", i]
+                (doc,) = json_of(ms(mt, tmp_path, *argv))["tenants"]
+                assert doc["resolved"] == len(ids), doc
+        json_of(ms(mt, tmp_path, "upload", "--tenant", t, "--json"))
+        final = await observe(mt, tenant)
+        check_final(final, READINGS, f"at the end ({where})")
+        (row,) = json_of(ms(mt, tmp_path, "status", "--tenant", t, "--json"))["tenants"]
+        assert (row["in_doubt"], row["synchronized"]) == (0, READINGS), row
+        rows.append(
+            Figures(
+                f"cli: {point}",
+                2,
+                2,
+                READINGS,
+                len(killed.held),
+                len(there),
+                len(there) - len(killed.held & killed.stored),
+                final.duplicates,
+                final.lost,
+            )
+        )
+    text = (
+        "metersync upload (CLI process) killed; status, upload, resolve, upload by CLI\n"
+        + table(rows)
+    )
+    print("\n" + text)
+    target = os.environ.get("MT_SIGKILL_TABLE")
+    if target:
+        with Path(target).open("a") as out:
+            out.write("\n" + text + "\n")
