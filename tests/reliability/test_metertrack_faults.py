@@ -25,6 +25,11 @@ reports every in-doubt reading; the operator resolves each from the emulation's 
 (``metersync resolve --id … --mark-synchronized|--resend`` in-process, or
 ``resolve_in_doubt``); an undisturbed upload then leaves every reading on the Client System
 exactly once and synchronized.
+
+Also here: the same over the ``Scheduler`` (2–3 tenants uploaded concurrently, the faults hit
+whichever tenant's POST is next); a deterministic 401-with-others-in-doubt case the property
+found; and read timeouts while a slow emulation is still storing the batch (committed after the
+client gave up), resolved by an operator who waits out the slowest batch before looking.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ MAX_RETRIES = 2  # client retries of failures that prove nothing was stored
 #: Examples per run; MT_FAULT_EXAMPLES raises it for a longer bug hunt (not in the suite).
 EXAMPLES = int(os.environ.get("MT_FAULT_EXAMPLES", "40"))
 
-READING_BYTES = 1300  # JSON of one synthetic reading in the metertrack profile, about
+READING_BYTES = 1300  # about the JSON of one synthetic reading in the metertrack profile
 _FIXED_FIELDS = {"meter_reading_id", "created_at", "meter_id", "meter_element_id"}
 
 FAULT = st.one_of(

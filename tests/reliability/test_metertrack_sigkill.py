@@ -17,6 +17,9 @@ worker is killed while its POST is on the wire and the emulation has already sto
 The figures (failpoint → readings, in doubt after the kill, how many of those the Client System
 holds — some only committed after the kill, from a POST that was on the wire —, duplicates,
 lost) are printed (``pytest -s``) and, with ``MT_SIGKILL_TABLE=<path>``, written to that file.
+
+A second test does the same with nothing but the command line (``metersync upload`` killed,
+``status``, ``upload``, ``resolve --id``, ``upload``), for three of the failpoints.
 """
 
 from __future__ import annotations
