@@ -34,6 +34,7 @@ from metersync.store.database import SyncDatabase
 from metersync.tools.embedded import EmbeddedPostgres, create_database, drop_database
 from metersync.tools.synthetic import reading_batch
 
+
 class Server:
     """The Client System in its own process: the reference server, or its ``--sink`` mode."""
 
@@ -168,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{total:,} readings, upload_batch_size {args.batch}, {server}, "
           f"median of {args.rounds} round(s)")  # fmt: skip
     print(f"{'':28} {'own clock':>12} {'wall clock':>12}")
-    print(f"{'1 tenant':28} {figures['one_own_per_s']:>10,.0f}/s {figures['one_wall_per_s']:>10,.0f}/s")  # noqa: E501
-    label = f"{args.tenants} tenants x {args.per_tenant}"
-    print(f"{label:28} {figures['many_own_per_s']:>10,.0f}/s {figures['many_wall_per_s']:>10,.0f}/s")  # noqa: E501
+    for label, key in (
+        ("1 tenant", "one"),
+        (f"{args.tenants} tenants x {args.per_tenant}", "many"),
+    ):
+        own, wall = figures[f"{key}_own_per_s"], figures[f"{key}_wall_per_s"]
+        print(f"{label:28} {own:>10,.0f}/s {wall:>10,.0f}/s")
     print(f"{'ratio many/one':28} {figures['ratio_own']:>12.0%} {figures['ratio_wall']:>12.0%}")
     if args.json_file:
         with open(args.json_file, "wb") as fh:
