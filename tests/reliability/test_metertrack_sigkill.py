@@ -143,12 +143,19 @@ async def kill_while_the_reply_is_pending(mt: Engine, tenant: int, in_flight: in
 
 
 async def kill_restart_resolve(
-    mt: Engine, point: str, hit: int, in_flight: int, *, via_cli: bool
+    mt: Engine,
+    point: str,
+    hit: int,
+    in_flight: int,
+    *,
+    via_cli: bool,
+    readings: int = READINGS,
+    batch: int = BATCH,
 ) -> Figures:
     """One kill at ``point`` (its ``hit``-th time) and the way back to exactly once."""
     where = f"SIGKILL at {point}#{hit} (W={in_flight})"
-    tenant = await mt.tenant(upload=BATCH)
-    await mt.seed(tenant, READINGS)
+    tenant = await mt.tenant(upload=batch)
+    await mt.seed(tenant, readings)
     if point == DURING_POST:
         await kill_while_the_reply_is_pending(mt, tenant, in_flight)
     else:
@@ -174,12 +181,12 @@ async def kill_restart_resolve(
         report = await mt.uploader(tenant, client=client).upload()
     assert (report.error, report.in_doubt, report.confirmed) == (None, 0, len(done.resent))
     final = await observe(mt, tenant)
-    check_final(final, READINGS, f"at the end ({where})")
+    check_final(final, readings, f"at the end ({where})")
     return Figures(
         point,
         hit,
         in_flight,
-        READINGS,
+        readings,
         len(killed.held),
         len(done.marked),
         len(done.marked) - len(killed.held & killed.stored),
@@ -210,28 +217,42 @@ def table(rows: list[Figures]) -> str:
     return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, cells)])
 
 
-async def test_sigkill_at_every_upload_failpoint_ends_exactly_once(mt: Engine) -> None:
+async def every_failpoint(mt: Engine, readings: int, batch: int) -> str:
+    """Kill, restart and resolve at every upload failpoint (and during a POST); the table."""
     assert {p for p in NAMES if p.startswith("upload.")} == set(UPLOAD_POINTS), (
         "a new upload failpoint: add it here"
     )
     rows = []
-    for i, point in enumerate(UPLOAD_POINTS):
-        for j, (hit, in_flight) in enumerate(RUNS):
-            via_cli = (i + j) % 2 == 0
-            rows.append(await kill_restart_resolve(mt, point, hit, in_flight, via_cli=via_cli))
-    rows.append(await kill_restart_resolve(mt, DURING_POST, 1, 2, via_cli=True))
+    runs = [(p, hit, w) for p in UPLOAD_POINTS for hit, w in RUNS] + [(DURING_POST, 1, 2)]
+    for i, (point, hit, in_flight) in enumerate(runs):
+        rows.append(
+            await kill_restart_resolve(
+                mt, point, hit, in_flight, via_cli=i % 2 == 0, readings=readings, batch=batch
+            )
+        )
     assert all(r.duplicates == 0 and r.lost == 0 for r in rows)
-    text = (
+    return (
         "SIGKILL at every upload failpoint, MeterTrack emulation (profile negotiated), "
-        f"{READINGS} readings per tenant, upload batch size {BATCH}; after the kill: restart, "
+        f"{readings} readings per tenant, upload batch size {batch}; after the kill: restart, "
         "operator resolution (mark what the Client System holds, resend the rest), one more "
         "upload\n" + table(rows)
     )
+
+
+async def test_sigkill_at_every_upload_failpoint_ends_exactly_once(mt: Engine) -> None:
+    text = await every_failpoint(mt, READINGS, BATCH)
     print("\n" + text)
     target = os.environ.get("MT_SIGKILL_TABLE")
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_text(text + "\n")
+
+
+@pytest.mark.stress
+async def test_sigkill_at_every_upload_failpoint_full(mt: Engine) -> None:
+    """``make stress``: 3,000 readings in batches of 500 (a POST on the wire at the kill is
+    then often committed after it)."""
+    print("\n" + await every_failpoint(mt, 3000, 500))
 
 
 def ms(
