@@ -1,6 +1,6 @@
 """What "exactly once" means against the MeterTrack emulation, and the operator's resolution.
 
-Shared by ``test_metertrack_faults.py`` (hypothesis over fault schedules) and
+Shared by ``test_mt_fault_schedules.py`` (hypothesis over fault schedules) and
 ``test_metertrack_sigkill.py`` (SIGKILL at every upload failpoint). The emulation stores every
 copy it receives and keeps the ``meter_reading_id`` each row was sent with (issue 10 item 7), so
 ``ServerHandle.copies(tenant)`` says how often each reading is stored there.
