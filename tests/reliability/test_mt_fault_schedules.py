@@ -279,7 +279,7 @@ async def test_a_401_does_not_hide_the_readings_other_posts_left_in_doubt(
     # Attempt 1 alone opens the window; 2, 3, 4 then go together (3 and 4 a little later, so
     # that 2 meets the 401 and the others the drops).
     events = {2: Fault("fail401+drop", "fail=1:401,drop_after_commit=2")}
-    transport = ArmingTransport(mt.server, events, dead_port, lags={3: 0.1, 4: 0.2})
+    transport = ArmingTransport(mt.server, events, dead_port, lags={3: 0.3, 4: 0.6})
     try:
         async with mt.client_for(tenant, transport=transport, client_profile="metertrack") as c:
             manager = mt.uploader(tenant, client=c, max_in_flight=3)
@@ -454,6 +454,7 @@ def slow_metertrack(pg_admin_dsn: str) -> Iterator[ServerHandle]:
 async def test_timeouts_while_the_client_system_is_still_storing(
     engine_dsn: str,
     slow_metertrack: ServerHandle,
+    dead_port: DeadPort,
     n: int,
     size: int,
     in_flight: int,
@@ -462,17 +463,20 @@ async def test_timeouts_while_the_client_system_is_still_storing(
     """A read timeout in the MIDDLE of MeterTrack's one-reading-after-the-other transaction:
     the batch is committed after the client gave up. It is held in doubt (never resent) while
     the next cycles send the rest; the operator waits until the Client System cannot still be
-    storing it (longer than its slowest batch), then looks and resolves: exactly once. (Looked
-    at right away, the batch is not there yet and --resend would store it twice: the
-    migration guide must say to wait — CHANGES.md, verification, finding 2.)"""
+    storing it (it has answered, or dropped, every request it got), then looks and resolves:
+    exactly once. (Looked at right away, the batch is not there yet and --resend would store it
+    twice: the migration guide must say to wait — CHANGES.md, verification, finding 2.)"""
     db = await SyncDatabase.connect(engine_dsn)
     mt = Engine(db, engine_dsn, slow_metertrack)
+    sent = Armed()  # counts the POSTs of every cycle (no fault armed)
+    finished_before = int(slow_metertrack.stats()["requests"])
     try:
         tenant = await mt.tenant(upload=size)
         await mt.seed(tenant, n)
         for c in range(cycles):
             async with mt.client_for(
                 tenant,
+                transport=ArmingTransport(slow_metertrack, {}, dead_port, log=sent),
                 read_timeout=SLOW_READ,
                 read_timeout_per_reading=0.0,
                 client_profile="metertrack",
@@ -484,8 +488,12 @@ async def test_timeouts_while_the_client_system_is_still_storing(
                 assert "resolve" in (report.error or "")
                 if seen.held - seen.stored:
                     event("held readings the Client System had not committed yet")
-        # The operator waits out the slowest batch the Client System could still be storing.
-        await asyncio.sleep(size * SLOW_MS / 1000 + 0.5)
+        # The operator waits until the Client System has finished every request it got (the
+        # emulation counts a request when its handler ends, answered or not).
+        deadline = asyncio.get_running_loop().time() + 60
+        while int(slow_metertrack.stats()["requests"]) - finished_before < sent.attempts:
+            assert asyncio.get_running_loop().time() < deadline, "the Client System never idled"
+            await asyncio.sleep(0.05)
         seen = await observe(mt, tenant)
         check(seen, "before the operator's resolution")
         done = await operator_resolves(mt, tenant, via_cli=False)
