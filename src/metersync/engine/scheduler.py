@@ -18,6 +18,9 @@ How a cycle runs::
   their operation; a tenant another worker holds is *skipped* (``busy``), not an error.
 * **Live sizes.** The managers read the shared cache at the start of each operation; a NOTIFY
   (``tenant set``) drops the entry, so a new size applies from the next cycle on.
+* **Bookkeeping in bulk.** A cycle of many tenants loads their sizes and keys with ONE query
+  (:meth:`TenantCache.prime`) and each worker writes its sync_log rows in one round trip, so a
+  tenant costs only its own upload/download statements (issue 12: many small tenants).
 
 The error policy (the only one; the CLI and SyncManager do not add their own):
 
@@ -43,7 +46,8 @@ interval; the first good cycle resets it. Only a stop request ends the loop.
 
 A stop (:meth:`Scheduler.request_stop`, e.g. SIGINT/SIGTERM) starts no new tenant or batch:
 the batches in flight finish (POST and mark) and the cycle returns. Cancelling the task instead
-abandons the POSTs in flight unmarked (they go again next run): nothing is half-marked either way.
+abandons the POSTs in flight unmarked (idempotent Client System: they go again next run; a
+non-idempotent one: held in doubt): nothing is marked without a confirmation either way.
 """
 
 from __future__ import annotations
@@ -252,11 +256,6 @@ class _Pool:
     @property
     def size(self) -> int:
         return self._size
-
-    @property
-    def first(self) -> Any:
-        """A connection for things that need one object (the cache's loads go through leases)."""
-        return self._all[0] if self._all else None
 
     async def _open(self) -> Any:
         from metersync.store.database import SyncDatabase  # psycopg: loaded on demand
