@@ -102,6 +102,11 @@ def e2e_table(benchmarks: list[dict[str, Any]]) -> tuple[list[str], dict[int, di
     lines = [
         "### end to end (upload to the reference Client System on loopback)",
         "",
+        "The reference server runs in its own process with its own database and sets "
+        "`synchronous_commit = off` on its sessions (the sync database keeps PostgreSQL's "
+        "defaults); before each run, untimed, the backlog is reset to pending, the server's "
+        "table emptied and `VACUUM ANALYZE` runs on both.",
+        "",
         "| B | path | readings | readings/s | × naive | statements / 100k | target ≤ | "
         "RSS growth in the bench process, MB |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
