@@ -43,7 +43,14 @@ from collections.abc import AsyncIterator, Iterator
 import orjson
 import pyarrow as pa
 import pytest
-from _mt_check import check, check_final, observe, operator_resolves, status_in_doubt
+from _mt_check import (
+    check,
+    check_final,
+    observe,
+    operator_resolves,
+    status_in_doubt,
+    wait_until_idle,
+)
 from _mt_faults import Armed, ArmingTransport, DeadPort, Fault
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -488,12 +495,12 @@ async def test_timeouts_while_the_client_system_is_still_storing(
                 assert "resolve" in (report.error or "")
                 if seen.held - seen.stored:
                     event("held readings the Client System had not committed yet")
-        # The operator waits until the Client System has finished every request it got (the
+        # The operator waits until the Client System has no transaction open (what
+        # operator_resolves does first) — then it has finished every request it got (the
         # emulation counts a request when its handler ends, answered or not).
-        deadline = asyncio.get_running_loop().time() + 60
-        while int(slow_metertrack.stats()["requests"]) - finished_before < sent.attempts:
-            assert asyncio.get_running_loop().time() < deadline, "the Client System never idled"
-            await asyncio.sleep(0.05)
+        await wait_until_idle(mt)
+        finished = int(slow_metertrack.stats()["requests"]) - finished_before
+        assert finished == sent.attempts, f"{finished} of {sent.attempts} requests finished"
         seen = await observe(mt, tenant)
         check(seen, "before the operator's resolution")
         done = await operator_resolves(mt, tenant, via_cli=False)
