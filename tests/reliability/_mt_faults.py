@@ -4,8 +4,9 @@ The emulation's fault plan counts "the next N uploads", so on its own a fault al
 first POST of a cycle — which the engine sends alone (its window opens after the first good
 answer). To reach the interesting places (a fault while two or three POSTs are in flight, or in
 the middle of a tenant's queue) :class:`ArmingTransport` — the real httpx network transport,
-altering nothing it sends — arms a fault on the emulation just before the k-th batch POST
-attempt leaves (retries count as attempts).
+never altering a request's headers or body — arms a fault on the emulation just before the
+k-th batch POST attempt leaves (retries count as attempts); it can also hold an attempt back a
+little (``lags``) to order the POSTs of a window.
 
 A **connection refusal** cannot be made by the emulation (it is listening), so the transport
 routes the chosen attempts to :class:`DeadPort`: a loopback port that is bound but not
