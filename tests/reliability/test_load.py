@@ -145,4 +145,6 @@ def test_sessions_do_not_grow_with_tenants(world: World) -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert world.pending(ids) == 0
-    assert peak <= 4, f"one sync process over {len(ids)} tenants held {peak} database sessions"
+    # Fixed by --concurrency (default 4 pooled connections) plus the one LISTEN connection,
+    # whatever the tenant count.
+    assert peak <= 4 + 1, f"one sync process over {len(ids)} tenants held {peak} database sessions"
