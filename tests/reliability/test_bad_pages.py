@@ -131,8 +131,10 @@ def mutated_pages(draw: st.DrawFn) -> tuple[str, list[Any], int, tuple[int, str,
             bad = str(bad)
         if field in ("meter_reading_id", "created_at") and type(bad) is str:
             bad = [bad]
-        if field == MEASUREMENTS[0] and type(bad) is int:
-            bad = {"n": bad}
+        if field == MEASUREMENTS[0] and (
+            type(bad) is int or (type(bad) is float and math.isfinite(bad))
+        ):
+            bad = {"n": bad}  # any finite JSON number is a valid numeric value (or a range error)
         r[field] = bad
     elif kind == "missing_required":
         del r[draw(st.sampled_from(["meter_reading_id", "created_at", "meter_id"]))]
