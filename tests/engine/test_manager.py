@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import psycopg
 import pytest
 
 from fix_engine import Engine
@@ -205,3 +206,23 @@ async def test_status_reports_the_queue(engine: Engine) -> None:
     assert before["last_cycle"] is None
     assert set(after) >= {"queue", "last_cycle", "connectivity", "totals", "auto_sync"}
     assert after["auto_sync"] is False
+
+
+async def test_uploads_carry_the_site_id_stored_by_migrate(engine: Engine) -> None:
+    """The library path sends the sync database's own site id, so a Client System with a site
+    filter never serves this site's uploads back to it on download."""
+    tenant = await engine.tenant(upload=50)
+    await engine.seed(tenant, 120)
+    site = await engine.db.site_id()
+    assert site
+    async with SyncManager(
+        tenant_id=tenant, dsn=engine.dsn, api_url=engine.server.base_url
+    ) as manager:
+        report = await manager.upload_readings()
+    assert report.confirmed == 120
+    with psycopg.connect(engine.server.dsn, autocommit=True) as conn:
+        sites = conn.execute(
+            "SELECT site_id, count(*) FROM cs_meter_reading WHERE tenant_id = %s GROUP BY 1",
+            (tenant,),
+        ).fetchall()
+    assert sites == [(site, 120)]

@@ -149,6 +149,7 @@ class SyncManager:
         self.cache: TenantCache | None = config.cache
         self._own_db = config.database is None
         self._scheduler: Scheduler | None = None
+        self._site_id: str | None = None
         self._initialized = False
         self._loop_task: asyncio.Task[int] | None = None
         self._stopping = False
@@ -196,6 +197,9 @@ class SyncManager:
 
             self.db = await SyncDatabase.connect(cfg.dsn)
         try:
+            # The site id stored by migrate: sent with uploads so a server with a site filter
+            # never sends this site's own readings back on download (None before migrate).
+            self._site_id = await self.db.site_id()
             self._scheduler = Scheduler(
                 dsn=cfg.dsn,
                 database=self.db,
@@ -241,9 +245,10 @@ class SyncManager:
             await self.start()
 
     def _build_client(self, tenant_id: int, api_key: str) -> Any:
-        from metersync.remote.client import ClientSystemApiClient
+        from metersync.remote.client import ClientSystemApiClient, default_site_id
 
-        return ClientSystemApiClient(self.config.api_url, api_key)
+        site_id = self._site_id or default_site_id()
+        return ClientSystemApiClient(self.config.api_url, api_key, site_id=site_id)
 
     async def close(self) -> None:
         """Stop the loop (finishing the batch in flight), stop listening, close what we opened."""
