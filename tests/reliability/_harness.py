@@ -433,21 +433,43 @@ def check_download(world: World, tenant_id: int, *, final: bool = False, where: 
     assert all(r[1] and r[2] == "synchronized" for r in rows), (
         f"{where}: downloaded readings must be stored synchronized (never uploaded back)"
     )
-    valid: list[tuple[str | None, set[str]]] = [(None, set())]
     acc: set[str] = set()
-    prev_cursor: str | None = None
-    for ids_k, next_k in pages:
-        acc = acc | ids_k
-        if next_k is not None:
-            valid.append((next_k, set(acc)))
-        else:  # the last page is committed without moving the cursor
-            valid.append((prev_cursor, set(acc)))
-        prev_cursor = next_k if next_k is not None else prev_cursor
-    ok = any(cursor == c and local == s for c, s in valid)
+    for ids_k, _ in pages:
+        acc |= ids_k
+    # Valid states: the rows are exactly a prefix of the server's stable order and the cursor is
+    # the resume point after the last of them. Page boundaries are not fixed multiples of PAGE:
+    # a worker that caught up committed a SHORT last page (its cursor is the seq of the last
+    # reading then), and readings loaded later start a new page grid from there. A partially
+    # committed page still fails: its rows and cursor would not agree on one prefix.
+    order = reference_order(world, tenant_id)
+    if cursor is None:
+        ok = not local
+    else:
+        from metersync.server.app import encode_cursor
+
+        ok = False
+        seen: set[str] = set()
+        for seq, rid in order:
+            seen.add(rid)
+            if encode_cursor(seq) == cursor:
+                ok = local == seen
+                break
     assert ok, (
         f"{where}: cursor {cursor!r} with {len(local)} rows matches no committed page boundary "
-        f"(valid row counts: {[len(s) for _, s in valid]})"
+        f"(the cursor must be the resume point after exactly those rows, a prefix of the Client "
+        f"System's {len(order)} readings in order)"
     )
     if final:
         assert local == acc, f"{where}: {len(acc - local)} readings never arrived"
     return len(local)
+
+
+def reference_order(world: World, tenant_id: int) -> list[tuple[int, str]]:
+    """The tenant's readings on the Client System as (seq, id) in its stable order."""
+    with psycopg.connect(world.cs_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT seq, meter_reading_id::text FROM cs_meter_reading WHERE tenant_id = %s "
+            "ORDER BY seq",
+            (tenant_id,),
+        ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
