@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -348,3 +349,46 @@ async def test_sigkill_of_the_cli_and_the_operator_path_through_the_cli(
     if target:
         with Path(target).open("a") as out:
             out.write("\n" + text + "\n")
+
+
+#: Emulation faults under which the random kills land (stored-then-late, dropped, 500s, slow).
+RANDOM_PLANS = ("delay=0.3", "drop_after_commit=1,delay=0.05", "random=0.3:500,delay=0.1", "")
+
+
+async def test_sigkill_at_random_moments_under_faults(mt: Engine) -> None:
+    """Workers killed at random moments (during a POST, a fetch, a mark — wherever) while the
+    emulation answers late, drops connections after committing or fails batches; readings keep
+    arriving between kills. After every kill the invariants hold; at the end a restart, the
+    operator's resolution and one more upload leave every reading exactly once."""
+    rng = random.Random(10)
+    tenant = await mt.tenant(upload=BATCH)
+    total = 0
+    kills = 0
+    for i in range(8):
+        await mt.seed(tenant, rng.randint(20, 60))
+        total = len((await observe(mt, tenant)).local)
+        plan = RANDOM_PLANS[i % len(RANDOM_PLANS)]
+        mt.server.set_faults(f"{plan},seed={i}" if plan else f"seed={i}")
+        cmd, env = worker(mt, tenant, rng.choice((1, 2)))
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("ready"), proc.stderr
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+        finally:
+            proc.communicate(timeout=60)
+            mt.server.clear_faults()
+        check(await observe(mt, tenant), f"after random SIGKILL {i} (faults: {plan or 'none'})")
+    assert kills >= 4, f"only {kills} of 8 workers were still running when killed"
+    assert run_worker(mt, tenant, 2) == 0
+    check(await observe(mt, tenant), "after the restart")
+    await operator_resolves(mt, tenant, via_cli=True)
+    async with mt.client_for(tenant, client_profile="metertrack") as client:
+        report = await mt.uploader(tenant, client=client).upload()
+    assert (report.error, report.in_doubt) == (None, 0), report
+    check_final(await observe(mt, tenant), total, "after random kills")
