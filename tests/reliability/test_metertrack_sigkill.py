@@ -19,7 +19,9 @@ holds â€” some only committed after the kill, from a POST that was on the wire â
 lost) are printed (``pytest -s``) and, with ``MT_SIGKILL_TABLE=<path>``, written to that file.
 
 A second test does the same with nothing but the command line (``metersync upload`` killed,
-``status``, ``upload``, ``resolve --id``, ``upload``), for three of the failpoints.
+``status``, ``upload``, ``resolve --id``, ``upload``), for three of the failpoints; a third kills
+workers at random moments while the emulation answers late, drops connections after committing
+or fails batches.
 """
 
 from __future__ import annotations
