@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from psycopg_pool import PoolTimeout
 
 from metersync.errors import ConfigError
-from metersync.server.admin_auth import ADMIN_TOKEN_HEADER, admin_refusal
+from metersync.server.admin_auth import admin_json, guard_admin, tenant_fields
 from metersync.server.bodies import BodyError, UploadBody
 from metersync.server.faults import BATCH_PATH, FaultInjector, FaultPlan
 from metersync.server.store import StagedReading, Store
@@ -120,13 +120,7 @@ async def _middleware(
     state = request.app[STATE]
     path = request.path
     if path.startswith("/admin"):
-        refusal = admin_refusal(state.admin_token, request.headers.get(ADMIN_TOKEN_HEADER))
-        if refusal is not None:
-            return _error(401, refusal)
-        try:
-            return await handler(request)
-        except ConfigError as exc:
-            return _error(400, str(exc))
+        return await guard_admin(request, handler, state.admin_token, _error)
     started = time.perf_counter()
     generation = state.generation
     injection = state.injector.before(path)
@@ -401,6 +395,19 @@ def decode_cursor(cursor: str) -> int:
     return int(number)
 
 
+def page_params(query: Mapping[str, str]) -> tuple[int, int]:
+    """``limit`` and the seq after ``after`` of a download request; ValueError saying which
+    parameter is wrong."""
+    raw_limit = query.get("limit", "")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise ValueError(f"limit must be an integer in 1..{MAX_PAGE}, got {raw_limit!r}")
+    after = query.get("after")
+    try:
+        return int(raw_limit), decode_cursor(after) if after else 0
+    except ValueError:
+        raise ValueError("after is not a cursor returned by this server") from None
+
+
 async def download(request: web.Request) -> web.Response:
     """``GET /api/sync/readings?limit=N&after=CURSOR[&exclude_site=SITE]``.
 
@@ -411,15 +418,10 @@ async def download(request: web.Request) -> web.Response:
     tenant_id = await _tenant_of(request)
     if tenant_id is None:
         return _error(401, "missing or unknown API key")
-    raw_limit = request.query.get("limit", "")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        return _error(400, f"limit must be an integer in 1..{MAX_PAGE}, got {raw_limit!r}")
-    limit = int(raw_limit)
-    after = request.query.get("after")
     try:
-        after_seq = decode_cursor(after) if after else 0
-    except ValueError:
-        return _error(400, "after is not a cursor returned by this server")
+        limit, after_seq = page_params(request.query)
+    except ValueError as exc:
+        return _error(400, str(exc))
     exclude = request.query.get("exclude_site")
     top: int | None = None
     if exclude is not None:
@@ -454,12 +456,9 @@ async def download(request: web.Request) -> web.Response:
 async def admin_tenants(request: web.Request) -> web.Response:
     """``POST /admin/tenants`` ``{tenant_id, api_key, name}``: register or replace a tenant."""
     state = request.app[STATE]
-    data = await _admin_json(request)
-    tenant_id, api_key, name = data.get("tenant_id"), data.get("api_key"), data.get("name")
-    if not isinstance(tenant_id, int) or isinstance(tenant_id, bool):
-        raise ConfigError("tenant_id must be an integer")
-    if not isinstance(api_key, str) or not api_key:
-        raise ConfigError("api_key must be a non-empty string")
+    data = await admin_json(request)
+    tenant_id, api_key = tenant_fields(data)
+    name = data.get("name")
     if name is not None and not isinstance(name, str):
         raise ConfigError("name must be a string or null")
     digest = key_digest(api_key)
@@ -476,7 +475,7 @@ async def admin_tenants(request: web.Request) -> web.Response:
 async def admin_set_faults(request: web.Request) -> web.Response:
     """``POST /admin/faults``: a plan as JSON fields or ``{"spec": "fail=3:503,..."}``."""
     state = request.app[STATE]
-    plan = FaultPlan.from_dict(await _admin_json(request))
+    plan = FaultPlan.from_dict(await admin_json(request))
     state.set_faults(plan)
     log.info("fault plan set: %s", plan)
     return _json(plan.to_dict())
@@ -545,16 +544,6 @@ async def admin_load_readings(request: web.Request) -> web.Response:
         raise ConfigError("tenant_id must be an integer")
     outcome = await ingest(state, tenant_id, raw, apply_faults=False)
     return outcome if isinstance(outcome, web.Response) else _json(outcome)
-
-
-async def _admin_json(request: web.Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("body must be a JSON object")
-    return data
 
 
 def create_app(

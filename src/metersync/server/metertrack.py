@@ -46,7 +46,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from metersync.errors import ConfigError
-from metersync.server.admin_auth import ADMIN_TOKEN_HEADER, admin_refusal
+from metersync.server.admin_auth import admin_json, guard_admin, tenant_fields
 from metersync.server.app import key_digest
 from metersync.server.faults import BATCH_PATH, FaultPlan
 from metersync.server.metertrack_rules import (
@@ -204,6 +204,11 @@ def _batch_error(message: str) -> web.Response:
     )
 
 
+def _admin_error(status: int, message: str) -> web.Response:
+    # The admin API is ours, not the original's: errors in the reference server's shape.
+    return _json({"success": False, "error": message}, status)
+
+
 class _Drop(Exception):
     """Close the connection without answering (after commit)."""
 
@@ -214,13 +219,7 @@ async def _middleware(
 ) -> web.StreamResponse:
     state = request.app[MT_STATE]
     if request.path.startswith("/admin"):
-        refusal = admin_refusal(state.admin_token, request.headers.get(ADMIN_TOKEN_HEADER))
-        if refusal is not None:
-            return _json({"success": False, "error": refusal}, 401)
-        try:
-            return await handler(request)
-        except ConfigError as exc:
-            return _json({"success": False, "error": str(exc)}, 400)
+        return await guard_admin(request, handler, state.admin_token, _admin_error)
     status = "500"
     try:
         try:
@@ -343,26 +342,12 @@ async def upload_batch(request: web.Request) -> web.StreamResponse:
 # -- admin API (not part of the original: tenants, faults, and counting copies) -------------
 
 
-async def _admin_json(request: web.Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("body must be a JSON object")
-    return data
-
-
 async def admin_tenants(request: web.Request) -> web.Response:
     """``POST /admin/tenants`` ``{tenant_id, api_key, name, active}``: register or replace."""
     state = request.app[MT_STATE]
-    data = await _admin_json(request)
-    tenant_id, api_key, name = data.get("tenant_id"), data.get("api_key"), data.get("name")
-    active = data.get("active", True)
-    if not isinstance(tenant_id, int) or isinstance(tenant_id, bool):
-        raise ConfigError("tenant_id must be an integer")
-    if not isinstance(api_key, str) or not api_key:
-        raise ConfigError("api_key must be a non-empty string")
+    data = await admin_json(request)
+    tenant_id, api_key = tenant_fields(data)
+    name, active = data.get("name"), data.get("active", True)
     if name is not None and not isinstance(name, str):
         raise ConfigError("name must be a string or null")
     if not isinstance(active, bool):
@@ -377,7 +362,7 @@ async def admin_tenants(request: web.Request) -> web.Response:
 async def admin_set_faults(request: web.Request) -> web.Response:
     """``POST /admin/faults``: a plan (JSON fields or ``{"spec": ...}``) this profile can use."""
     state = request.app[MT_STATE]
-    plan = FaultPlan.from_dict(await _admin_json(request))
+    plan = FaultPlan.from_dict(await admin_json(request))
     state.set_faults(plan)
     return _json(plan.to_dict())
 
@@ -427,7 +412,7 @@ async def admin_copies(request: web.Request) -> web.Response:
     state = request.app[MT_STATE]
     data: dict[str, Any]
     if request.method == "POST":
-        data = await _admin_json(request)
+        data = await admin_json(request)
     else:
         data = dict(request.query)
         for name in ("tenant_id", "min_copies"):

@@ -30,14 +30,13 @@ import pyarrow as pa
 from aiohttp import web
 
 from metersync.errors import ConfigError
-from metersync.server.admin_auth import ADMIN_TOKEN_HEADER, admin_refusal
+from metersync.server.admin_auth import admin_json, guard_admin, tenant_fields
 from metersync.server.app import (
     DEFAULT_MAX_BODY_BYTES,
-    MAX_PAGE,
-    decode_cursor,
     encode_cursor,
     health_document,
     key_digest,
+    page_params,
 )
 from metersync.server.faults import BATCH_PATH
 
@@ -146,13 +145,7 @@ async def _middleware(
     state = request.app[SINK_STATE]
     state.counters["requests"] += 1
     if request.path.startswith("/admin"):
-        refusal = admin_refusal(state.admin_token, request.headers.get(ADMIN_TOKEN_HEADER))
-        if refusal is not None:
-            return _error(401, refusal)
-        try:
-            return await handler(request)
-        except ConfigError as exc:
-            return _error(400, str(exc))
+        return await guard_admin(request, handler, state.admin_token, _error)
     return await handler(request)
 
 
@@ -196,16 +189,12 @@ async def download(request: web.Request) -> web.Response:
     tenant_id = _tenant(request)
     if tenant_id is None:
         return _error(401, "missing or unknown API key")
-    raw_limit = request.query.get("limit", "")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        return _error(400, f"limit must be an integer in 1..{MAX_PAGE}, got {raw_limit!r}")
-    after = request.query.get("after")
     try:
-        after_seq = decode_cursor(after) if after else 0
-    except ValueError:
-        return _error(400, "after is not a cursor returned by this server")
+        limit, after_seq = page_params(request.query)
+    except ValueError as exc:
+        return _error(400, str(exc))
     # seq of reading i is i + 1, as in the reference server (cursor = seq of the last served).
-    text, count = state.readings[tenant_id].page(after_seq, int(raw_limit))
+    text, count = state.readings[tenant_id].page(after_seq, limit)
     cursor = b'"%s"' % encode_cursor(after_seq + count).encode() if count else b"null"
     state.counters["readings_served"] += count
     return web.Response(
@@ -217,17 +206,8 @@ async def download(request: web.Request) -> web.Response:
 async def admin_tenants(request: web.Request) -> web.Response:
     """``POST /admin/tenants`` ``{tenant_id, api_key, name}``: register; builds its pages."""
     state = request.app[SINK_STATE]
-    try:
-        data = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("body must be a JSON object")
-    tenant_id, api_key = data.get("tenant_id"), data.get("api_key")
-    if not isinstance(tenant_id, int) or isinstance(tenant_id, bool):
-        raise ConfigError("tenant_id must be an integer")
-    if not isinstance(api_key, str) or not api_key:
-        raise ConfigError("api_key must be a non-empty string")
+    data = await admin_json(request)
+    tenant_id, api_key = tenant_fields(data)
     try:
         await state.register(tenant_id, api_key)
     except KeyError:
