@@ -185,3 +185,27 @@ def test_hook_cost_is_per_batch_cheap() -> None:
     per_batch = (time.perf_counter() - started) / n
     # ~10 µs on the reference machine; a 1000-reading batch takes ≥ 10 ms end to end.
     assert per_batch < 200e-6, f"{per_batch * 1e6:.1f} µs per batch of hook calls"
+
+
+async def test_timed_records_a_task_when_it_ends_not_when_cancelled() -> None:
+    import asyncio
+
+    n0 = value("metersync_batch_phase_seconds_count", tenant_id=T2, phase="download_page")
+    s0 = value("metersync_batch_phase_seconds_sum", tenant_id=T2, phase="download_page")
+    task = observe.timed(asyncio.ensure_future(asyncio.sleep(0.05)), "download_page", T2)
+    await task
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert (
+        value("metersync_batch_phase_seconds_count", tenant_id=T2, phase="download_page") == n0 + 1
+    )
+    took = value("metersync_batch_phase_seconds_sum", tenant_id=T2, phase="download_page") - s0
+    assert 0.04 <= took < 2
+
+    cancelled = observe.timed(asyncio.ensure_future(asyncio.sleep(10)), "download_page", T2)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await asyncio.sleep(0)
+    assert (
+        value("metersync_batch_phase_seconds_count", tenant_id=T2, phase="download_page") == n0 + 1
+    )

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 
+from metersync import observe
 from metersync._failpoints import failpoint
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import (
@@ -155,6 +156,7 @@ class DownloadManager:
             r.statements,
             r.seconds,
             f"; ended early: {r.error}" if r.error else "",
+            extra=observe.report_fields(r),
         )
         return r
 
@@ -168,7 +170,7 @@ class DownloadManager:
         self.report = replace(self.report, cursor=cursor)
 
         def fetch(after: str | None) -> asyncio.Task[Any]:
-            return asyncio.ensure_future(
+            task = asyncio.ensure_future(
                 self._client.get_readings(
                     page_size,
                     after,
@@ -178,6 +180,7 @@ class DownloadManager:
                     exclude_site=exclude_site,
                 )
             )
+            return observe.timed(task, "download_page", self.tenant_id)
 
         if self._stop_requested:
             return
@@ -239,7 +242,10 @@ class DownloadManager:
 
     async def _store(self, batch: pa.RecordBatch, chunk_rows: int, next_cursor: str | None) -> None:
         """One page and its cursor in one transaction; the report follows."""
+        copy_started = time.perf_counter()
         result = await self._db.store_download_page(self.tenant_id, batch, chunk_rows, next_cursor)
+        observe.phase("copy", self.tenant_id, time.perf_counter() - copy_started)
+        observe.readings("downloaded", self.tenant_id, result.inserted)
         failpoint("download.after_commit")
         r = self.report
         self.report = replace(

@@ -3,7 +3,8 @@
 The engine calls the hooks (cheap, once per batch or per cycle, never raising, fine with no
 endpoint running)::
 
-    observe.phase("post", tenant_id, seconds)           # fetch encode post mark download_page copy
+    observe.phase("fetch", tenant_id, seconds)          # fetch encode post mark download_page copy
+    observe.timed(task, "post", tenant_id)              # the same, when an asyncio task ends
     observe.readings("uploaded", tenant_id, n)          # uploaded downloaded rejected
     observe.cycle(tenant_id, "upload", "ok", None)      # at the end of each operation
     observe.statements(tenant_id, n)
@@ -36,6 +37,7 @@ from metersync.observe.metrics import (
     queue,
     readings,
     statements,
+    timed,
 )
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ __all__ = [
     "report_fields",
     "serve",
     "statements",
+    "timed",
     "unbind",
 ]
 

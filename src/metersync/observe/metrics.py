@@ -43,6 +43,7 @@ __all__ = [
     "queue",
     "readings",
     "statements",
+    "timed",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,27 @@ def phase(phase: str, tenant_id: int, seconds: float) -> None:
         ACTIVITY.batch_step(tenant_id)
     except Exception as exc:
         _complain("phase() failed", exc)
+
+
+def timed(task: Any, phase_name: str, tenant_id: int) -> Any:
+    """Record ``phase_name`` when ``task`` (an asyncio future: a POST, a page GET) finishes.
+
+    The time runs from this call to the task's end, so a request that finishes while the
+    engine is busy elsewhere (overlap) is timed as it happened. A cancelled task records
+    nothing; a failed one records its duration (its error is counted by :func:`cycle`).
+    Returns ``task``.
+    """
+    try:
+        started = time.perf_counter()
+
+        def done(t: Any) -> None:
+            if not t.cancelled():
+                phase(phase_name, tenant_id, time.perf_counter() - started)
+
+        task.add_done_callback(done)
+    except Exception as exc:
+        _complain("timed() failed", exc)
+    return task
 
 
 def readings(kind: str, tenant_id: int, n: int) -> None:
