@@ -702,6 +702,7 @@ class Scheduler:
                     for operation in operations:
                         if self._stop.is_set() or outage.is_set():
                             break
+                        observe.bind(tenant=tenant_id, operation=operation)  # this task's logs
                         result = await self.run_operation(tenant_id, operation, log_rows=log_rows)
                         mine.append(result)
                         if on_result is not None:
@@ -790,6 +791,7 @@ class Scheduler:
         backoff = 0.0
         while not self._stop.is_set():
             started = time.perf_counter()
+            cycle_field = observe.bind(cycle=cycles + 1)  # on every log line of the cycle
             try:
                 results = await self.run_cycle(ids, operations)
             except Exception as exc:  # a bug outside any operation: keep the daemon alive
@@ -815,6 +817,7 @@ class Scheduler:
             else:
                 backoff = 0.0
                 wait = interval
+            observe.unbind(cycle_field)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
         return cycles
@@ -834,6 +837,7 @@ class Scheduler:
                     r.operation,
                     _one_line(r.error),
                     "; not synced again until its api_key changes" if tenant.own_client else "",
+                    extra={"tenant": r.tenant_id, "operation": r.operation},
                 )
             elif r.raised:
                 log.log(
@@ -843,6 +847,7 @@ class Scheduler:
                     r.operation,
                     _one_line(r.error),
                     exc_info=r.error if not isinstance(r.error, MeterSyncError) else None,
+                    extra={"tenant": r.tenant_id, "operation": r.operation},
                 )
 
 
