@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from metersync import observe
 from metersync._failpoints import failpoint
+from metersync.engine.cycle import CycleClock
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import (
     AuthError,
@@ -123,8 +124,7 @@ class DownloadManager:
         for (nothing of it written, cursor unchanged), :class:`AuthError` for a refused key.
         """
         self._stop_requested = False
-        started = time.perf_counter()
-        statements0 = self._db.statements
+        clock = CycleClock(self._db)
         self.report = DownloadReport(tenant_id=self.tenant_id)
         self.error_cause = None
         settings = await self._cache.get(self.tenant_id)
@@ -138,11 +138,7 @@ class DownloadManager:
             async with self._db.tenant_lock(self.tenant_id, "download"):  # or TenantBusyError
                 await self._cycle(batch_cfg.download_batch_size, batch_cfg.upload_batch_size)
         finally:
-            self.report = replace(
-                self.report,
-                statements=self._db.statements - statements0,
-                seconds=time.perf_counter() - started,
-            )
+            self.report = replace(self.report, **clock.totals())
         r = self.report
         log.log(
             logging.WARNING if r.error else logging.INFO,
