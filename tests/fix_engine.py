@@ -229,15 +229,30 @@ class Engine:
         return {r[0] for r in rows}
 
 
-@pytest.fixture
-async def engine(engine_dsn: str, reference_server: ServerHandle) -> AsyncIterator[Engine]:
-    """The engine's world for one test (see :class:`Engine`)."""
+@contextlib.asynccontextmanager
+async def engine_world(dsn: str, server: ServerHandle) -> AsyncIterator[Engine]:
+    """An :class:`Engine` over the sync database ``dsn`` and the Client System ``server``,
+    closed (clients, then the database connection) on the way out."""
     from metersync.store.database import SyncDatabase
 
-    db = await SyncDatabase.connect(engine_dsn)
-    eng = Engine(db, engine_dsn, reference_server)
+    db = await SyncDatabase.connect(dsn)
+    eng = Engine(db, dsn, server)
     try:
         yield eng
     finally:
         await eng.aclose()
         await db.close()
+
+
+@pytest.fixture
+async def engine(engine_dsn: str, reference_server: ServerHandle) -> AsyncIterator[Engine]:
+    """The engine's world for one test (see :class:`Engine`)."""
+    async with engine_world(engine_dsn, reference_server) as eng:
+        yield eng
+
+
+@pytest.fixture
+async def mt(engine_dsn: str, metertrack_server: ServerHandle) -> AsyncIterator[Engine]:
+    """The engine's world with the MeterTrack emulation as its Client System (issue 10)."""
+    async with engine_world(engine_dsn, metertrack_server) as eng:
+        yield eng

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import httpx
@@ -23,18 +22,6 @@ from metersync.engine.upload import resolve_in_doubt
 from metersync.errors import AuthError
 from metersync.remote.profiles import METERTRACK_MAX_BODY_BYTES
 from metersync.store.database import SyncDatabase
-
-
-@pytest.fixture
-async def mt(engine_dsn: str, metertrack_server: ServerHandle) -> AsyncIterator[Engine]:
-    """The engine's world with the MeterTrack emulation as its Client System."""
-    db = await SyncDatabase.connect(engine_dsn)
-    eng = Engine(db, engine_dsn, metertrack_server)
-    try:
-        yield eng
-    finally:
-        await eng.aclose()
-        await db.close()
 
 
 def copies(eng: Engine, tenant_id: int) -> dict[str, int]:

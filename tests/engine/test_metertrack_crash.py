@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,17 +26,6 @@ from metersync.store.database import SyncDatabase
 
 WORKER = Path(__file__).resolve().parent.parent / "reliability" / "_worker.py"
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-@pytest.fixture
-async def mt(engine_dsn: str, metertrack_server: ServerHandle) -> AsyncIterator[Engine]:
-    db = await SyncDatabase.connect(engine_dsn)
-    eng = Engine(db, engine_dsn, metertrack_server)
-    try:
-        yield eng
-    finally:
-        await eng.aclose()
-        await db.close()
 
 
 def run_worker(eng: Engine, tenant: int, failpoints: str | None = None) -> int:

@@ -17,16 +17,11 @@ Then the operator resolves the in-doubt readings from what the Client System hol
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fix_engine import Engine
-from fix_server import ServerHandle
 from metersync.engine.upload import resolve_in_doubt
-from metersync.store.database import SyncDatabase
 
 FAULTS = st.sampled_from(
     [
@@ -44,17 +39,6 @@ SCHEDULE = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@pytest.fixture
-async def mt(engine_dsn: str, metertrack_server: ServerHandle) -> AsyncIterator[Engine]:
-    db = await SyncDatabase.connect(engine_dsn)
-    eng = Engine(db, engine_dsn, metertrack_server)
-    try:
-        yield eng
-    finally:
-        await eng.aclose()
-        await db.close()
 
 
 async def check(eng: Engine, tenant: int, where: str) -> tuple[set[str], set[str]]:
