@@ -399,6 +399,34 @@ class _Parser:
             raise self.fail_char(EXP_VALUE)
         return c, start, None
 
+    def member_key(self) -> tuple[bytes, int, int]:
+        """An object member's key at pos and the colon after it: (key, key start, key end)."""
+        if self.peek() != 0x22:
+            raise self.fail_char(EXP_KEY)
+        kstart = self.pos
+        key, _ = self.string()
+        kend = self.pos
+        self.ws()
+        if self.peek() != 0x3A:
+            raise self.fail_char(EXP_COLON)
+        self.pos += 1
+        self.ws()
+        return key, kstart, kend
+
+    def more(self, close: int, expected: int) -> bool:
+        """After a member or element: True at a comma (passed), False at ``close`` (passed);
+        anything else fails, ``expected`` saying what was expected."""
+        self.ws()
+        c = self.peek()
+        if c == 0x2C:
+            self.pos += 1
+            self.ws()
+            return True
+        if c == close:
+            self.pos += 1
+            return False
+        raise self.fail_char(expected)
+
     def skip_container(self, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise _Fail(SX_DEPTH, -1, -1, self.pos, self.pos + 1, None)
@@ -408,27 +436,13 @@ class _Parser:
         if self.peek() == close:
             self.pos += 1
             return
+        expected = EXP_OBJ_NEXT if close == 0x7D else EXP_ARR_NEXT
         while True:
             if close == 0x7D:
-                if self.peek() != 0x22:
-                    raise self.fail_char(EXP_KEY)
-                self.string()
-                self.ws()
-                if self.peek() != 0x3A:
-                    raise self.fail_char(EXP_COLON)
-                self.pos += 1
-                self.ws()
+                self.member_key()
             self.token(depth + 1)
-            self.ws()
-            c = self.peek()
-            if c == 0x2C:
-                self.pos += 1
-                self.ws()
-            elif c == close:
-                self.pos += 1
+            if not self.more(close, expected):
                 return
-            else:
-                raise self.fail_char(EXP_OBJ_NEXT if close == 0x7D else EXP_ARR_NEXT)
 
     # -- the page
 
@@ -444,16 +458,7 @@ class _Parser:
             self.pos += 1
         else:
             while True:
-                if self.peek() != 0x22:
-                    raise self.fail_char(EXP_KEY)
-                kstart = self.pos
-                key, _ = self.string()
-                kend = self.pos
-                self.ws()
-                if self.peek() != 0x3A:
-                    raise self.fail_char(EXP_COLON)
-                self.pos += 1
-                self.ws()
+                key, kstart, kend = self.member_key()
                 if key == b"readings":
                     if seen_readings:
                         raise _Fail(P_DUP_TOP, -1, -1, kstart, kend, None)
@@ -470,16 +475,8 @@ class _Parser:
                         raise _Fail(P_CURSOR, -1, -1, start, self.pos, None)
                 else:
                     self.token(2)
-                self.ws()
-                c = self.peek()
-                if c == 0x2C:
-                    self.pos += 1
-                    self.ws()
-                elif c == 0x7D:
-                    self.pos += 1
+                if not self.more(0x7D, EXP_OBJ_NEXT):
                     break
-                else:
-                    raise self.fail_char(EXP_OBJ_NEXT)
         self.ws()
         if self.pos != self.n:
             raise self.fail_char(EXP_EOF)
@@ -510,16 +507,8 @@ class _Parser:
             else:
                 self.reading()
             self.rows += 1
-            self.ws()
-            c = self.peek()
-            if c == 0x2C:
-                self.pos += 1
-                self.ws()
-            elif c == 0x5D:
-                self.pos += 1
+            if not self.more(0x5D, EXP_ARR_NEXT):
                 break
-            else:
-                raise self.fail_char(EXP_ARR_NEXT)
         if self.plan is not None:
             self.check_duplicates()
 
@@ -535,16 +524,7 @@ class _Parser:
             self.pos += 1
         else:
             while True:
-                if self.peek() != 0x22:
-                    raise self.fail_char(EXP_KEY)
-                kstart = self.pos
-                key, _ = self.string()
-                kend = self.pos
-                self.ws()
-                if self.peek() != 0x3A:
-                    raise self.fail_char(EXP_COLON)
-                self.pos += 1
-                self.ws()
+                key, kstart, kend = self.member_key()
                 col = plan.index.get(key, -1)
                 if col >= 0:
                     if self.seen[col] == row:
@@ -560,16 +540,8 @@ class _Parser:
                     self.token(4)
                 else:
                     raise _Fail(R_UNKNOWN, row, -1, kstart, kend, None)
-                self.ws()
-                c = self.peek()
-                if c == 0x2C:
-                    self.pos += 1
-                    self.ws()
-                elif c == 0x7D:
-                    self.pos += 1
+                if not self.more(0x7D, EXP_OBJ_NEXT):
                     break
-                else:
-                    raise self.fail_char(EXP_OBJ_NEXT)
         missing = [c for c, req in enumerate(plan.required) if req and self.seen[c] != row]
         if missing:
             raise _Fail(R_MISSING, row, -1, 0, 0, missing)
