@@ -71,6 +71,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option("-v", "--verbose", count=True, help="More logging (-v INFO, -vv DEBUG); tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
 @click.option("--json", "json_flag", is_flag=True, help="JSON output (same as a command's --json).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="METERSYNC_LOG_FORMAT",
+    help="Logs on stderr as text (default) or json: one object per line with time, level, "
+    "logger, message, tenant, cycle, counts, seconds, error. Env: METERSYNC_LOG_FORMAT.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -82,6 +90,7 @@ def cli(
     verbose: int,
     quiet: bool,
     json_flag: bool,
+    log_format: str,
 ) -> None:
     """metersync: move meter readings between a site's sync database and the Client System.
 
@@ -96,7 +105,8 @@ def cli(
     state.quiet = quiet
     state.output.quiet = quiet
     state.set_json(json_flag)
-    configure_logging(verbose, quiet, state.settings.log_level)
+    state.output.log_lines = log_format == "json"
+    configure_logging(verbose, quiet, state.settings.log_level, log_format)
 
 
 def _register() -> None:

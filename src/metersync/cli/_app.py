@@ -134,8 +134,9 @@ def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(coro_factory())
 
 
-def configure_logging(verbose: int, quiet: bool, level_name: str) -> None:
-    """Log to stderr: ``-v`` INFO, ``-vv`` DEBUG, ``-q`` errors only, else the configured level."""
+def configure_logging(verbose: int, quiet: bool, level_name: str, log_format: str = "text") -> None:
+    """Log to stderr: ``-v`` INFO, ``-vv`` DEBUG, ``-q`` errors only, else the configured level;
+    ``log_format`` ``json``: one JSON object per line (:mod:`metersync.observe.logs`)."""
     if quiet:
         level = logging.ERROR
     elif verbose >= 2:
@@ -149,7 +150,14 @@ def configure_logging(verbose: int, quiet: bool, level_name: str) -> None:
         if getattr(handler, "_metersync", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler()
-    handler.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        from metersync.observe.logs import JsonFormatter  # secrets masked, escapes as JSON
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
     handler._metersync = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
@@ -165,7 +173,9 @@ class TerminalSafeFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The formatted record with control characters other than newline/tab escaped."""
-        return terminal_safe(super().format(record), keep_newlines=True)
+        from metersync.observe.logs import redact  # DSN passwords, API keys: never shown
+
+        return terminal_safe(redact(super().format(record)), keep_newlines=True)
 
 
 # -- Ctrl-C / SIGTERM: one convention for every command ------------------------------------------

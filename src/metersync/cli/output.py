@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import logging
 import os
 import sys
 import uuid
@@ -173,6 +174,9 @@ def to_json(document: Any) -> str:
 class Output:
     """The printing side of one invocation: stdout for results, stderr for progress and errors."""
 
+    #: ``--log-format json``: status and error lines go to the log (JSON lines), not raw stderr.
+    log_lines = False
+
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
@@ -189,7 +193,9 @@ class Output:
 
     def info(self, message: str) -> None:
         """A human status line on stderr (silent with ``-q`` or ``--json``)."""
-        if not (self.quiet or self.json_mode):
+        if self.log_lines and not (self.quiet or self.json_mode):
+            logging.getLogger("metersync.cli").info(message)
+        elif not (self.quiet or self.json_mode):
             # Markup of our own is kept; escape sequences never reach the terminal (callers
             # escape interpolated data's markup with cli._safe.markup_safe).
             self.err.print(terminal_safe(message, keep_newlines=True))
@@ -201,6 +207,9 @@ class Output:
 
     def error(self, message: str) -> None:
         """The one-line error on stderr."""
+        if self.log_lines:
+            logging.getLogger("metersync.cli").error(" ".join(message.split()))
+            return
         # Plain write, not rich: a terminal-width wrap would break the one-line contract.
         # Errors quote data (tenant names, server answers): control characters shown escaped.
         sys.stderr.write(f"metersync: error: {terminal_safe(' '.join(message.split()))}\n")

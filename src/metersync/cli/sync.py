@@ -25,6 +25,7 @@ from typing import Any
 import click
 import httpx
 
+from metersync import observe
 from metersync.cli._app import AppState, check_dsn_syntax, json_option, pass_state
 from metersync.cli.output import (
     EXIT_PRIORITY,
@@ -553,6 +554,17 @@ def download(state: AppState, tenant_id: int | None, all_tenants: bool, concurre
     type=float,
     help="Seconds between cycles of the loop (env METERSYNC_INTERVAL; default 60).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics and /healthz on this port while the loop runs.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds to (other hosts: 0.0.0.0).",
+)
 @json_option
 @pass_state
 def sync(
@@ -562,6 +574,8 @@ def sync(
     concurrency: int,
     once: bool,
     interval: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> int:
     """Upload then download; with --once a single cycle, else a loop until SIGINT/SIGTERM.
 
@@ -576,8 +590,10 @@ def sync(
         if interval is not None:
             state.override(interval=interval)
         if once:
+            if metrics_port is not None:
+                raise ConfigError("--metrics-port serves the loop; drop it or --once")
             return _one_shot(state, tenants, ["upload", "download"], concurrency)
-        return _loop(state, tenants, concurrency)
+        return _loop(state, tenants, concurrency, (metrics_port, metrics_host))
 
     return _guarded(state, command)
 
@@ -585,7 +601,12 @@ def sync(
 # -- the loop -----------------------------------------------------------------------------------
 
 
-def _loop(state: AppState, tenants: list[int] | None, concurrency: int) -> int:
+def _loop(
+    state: AppState,
+    tenants: list[int] | None,
+    concurrency: int,
+    metrics: tuple[int | None, str] = (None, "127.0.0.1"),
+) -> int:
     out = state.output
     interval = state.settings.interval
     run = _Run(state, tenants, concurrency)
@@ -604,7 +625,10 @@ def _loop(state: AppState, tenants: list[int] | None, concurrency: int) -> int:
 
         return int(await run.scheduler.run_forever(interval, on_cycle=on_cycle))
 
-    value, error = _execute(run, body)
+    settings = state.settings  # --metrics-port: the endpoint opens its own connection
+    dsn = settings.dsn if metrics[0] is not None else None
+    with observe.endpoint(*metrics, dsn=dsn, interval=interval, max_retries=settings.max_retries):
+        value, error = _execute(run, body)
     if error is not None:
         return _fail(state, error, {"cycles": cycles["n"]})
     out.info(f"stopped cleanly after {value} cycle(s)")

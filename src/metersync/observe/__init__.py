@@ -19,7 +19,8 @@ A process exposes them with ``observe.serve(port, host="127.0.0.1", dsn=..., int
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from metersync.observe.activity import ACTIVITY
@@ -54,6 +55,7 @@ __all__ = [
     "batch_sizes",
     "bind",
     "cycle",
+    "endpoint",
     "log_context",
     "phase",
     "profile",
@@ -122,6 +124,20 @@ def serve(
     except BaseException:
         release()
         raise
+
+
+@contextlib.contextmanager
+def endpoint(port: int | None, host: str = "127.0.0.1", **kwargs: Any) -> Iterator[Any]:
+    """:func:`serve` for the length of a ``with`` block; nothing at all when ``port`` is
+    ``None`` (``metersync sync`` without ``--metrics-port``). Yields the server or ``None``."""
+    if port is None:
+        yield None
+        return
+    server = serve(port, host, **kwargs)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def __getattr__(name: str) -> Any:
