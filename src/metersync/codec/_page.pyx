@@ -272,6 +272,32 @@ cdef inline bint _fail_char(P* p, int expected) noexcept nogil:
     return _fail(p, SX_CHAR, -1, -1, p.pos, p.pos + 1, expected)
 
 
+cdef inline bint _colon(P* p) noexcept nogil:
+    """After a member's key: the colon and the whitespace around it."""
+    _ws(p)
+    if _peek(p) != 58:
+        return _fail_char(p, EXP_COLON)
+    p.pos += 1
+    _ws(p)
+    return True
+
+
+cdef inline int _next(P* p, int close, int expected) noexcept nogil:
+    """After a member or element: 1 past a comma, 0 past ``close``, −1 (failed) otherwise."""
+    cdef int c
+    _ws(p)
+    c = _peek(p)
+    if c == 44:
+        p.pos += 1
+        _ws(p)
+        return 1
+    if c == close:
+        p.pos += 1
+        return 0
+    _fail_char(p, expected)
+    return -1
+
+
 cdef inline bint _is_digit(int c) noexcept nogil:
     return 48 <= c <= 57
 
@@ -496,7 +522,7 @@ cdef bint _token(P* p, int depth) noexcept nogil:
 
 
 cdef bint _skip_container(P* p, int depth) noexcept nogil:
-    cdef int close, c
+    cdef int close, c, more
     cdef int64_t olen
     cdef bint esc, nul
     if depth > MAX_DEPTH:
@@ -513,23 +539,15 @@ cdef bint _skip_container(P* p, int depth) noexcept nogil:
                 return _fail_char(p, EXP_KEY)
             if not _string(p, NULL, &olen, &esc, &nul):
                 return False
-            _ws(p)
-            if _peek(p) != 58:
-                return _fail_char(p, EXP_COLON)
-            p.pos += 1
-            _ws(p)
+            if not _colon(p):
+                return False
         if not _token(p, depth + 1):
             return False
-        _ws(p)
-        c = _peek(p)
-        if c == 44:
-            p.pos += 1
-            _ws(p)
-        elif c == close:
-            p.pos += 1
+        more = _next(p, close, EXP_OBJ_NEXT if close == 125 else EXP_ARR_NEXT)
+        if more < 0:
+            return False
+        if more == 0:
             return True
-        else:
-            return _fail_char(p, EXP_OBJ_NEXT if close == 125 else EXP_ARR_NEXT)
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -894,7 +912,7 @@ cdef bint _reading(P* p) noexcept nogil:
     cdef const uint8_t* key
     cdef Py_ssize_t ci, k
     cdef bint esc, nul
-    cdef int c
+    cdef int c, more
     p.rid_row = -1
     p.pos += 1
     _ws(p)
@@ -914,11 +932,8 @@ cdef bint _reading(P* p) noexcept nogil:
                 key = p.scratch
             else:
                 key = p.b + kstart + 1
-            _ws(p)
-            if _peek(p) != 58:
-                return _fail_char(p, EXP_COLON)
-            p.pos += 1
-            _ws(p)
+            if not _colon(p):
+                return False
             ci = _lookup(p, key, klen)
             if ci >= 0:
                 if p.cols[ci].seen == row:
@@ -937,16 +952,11 @@ cdef bint _reading(P* p) noexcept nogil:
                     return False
             else:
                 return _fail(p, R_UNKNOWN, row, -1, kstart, kend, 0)
-            _ws(p)
-            c = _peek(p)
-            if c == 44:
-                p.pos += 1
-                _ws(p)
-            elif c == 125:
-                p.pos += 1
+            more = _next(p, 125, EXP_OBJ_NEXT)
+            if more < 0:
+                return False
+            if more == 0:
                 break
-            else:
-                return _fail_char(p, EXP_OBJ_NEXT)
     for k in range(p.ncols):
         if p.cols[k].required and p.cols[k].seen != row:
             return _fail(p, R_MISSING, row, -1, 0, 0, 0)
@@ -985,7 +995,7 @@ cdef int64_t _duplicate(P* p) noexcept nogil:
 
 cdef bint _readings(P* p) noexcept nogil:
     cdef int64_t start
-    cdef int c
+    cdef int c, more
     cdef int64_t dup
     if _peek(p) != 91:
         start = p.pos
@@ -1010,16 +1020,11 @@ cdef bint _readings(P* p) noexcept nogil:
         elif not _reading(p):
             return False
         p.rows += 1
-        _ws(p)
-        c = _peek(p)
-        if c == 44:
-            p.pos += 1
-            _ws(p)
-        elif c == 93:
-            p.pos += 1
+        more = _next(p, 93, EXP_ARR_NEXT)
+        if more < 0:
+            return False
+        if more == 0:
             break
-        else:
-            return _fail_char(p, EXP_ARR_NEXT)
     if p.has_plan:
         dup = _duplicate(p)
         if dup == -2:
@@ -1032,7 +1037,7 @@ cdef bint _readings(P* p) noexcept nogil:
 cdef bint _page(P* p) noexcept nogil:
     cdef bint seen_readings = False, seen_cursor = False, esc, nul
     cdef int64_t kstart, kend, klen, start
-    cdef int c
+    cdef int c, more
     _ws(p)
     if _peek(p) != 123:
         return _fail_char(p, EXP_OBJECT)
@@ -1048,11 +1053,8 @@ cdef bint _page(P* p) noexcept nogil:
             if not _string(p, p.scratch, &klen, &esc, &nul):
                 return False
             kend = p.pos
-            _ws(p)
-            if _peek(p) != 58:
-                return _fail_char(p, EXP_COLON)
-            p.pos += 1
-            _ws(p)
+            if not _colon(p):
+                return False
             if klen == 8 and memcmp(p.scratch, b"readings", 8) == 0:
                 if seen_readings:
                     return _fail(p, P_DUP_TOP, -1, -1, kstart, kend, 0)
@@ -1076,16 +1078,11 @@ cdef bint _page(P* p) noexcept nogil:
                     return _fail(p, P_CURSOR, -1, -1, start, p.pos, 0)
             elif not _token(p, 2):
                 return False
-            _ws(p)
-            c = _peek(p)
-            if c == 44:
-                p.pos += 1
-                _ws(p)
-            elif c == 125:
-                p.pos += 1
+            more = _next(p, 125, EXP_OBJ_NEXT)
+            if more < 0:
+                return False
+            if more == 0:
                 break
-            else:
-                return _fail_char(p, EXP_OBJ_NEXT)
     _ws(p)
     if p.pos != p.n:
         return _fail_char(p, EXP_EOF)
