@@ -109,13 +109,18 @@ def _retries(name: str, value: Any) -> int:
     return _positive_int(name, value, minimum=1)
 
 
-def _seconds(name: str, value: Any) -> float:
+def _number_of_seconds(name: str, value: Any) -> float:
+    """``value`` as a float (bool refused: ``true`` is no number of seconds); range unchecked."""
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+
+
+def _seconds(name: str, value: Any) -> float:
+    number = _number_of_seconds(name, value)
     if not number > 0 or number == float("inf"):
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
     return number
@@ -162,12 +167,7 @@ def _site_id(name: str, value: Any) -> str:
 
 
 def _allowance(name: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    number = _number_of_seconds(name, value)
     if not 0 <= number <= 60:
         raise ConfigError(f"{name} must be between 0 and 60 seconds per reading, got {value!r}")
     return number
