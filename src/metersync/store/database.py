@@ -116,6 +116,24 @@ def _clean_text(text: object) -> str:
     return s if len(s) <= MAX_ERROR_TEXT else s[: MAX_ERROR_TEXT - 1] + "…"
 
 
+def _ids_with_texts(
+    ids: Sequence[Any] | pa.Array, errors: Sequence[str]
+) -> tuple[UuidArray, list[str]] | None:
+    """The ids as one ``uuid[]`` parameter and their error texts (cleaned), checked to pair up
+    one to one; None when there are no ids."""
+    arr = id_array(ids)
+    if len(arr) != len(errors):
+        raise ValueError(f"{len(arr)} ids but {len(errors)} error texts")
+    if not len(arr):
+        return None
+    return UuidArray(codec.uuid_array_binary(arr), len(arr)), [_clean_text(e) for e in errors]
+
+
+async def _id_column(cur: psycopg.AsyncCursor[Any]) -> pa.Array:
+    """The uuid first column of a cursor's rows as ``fixed_size_binary(16)``, in row order."""
+    return pa.array([r[0].bytes for r in await cur.fetchall()], type=pa.binary(16))
+
+
 def _check_tenant_id(tenant_id: object) -> int:
     if isinstance(tenant_id, bool) or not isinstance(tenant_id, int):
         raise TypeError(f"tenant_id must be an int, got {tenant_id!r}")
@@ -696,16 +714,10 @@ class SyncDatabase:
         ``max_retries`` (the queue skips them until :meth:`requeue`)."""
         _check_tenant_id(tenant_id)
         self._fence(tenant_id)
-        arr = id_array(ids)
-        if len(arr) != len(errors):
-            raise ValueError(f"{len(arr)} ids but {len(errors)} error texts")
-        if not len(arr):
+        paired = _ids_with_texts(ids, errors)
+        if paired is None:
             return RejectResult(0, 0)
-        texts = [_clean_text(e) for e in errors]
-        cur = await self._execute(
-            q.MARK_REJECTED,
-            (UuidArray(codec.uuid_array_binary(arr), len(arr)), texts, tenant_id, max_retries),
-        )
+        cur = await self._execute(q.MARK_REJECTED, (*paired, tenant_id, max_retries))
         flags = await cur.fetchall()
         return RejectResult(len(flags), sum(1 for (f,) in flags if f))
 
@@ -717,21 +729,14 @@ class SyncDatabase:
         'pending'``): the given ids, or every rejected unsynchronized reading of the tenant."""
         _check_tenant_id(tenant_id)
         self._fence(tenant_id)
-        if ids is None:
-            cur = await self._execute(q.REQUEUE_ALL, (tenant_id,))
-        else:
-            param = uuid_param(ids)
-            if not param.count:
-                return 0
-            cur = await self._execute(q.REQUEUE_IDS, (tenant_id, param))
-        return cur.rowcount
+        return await self._ids_or_all(tenant_id, ids, q.REQUEUE_IDS, q.REQUEUE_ALL)
 
     @_operation
     async def quarantined_ids(self, tenant_id: int, max_retries: int = 5) -> pa.Array:
         """Ids of the tenant's quarantined readings (oldest first), ``fixed_size_binary(16)``."""
         _check_tenant_id(tenant_id)
         cur = await self._execute(q.QUARANTINED_IDS, (tenant_id, max_retries))
-        return pa.array([r[0].bytes for r in await cur.fetchall()], type=pa.binary(16))
+        return await _id_column(cur)
 
     # -- in doubt (non-idempotent Client System; upload owner) ----------------------------------
 
@@ -774,15 +779,11 @@ class SyncDatabase:
         rejected before, else ``pending``): the given ids, or all of the tenant's. ONE
         statement; returns the rows released."""
         _check_tenant_id(tenant_id)
-        if ids is None:
-            cur = await self._execute(q.RELEASE_IN_DOUBT_ALL, (tenant_id,))
-        else:
+        if ids is not None:
             self._fence(tenant_id)
-            param = uuid_param(ids)
-            if not param.count:
-                return 0
-            cur = await self._execute(q.RELEASE_IN_DOUBT_IDS, (tenant_id, param))
-        return cur.rowcount
+        return await self._ids_or_all(
+            tenant_id, ids, q.RELEASE_IN_DOUBT_IDS, q.RELEASE_IN_DOUBT_ALL
+        )
 
     @_operation
     async def hold_in_doubt(
@@ -791,15 +792,10 @@ class SyncDatabase:
         """Keep readings in doubt and record why (``last_error``). ONE statement."""
         _check_tenant_id(tenant_id)
         self._fence(tenant_id)
-        arr = id_array(ids)
-        if len(arr) != len(errors):
-            raise ValueError(f"{len(arr)} ids but {len(errors)} error texts")
-        if not len(arr):
+        paired = _ids_with_texts(ids, errors)
+        if paired is None:
             return 0
-        texts = [_clean_text(e) for e in errors]
-        cur = await self._execute(
-            q.HOLD_IN_DOUBT, (UuidArray(codec.uuid_array_binary(arr), len(arr)), texts, tenant_id)
-        )
+        cur = await self._execute(q.HOLD_IN_DOUBT, (*paired, tenant_id))
         return cur.rowcount
 
     @_operation
@@ -809,21 +805,34 @@ class SyncDatabase:
         """Mark in-doubt readings synchronized (an operator found them on the Client System):
         the given ids, or all of the tenant's. ONE statement; returns the rows marked."""
         _check_tenant_id(tenant_id)
-        if ids is None:
-            cur = await self._execute(q.MARK_IN_DOUBT_SYNCHRONIZED_ALL, (tenant_id,))
-        else:
-            param = uuid_param(ids)
-            if not param.count:
-                return 0
-            cur = await self._execute(q.MARK_IN_DOUBT_SYNCHRONIZED_IDS, (tenant_id, param))
-        return cur.rowcount
+        return await self._ids_or_all(
+            tenant_id, ids, q.MARK_IN_DOUBT_SYNCHRONIZED_IDS, q.MARK_IN_DOUBT_SYNCHRONIZED_ALL
+        )
 
     @_operation
     async def in_doubt_ids(self, tenant_id: int) -> pa.Array:
         """Ids of the tenant's in-doubt readings (oldest first), ``fixed_size_binary(16)``."""
         _check_tenant_id(tenant_id)
         cur = await self._execute(q.IN_DOUBT_IDS, (tenant_id,))
-        return pa.array([r[0].bytes for r in await cur.fetchall()], type=pa.binary(16))
+        return await _id_column(cur)
+
+    async def _ids_or_all(
+        self,
+        tenant_id: int,
+        ids: pa.Array | pa.ChunkedArray | Sequence[Any] | None,
+        ids_sql: Any,
+        all_sql: Any,
+    ) -> int:
+        """ONE statement over the given ids (``ids_sql``; no ids: no statement) or, ``ids``
+        None, over all of the tenant's (``all_sql``); returns the rows it changed."""
+        if ids is None:
+            cur = await self._execute(all_sql, (tenant_id,))
+        else:
+            param = uuid_param(ids)
+            if not param.count:
+                return 0
+            cur = await self._execute(ids_sql, (tenant_id, param))
+        return cur.rowcount
 
     # -- insert / download ---------------------------------------------------------------------
 
