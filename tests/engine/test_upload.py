@@ -9,12 +9,14 @@ import uuid
 from typing import Any
 
 import orjson
+import psycopg
 import pyarrow as pa
 import pytest
 
 from fix_engine import Engine
+from metersync.engine.tenant_cache import TenantCache
 from metersync.engine.upload import MeterReadingUploadManager, idempotency_key
-from metersync.errors import TenantBusyError
+from metersync.errors import TenantBusyError, TenantLockLostError
 from metersync.remote.client import ClientSystemApiClient
 from metersync.store.database import SyncDatabase
 
@@ -309,3 +311,79 @@ def test_max_in_flight_is_checked() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_in_flight"):
             MeterReadingUploadManager(None, None, None, tenant_id=1, max_in_flight=bad)  # type: ignore[arg-type]
+
+
+# -- the companion connection (the next batch is fetched on it while the last one is marked) ---
+
+
+async def test_companion_reads_only_while_the_holder_holds_the_lock(engine: Engine) -> None:
+    """A companion's queue fetch runs only while its holder's session holds the tenant's
+    upload lock (PostgreSQL checks it in the same statement): not before the lock is taken,
+    and not after the holder's session ended — which also fences the holder."""
+    tenant = await engine.tenant(upload=10)
+    await engine.seed(tenant, 12)
+    async with await SyncDatabase.connect(engine.dsn) as holder:
+        await holder.layout()
+        companion = await holder.companion("upload")
+        assert companion is not None
+        try:
+            with pytest.raises(TenantLockLostError):  # the holder never took the lock
+                await companion.fetch_unsynchronized(tenant, 10)
+            async with holder.tenant_lock(tenant, "upload"):
+                batch = await companion.fetch_unsynchronized(tenant, 10)
+                assert batch.num_rows == 10
+                with psycopg.connect(engine.dsn, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(%s)", (holder._conn.info.backend_pid,)
+                    )
+                    while admin.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                        (holder._conn.info.backend_pid,),
+                    ).fetchone():
+                        pass
+                with pytest.raises(TenantLockLostError):
+                    await companion.fetch_unsynchronized(tenant, 10)
+                # The holder learned it from its companion: fenced before any statement.
+                statements = holder.statements
+                with pytest.raises(TenantLockLostError):
+                    await holder.mark_synchronized(tenant, batch.column("meter_reading_id"))
+                assert holder.statements == statements
+        finally:
+            await companion.close()
+    assert await engine.status_counts(tenant) == {"pending:false": 12}
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_prefetch_on_the_companion_delivers_each_reading_once(
+    engine: Engine, in_flight: int
+) -> None:
+    """With more than one batch the next batch is read on a second session while the last
+    one is marked on the lock's session; every reading goes once, its statements are counted
+    (2 per batch + lock/unlock + the final empty fetch) and the second session is closed."""
+    tenant = await engine.tenant(upload=10)
+    await engine.seed(tenant, 50)
+    pids: set[int] = set()
+    real = SyncDatabase.fetch_unsynchronized
+
+    async def spy(self: SyncDatabase, *args: Any, **kwargs: Any) -> Any:
+        pids.add(int(self._conn.info.backend_pid))
+        return await real(self, *args, **kwargs)
+
+    SyncDatabase.fetch_unsynchronized = spy  # type: ignore[method-assign]
+    try:
+        cache = TenantCache(engine.db)
+        await cache.get(tenant)
+        report = await engine.uploader(tenant, cache=cache, max_in_flight=in_flight).upload()
+    finally:
+        SyncDatabase.fetch_unsynchronized = real  # type: ignore[method-assign]
+    assert report.error is None and report.confirmed == 50
+    assert len(pids) == 2  # the first fetch on the lock's session, the rest on the companion
+    assert report.statements == 2 * 5 + 2 + 1
+    assert await engine.status_counts(tenant) == {"synchronized:true": 50}
+    assert sorted(await engine.server_ids(tenant)) == sorted(await engine.local_ids(tenant))
+    assert engine.server.stats()["readings_received"] == 50
+    with psycopg.connect(engine.dsn) as conn:
+        alive = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (list(pids),)
+        ).fetchone()
+    assert alive is not None and alive[0] == 1  # only the engine's own session is left

@@ -269,7 +269,10 @@ class MeterReadingUploadManager:
         self.max_seconds = max_seconds
         self.overlap = overlap
         self.max_in_flight = max_in_flight
+        #: Prefetch on a second connection (see ``_open_companion``); False: on the lock's.
+        self.use_companion = True
         self._stop_requested = False
+        self._companion_statements = 0  # statements of this cycle's companion connection
         self._profile: ClientProfile = METERSYNC
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = UploadReport(tenant_id=tenant_id)
@@ -298,6 +301,7 @@ class MeterReadingUploadManager:
         self.error_cause = None
         started = time.perf_counter()
         statements0 = self._db.statements
+        self._companion_statements = 0
         self.report = UploadReport(tenant_id=self.tenant_id)
         try:
             self._profile = await self._client_profile()
@@ -328,7 +332,7 @@ class MeterReadingUploadManager:
         finally:
             self.report = replace(
                 self.report,
-                statements=self._db.statements - statements0,
+                statements=self._db.statements - statements0 + self._companion_statements,
                 seconds=time.perf_counter() - started,
             )
             # Readings held in doubt are always said in the report — also when the cycle ends
@@ -372,11 +376,12 @@ class MeterReadingUploadManager:
     # -- the cycle -----------------------------------------------------------------------------
 
     async def _fetch(
-        self, size: int, after: tuple[Any, bytes] | None
+        self, size: int, after: tuple[Any, bytes] | None, reader: Any = None
     ) -> tuple[list[_Piece], tuple[Any, bytes] | None]:
-        """The next batch, split and encoded, and the keyset bound after it."""
+        """The next batch, split and encoded, and the keyset bound after it. ``reader``: the
+        adapter to read it with (the companion connection; default the lock's own)."""
         if self._profile.idempotent:
-            batch = await self._db.fetch_unsynchronized(
+            batch = await (reader or self._db).fetch_unsynchronized(
                 self.tenant_id, size, max_retries=self.max_retries, after=after
             )
         else:
@@ -399,6 +404,25 @@ class MeterReadingUploadManager:
                 await self._release(batch.column(ID_COLUMN), "the batch could not be encoded")
             raise
         return pieces, bound
+
+    async def _open_companion(self) -> Any:
+        """The second connection the idempotent prefetch reads with (``None``: there is none —
+        an adapter without :meth:`~metersync.store.database.SyncDatabase.companion`, no DSN, or
+        it could not be opened; the prefetch then shares the lock's connection)."""
+        open_companion = getattr(self._db, "companion", None)
+        if open_companion is None or not self.use_companion:
+            return None
+        try:
+            return await open_companion("upload")
+        except Exception as exc:  # the overlap is an optimisation: carry on without it
+            log.warning(
+                "tenant %s: no second database connection for the prefetch (%s: %s); fetching "
+                "on the lock's connection",
+                self.tenant_id,
+                type(exc).__name__,
+                exc,
+            )
+            return None
 
     def _may_start(self, started: float, batches_started: int) -> bool:
         """Whether another batch may be sent (stop request, batch and time budget)."""
@@ -444,6 +468,13 @@ class MeterReadingUploadManager:
         drained = False  # a fetch came back empty or short: the queue is done for this cycle
         fetch_error: Exception | None = None  # stops new POSTs; raised once the window is done
         cancelled = False
+        # The next batch's fetch, running while the previous batch is marked (idempotent
+        # profile). On a second connection (the "companion": reads only, fenced by this
+        # session's lock) the fetch and the mark really run at once; without one they take
+        # turns on the same connection. At most one fetch at a time: the keyset bound chains.
+        prefetch: asyncio.Future[bool] | None = None
+        reader: Any = None  # the companion, opened at the first prefetch
+        reader_tried = False
 
         def may_start() -> bool:
             return fetch_error is None and self._may_start(started, count)
@@ -455,7 +486,7 @@ class MeterReadingUploadManager:
             if drained:
                 return False
             try:
-                pieces, after = await self._fetch(size, after)
+                pieces, after = await self._fetch(size, after, reader)
             except Exception as exc:
                 if not window:
                     raise
@@ -484,22 +515,42 @@ class MeterReadingUploadManager:
             count += 1
             window.append(self._start_post(ready.popleft(), count))
 
+        async def refill() -> bool:
+            """A piece in ``ready``: the prefetch's, else a fetch now. False when none."""
+            nonlocal prefetch
+            if prefetch is not None:
+                task, prefetch = prefetch, None
+                await task
+            if ready:
+                return True
+            return fetch_error is None and await fetch()
+
+        async def start_prefetch() -> None:
+            """Start fetching the next batch in the background (idempotent profile only: a
+            fetch there claims nothing; a claimed batch a crash catches before its POST
+            would be held in doubt without ever having been sent)."""
+            nonlocal prefetch, reader, reader_tried
+            if prefetch is not None or ready or drained or not may_start():
+                return
+            if not (self.overlap and self._profile.idempotent):
+                return
+            if not reader_tried:  # only a cycle of more than one batch gets here
+                reader_tried = True
+                reader = await self._open_companion()
+            prefetch = asyncio.ensure_future(fetch())
+
         try:
             while True:
                 while len(window) < width and may_start():  # fill
-                    if not ready and not await fetch():
+                    if not ready and not await refill():
                         break
                     # Asked again: a stop or the time budget may have come during the fetch.
                     if ready and may_start():
                         start()
                 if not window:
                     break
-                # Prefetch while the window is on the wire — idempotent profile only: there a
-                # fetch claims nothing, while a claimed batch that a crash catches before its
-                # POST would be held in doubt without ever having been sent. (The other POST in
-                # flight keeps the wire busy; a fetch costs ms against MeterTrack's seconds.)
-                if self.overlap and self._profile.idempotent and not ready and may_start():
-                    await fetch()
+                # Prefetch while the window is on the wire (idempotent profile only).
+                await start_prefetch()
                 oldest = window.popleft()  # settled below, whatever its answer
                 try:
                     result = await self._await_post(oldest)
@@ -510,8 +561,12 @@ class MeterReadingUploadManager:
                 failpoint("upload.after_post")
                 if self.overlap:
                     width = self.max_in_flight  # the key and the body shape work: open up
+                if not ready and prefetch is not None and may_start():
+                    await refill()  # the next batch is needed now to keep the wire busy
                 if ready and self._may_start(started, count) and fetch_error is None:
                     start()  # before marking, so the wire stays busy
+                # The batch after it is fetched (companion connection) while this one is marked.
+                await start_prefetch()
                 await self._settle(oldest, result)
             if fetch_error is not None:
                 raise _Stop(
@@ -521,6 +576,13 @@ class MeterReadingUploadManager:
             cancelled = True
             raise
         finally:
+            if prefetch is not None:  # a read: nothing to undo, only to wait for
+                if cancelled or not window:
+                    prefetch.cancel()
+                await asyncio.gather(prefetch, return_exceptions=True)
+            if reader is not None:
+                self._companion_statements += reader.statements
+                await reader.close()
             await self._settle_abandoned(list(window), cancelled=cancelled)
             if ready and not self._profile.idempotent:
                 ids = pa.concat_arrays([p.batch.column(ID_COLUMN) for p in ready])

@@ -362,6 +362,9 @@ class SyncDatabase:
         self._in_transaction = False
         self.statements = 0
         self.reconnects = 0  # connections reopened after one was lost (status, tests)
+        # Set on a companion (:meth:`companion`): the adapter whose session holds the locks.
+        self._holder: SyncDatabase | None = None
+        self._holder_operation = ""
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float | None = None) -> Self:
@@ -439,8 +442,10 @@ class SyncDatabase:
         self._locks.clear()
 
     def _fence(self, tenant_id: int) -> None:
-        """Refuse work on ``tenant_id``'s readings while one of its locks is lost."""
-        lost = sorted(op for op, t in self._lost_locks if t == tenant_id)
+        """Refuse work on ``tenant_id``'s readings while one of its locks is lost (a
+        companion: also while its holder's is)."""
+        fenced = self._lost_locks | (self._holder._lost_locks if self._holder else set())
+        lost = sorted(op for op, t in fenced if t == tenant_id)
         if lost:
             raise TenantLockLostError(
                 f"tenant {tenant_id}: the {' and '.join(lost)} lock was lost with the connection "
@@ -647,13 +652,60 @@ class SyncDatabase:
         ``after``: keyset lower bound ``(created_at, id bytes)`` (only readings after it)."""
         self._fence(tenant_id)
         layout = await self.layout()
+        held_by = None
+        if self._holder is not None:  # rows only while the holder's session holds the lock
+            pid = self._holder._conn.info.backend_pid
+            held_by = (pid, q.lock_key(self._holder_operation, tenant_id))
         statement = self.fetch_statement(
-            tenant_id, limit, max_retries=max_retries, exclude=exclude, layout=layout, after=after
+            tenant_id,
+            limit,
+            max_retries=max_retries,
+            exclude=exclude,
+            layout=layout,
+            after=after,
+            held_by=held_by,
         )
         self.statements += 1
-        async with self._conn.cursor() as cur, cur.copy(statement) as copy:
-            chunks = await _read_copy(self._conn, copy)
+        try:
+            async with self._conn.cursor() as cur, cur.copy(statement) as copy:
+                chunks = await _read_copy(self._conn, copy)
+        except psycopg.errors.DivisionByZero:
+            if held_by is None:
+                raise
+            self._holder_lost(tenant_id)  # the holder's session no longer holds the lock
+            raise  # not reached: _holder_lost raises
         return codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
+
+    def _holder_lost(self, tenant_id: int) -> None:
+        """A companion found its holder's lock gone: fence the holder (its next operation on
+        the tenant raises too) and raise :class:`TenantLockLostError`."""
+        holder = self._holder
+        assert holder is not None
+        lock = (self._holder_operation, tenant_id)
+        if lock in holder._locks:
+            holder._locks.discard(lock)
+            holder._lost_locks.add(lock)
+        self._fence(tenant_id)
+        raise TenantLockLostError(f"tenant {tenant_id}: the {lock[0]} lock is not held")
+
+    async def companion(self, operation: str = "upload") -> SyncDatabase | None:
+        """A second connection to the same database, for READS that run alongside this
+        adapter's work (the upload fetches the next batch on it while this session marks the
+        previous one). ``None`` when none can be opened here (no DSN to open it with).
+
+        Fenced by this adapter's ``operation`` locks: its tenant-keyed operations raise
+        :class:`TenantLockLostError` once this adapter lost the tenant's lock, and its queue
+        fetch runs only while this adapter's session holds the lock — checked by PostgreSQL in
+        the same statement (``pg_locks``), so a lock lost unnoticed here is caught too (and
+        fences this adapter). Writes (marks, claims) stay on the session holding the lock.
+        The caller closes it."""
+        if self._dsn is None or self._closed:
+            return None
+        conn = await _open_connection(self._dsn, self._connect_options)
+        other = type(self)(conn, self._where, dsn=self._dsn, connect_options=self._connect_options)
+        other._holder, other._holder_operation = self, operation
+        other._layout = self._layout
+        return other
 
     def fetch_statement(
         self,
@@ -665,6 +717,7 @@ class SyncDatabase:
         layout: TableLayout | None = None,
         copy: bool = True,
         after: tuple[Any, bytes] | None = None,
+        held_by: tuple[int, str] | None = None,
     ) -> Any:
         """The exact COPY statement :meth:`fetch_unsynchronized` runs; with ``copy=False``
         its inner ``SELECT`` (what a test EXPLAINs: COPY itself cannot be explained)."""
@@ -682,7 +735,13 @@ class SyncDatabase:
             ids = id_array(exclude)
             literal = "{" + ",".join(b.hex() for b in ids.to_pylist() if b is not None) + "}"
         select = q.queue_select(
-            layout.upload_columns, tenant_id, limit, max_retries, literal, after=after
+            layout.upload_columns,
+            tenant_id,
+            limit,
+            max_retries,
+            literal,
+            after=after,
+            held_by=held_by,
         )
         return q.copy_out(select) if copy else select
 

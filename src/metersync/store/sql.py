@@ -275,8 +275,15 @@ def queue_select(
     max_retries: int,
     exclude_literal: str | None = None,
     after: tuple[object, bytes] | None = None,
+    held_by: tuple[int, str] | None = None,
 ) -> sql.Composed:
     """``SELECT`` of a tenant's oldest unsynchronized, not quarantined readings.
+
+    ``held_by``: ``(backend pid, lock key text)`` — the statement FAILS with division by zero
+    (SQLSTATE 22012) unless that session holds the advisory lock (:func:`lock_held`; a one-time
+    filter, checked before any row is read): a companion connection reading for the lock
+    holder gets nothing once the holder's lock is gone, and learns it without a second
+    statement.
 
     ``after``: a keyset lower bound ``(created_at, meter_reading_id)`` (a datetime and the
     16 id bytes) — only readings after it in queue order; the upload cycle passes the last
@@ -303,6 +310,10 @@ def queue_select(
         )
     if after is not None:
         where = where + keyset_after(after)
+    if held_by is not None:
+        where = where + sql.SQL(" AND (SELECT 1 / count(*)::int FROM ({}) h) = 1").format(
+            lock_held(*held_by)
+        )
     return sql.SQL(
         "SELECT {cols} FROM meter_reading WHERE {where} "
         "ORDER BY created_at, meter_reading_id LIMIT {limit}"
@@ -493,6 +504,19 @@ SET download_cursor = EXCLUDED.download_cursor, updated_at = EXCLUDED.updated_at
 #: (process killed, connection cut), so a dead worker never keeps a tenant locked.
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+
+
+def lock_held(pid: int, key: str) -> sql.Composed:
+    """``SELECT 1`` when backend ``pid`` holds the advisory lock of ``key`` (the text hashed as
+    in TRY_LOCK; a bigint lock shows in pg_locks as classid = high 32 bits, objid = low 32
+    bits, objsubid 1). Literals: it also goes inside COPY, which takes no parameters."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, got {pid!r}")
+    return sql.SQL(
+        "SELECT 1 FROM pg_locks l, (SELECT hashtextextended({key}, 0) AS k) x "
+        "WHERE l.locktype = 'advisory' AND l.pid = {pid} AND l.granted AND l.objsubid = 1 "
+        "AND l.classid::bigint = (x.k >> 32) & 4294967295 AND l.objid::bigint = x.k & 4294967295"
+    ).format(pid=sql.Literal(pid), key=sql.Literal(key))
 
 
 def lock_key(operation: str, tenant_id: int) -> str:
