@@ -8,8 +8,13 @@ faults (``POST /admin/reset``: two TRUNCATEs, a few milliseconds).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +87,37 @@ class ServerHandle:
     ) -> dict[str, int]:
         """MeterTrack emulation only: rows per sent ``meter_reading_id``."""
         return self.admin.copies(tenant_id, ids, min_copies)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any ``METERSYNC_*`` setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
+
+
+@contextlib.contextmanager
+def serve_process(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``metersync serve ARGS`` in a subprocess (``env``, default :func:`clean_env`): yields
+    ``(process, base_url)`` once it printed its URL. A block that ends normally then stops it
+    with SIGTERM and asserts exit 0; one that raises leaves it killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metersync", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env() if env is None else env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        yield proc, proc.stdout.readline().strip()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture(scope="session")

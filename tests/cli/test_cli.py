@@ -21,7 +21,7 @@ import pytest
 
 import metersync
 from fix_pg import create_database, drop_database
-from fix_server import ServerHandle
+from fix_server import ServerHandle, serve_process
 from metersync.tools.synthetic import reading_batch
 
 _tenant_ids = itertools.count(700_001)
@@ -428,23 +428,12 @@ def test_serve_answers_health_and_stops_on_sigterm(pg_admin_dsn: str) -> None:
     import httpx
 
     cs_dsn = create_database(pg_admin_dsn, "ms_cli_cs")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metersync", "serve", "--port", "0", "--dsn", cs_dsn],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        base_url = proc.stdout.readline().strip()
-        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api"), base_url
-        assert httpx.get(base_url + "/health").json()["status"] == "ok"
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
+        with serve_process("--port", "0", "--dsn", cs_dsn) as (_proc, base_url):
+            assert base_url.startswith("http://127.0.0.1:"), base_url
+            assert base_url.endswith("/api"), base_url
+            assert httpx.get(base_url + "/health").json()["status"] == "ok"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         drop_database(pg_admin_dsn, cs_dsn)
 
 

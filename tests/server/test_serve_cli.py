@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +11,7 @@ import httpx
 import pytest
 
 from fix_pg import create_database, drop_database
+from fix_server import clean_env, serve_process
 
 
 @pytest.fixture
@@ -24,19 +23,10 @@ def cs_dsn(pg_admin_dsn: str) -> Iterator[str]:
         drop_database(pg_admin_dsn, dsn)
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
-
-
 def test_serve_metertrack_prints_a_generated_admin_token(cs_dsn: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metersync", "serve", "--profile", "metertrack", "--port", "0",
-         "--dsn", cs_dsn, "--reading-delay-ms", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        base_url = proc.stdout.readline().strip()
+    args = ("--profile", "metertrack", "--port", "0", "--dsn", cs_dsn, "--reading-delay-ms", "1")
+    with serve_process(*args) as (proc, base_url):
+        assert proc.stderr is not None
         assert base_url.endswith("/api"), base_url
         token_line = next(line for line in proc.stderr if "admin token" in line)
         match = re.search(r"admin token \(X-Admin-Token\): (\S+)", token_line)
@@ -49,13 +39,6 @@ def test_serve_metertrack_prints_a_generated_admin_token(cs_dsn: str) -> None:
         assert httpx.get(admin + "/stats", headers={"X-Admin-Token": "guess"}).status_code == 401
         stats = httpx.get(admin + "/stats", headers={"X-Admin-Token": token})
         assert stats.status_code == 200 and stats.json()["profile"] == "metertrack"
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 @pytest.mark.parametrize(
@@ -70,7 +53,7 @@ def test_serve_metertrack_prints_a_generated_admin_token(cs_dsn: str) -> None:
 def test_serve_refuses_options_that_do_not_fit(args: list[str], message: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "metersync", "serve", "--port", "0", *args],
-        capture_output=True, text=True, env=_env(), timeout=60,
+        capture_output=True, text=True, env=clean_env(), timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
@@ -83,7 +66,7 @@ def test_serve_help_documents_every_fault_kind_with_working_examples() -> None:
 
     proc = subprocess.run(
         [sys.executable, "-m", "metersync", "serve", "--help"],
-        capture_output=True, text=True, env=_env(), timeout=60,
+        capture_output=True, text=True, env=clean_env(), timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0
     kinds = {"fail", "random", "throttle", "rate429", "delay", "reject", "path", "seed"}

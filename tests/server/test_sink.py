@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +10,7 @@ import httpx
 import orjson
 import pytest
 
+from fix_server import clean_env, serve_process
 from metersync.errors import ConfigError
 from metersync.server import AdminClient, FaultPlan, ServerThread
 from metersync.server.sink import build_readings
@@ -99,26 +96,12 @@ def test_sink_takes_no_faults() -> None:
 
 
 def test_serve_sink_command_line() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
-    env["METERSYNC_ADMIN_TOKEN"] = "sink-admin-token"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metersync", "serve", "--sink", "--sink-download", "10",
-         "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        base_url = proc.stdout.readline().strip()
+    env = {**clean_env(), "METERSYNC_ADMIN_TOKEN": "sink-admin-token"}
+    args = ("--sink", "--sink-download", "10", "--port", "0")
+    with serve_process(*args, env=env) as (_proc, base_url):
         assert base_url.endswith("/api"), base_url
         assert httpx.get(base_url + "/health").json()["sink"] is True
         with AdminClient(base_url[: -len("/api")] + "/admin", "sink-admin-token") as admin:
             admin.register_tenant(9, "k9")
         page = httpx.get(base_url + "/sync/readings?limit=50", headers={"X-API-Key": "k9"})
         assert len(page.json()["readings"]) == 10
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
