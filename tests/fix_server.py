@@ -120,32 +120,33 @@ def serve_process(
             proc.communicate()
 
 
-@pytest.fixture(scope="session")
-def _reference_server_session(
-    pg_admin_dsn: str,
+def _server_session(
+    pg_admin_dsn: str, prefix: str, profile: str
 ) -> Iterator[tuple[ServerThread, AdminClient, str]]:
-    dsn = create_database(pg_admin_dsn, "ms_cs")
-    thread = ServerThread(dsn).start()
+    """A server of ``profile`` over a fresh database (``prefix``), with its admin client; the
+    database is dropped afterwards."""
+    dsn = create_database(pg_admin_dsn, prefix)
+    thread = ServerThread(dsn, profile=profile).start()
     try:
         with AdminClient(thread.admin_url, thread.admin_token) as admin:
             yield thread, admin, dsn
     finally:
         thread.stop()
         drop_database(pg_admin_dsn, dsn)
+
+
+@pytest.fixture(scope="session")
+def _reference_server_session(
+    pg_admin_dsn: str,
+) -> Iterator[tuple[ServerThread, AdminClient, str]]:
+    yield from _server_session(pg_admin_dsn, "ms_cs", "metersync")
 
 
 @pytest.fixture(scope="session")
 def _metertrack_server_session(
     pg_admin_dsn: str,
 ) -> Iterator[tuple[ServerThread, AdminClient, str]]:
-    dsn = create_database(pg_admin_dsn, "ms_mt")
-    thread = ServerThread(dsn, profile="metertrack").start()
-    try:
-        with AdminClient(thread.admin_url, thread.admin_token) as admin:
-            yield thread, admin, dsn
-    finally:
-        thread.stop()
-        drop_database(pg_admin_dsn, dsn)
+    yield from _server_session(pg_admin_dsn, "ms_mt", "metertrack")
 
 
 @pytest.fixture
