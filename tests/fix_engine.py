@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import secrets
 from collections.abc import AsyncIterator
@@ -43,6 +44,23 @@ async def _migrate(dsn: str) -> None:
 
     async with await SyncDatabase.connect(dsn) as db:
         await db.migrate()
+
+
+async def eventually(predicate: Any, timeout: float = 20.0, *, step: float = 0.02) -> bool:
+    """Poll ``predicate()`` (plain or async) every ``step`` seconds until it is true or
+    ``timeout`` seconds passed; then its last answer."""
+
+    async def check() -> bool:
+        answer = predicate()
+        return bool(await answer if inspect.isawaitable(answer) else answer)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(step)
+    return await check()
 
 
 @pytest.fixture(scope="module")

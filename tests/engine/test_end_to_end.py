@@ -9,20 +9,10 @@ import sys
 
 import pytest
 
-from fix_engine import Engine
+from fix_engine import Engine, eventually
 from fix_pg import create_database, drop_database
 from metersync.engine.manager import SyncManager
 from metersync.store.database import SyncDatabase
-
-
-async def _until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 async def test_two_tenants_every_reading_arrives_exactly_once(engine: Engine) -> None:
@@ -77,7 +67,7 @@ async def test_config_change_in_another_process_applies_next_cycle(engine: Engin
         )
         assert result.returncode == 0, result.stderr
         cache = manager.cache
-        assert await _until(lambda: not cache.cached(tenant))  # NOTIFY arrived
+        assert await eventually(lambda: not cache.cached(tenant))  # NOTIFY arrived
         await engine.seed(tenant, 9)
         second = await manager.upload_readings()
         assert (second.upload_batch_size, second.batches) == (4, 3)

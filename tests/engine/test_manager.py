@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import psycopg
 import pytest
 
-from fix_engine import Engine
+from fix_engine import Engine, eventually
 from metersync.engine.manager import SyncManager, SyncOptions
 from metersync.errors import ConfigError
 from metersync.store.database import SyncDatabase
-
-
-async def _until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return await predicate()
 
 
 async def test_initialize_logs_sizes_and_source(
@@ -155,7 +144,7 @@ async def test_auto_sync_runs_and_stops_without_half_marked_batches(engine: Engi
         async def some_marked() -> bool:
             return bool(await engine.local_ids(tenant, "is_synchronized"))
 
-        assert await _until(some_marked)
+        assert await eventually(some_marked, step=0.05)
         await manager.stop()
         assert not manager.running
     finally:
@@ -188,7 +177,7 @@ async def test_auto_sync_picks_up_new_readings(engine: Engine) -> None:
         async def all_synced() -> bool:
             return len(await engine.local_ids(tenant, "is_synchronized")) == 7
 
-        assert await _until(all_synced)
+        assert await eventually(all_synced, step=0.05)
     assert engine.server.rows(tenant) == 7
 
 

@@ -13,21 +13,11 @@ from typing import Any
 
 import pytest
 
-from fix_engine import Engine
+from fix_engine import Engine, eventually
 from metersync.engine.manager import SyncManager
 from metersync.engine.scheduler import EngineOptions, OperationResult, Scheduler
 from metersync.remote.client import ClientSystemApiClient
 from metersync.store.database import SyncDatabase
-
-
-async def _until(predicate: Any, timeout: float = 20.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(await predicate())
 
 
 def _factory(engine: Engine) -> Any:
@@ -124,7 +114,7 @@ async def test_a_size_change_applies_from_the_next_cycle(engine: Engine) -> None
         async def heard() -> bool:
             return not scheduler.cache.cached(tenant)
 
-        assert await _until(heard)
+        assert await eventually(heard, step=0.05)
         await engine.seed(tenant, 20)
         (second,) = await scheduler.run_cycle(operations=["upload"])
     assert (first.report.upload_batch_size, first.report.batches) == (5, 4)  # type: ignore[union-attr]
@@ -148,7 +138,7 @@ async def test_database_outage_mid_loop_recovers(
             async def some_marked() -> bool:
                 return bool(await engine.local_ids(tenant, "is_synchronized"))
 
-            assert await _until(some_marked)
+            assert await eventually(some_marked, step=0.05)
             # Every session of the sync database dies (the scheduler's, its listener's) while
             # batches are in flight: the cycle ends on the outage, marks nothing unconfirmed.
             await engine.scalar(
@@ -160,7 +150,7 @@ async def test_database_outage_mid_loop_recovers(
                 return len(await engine.local_ids(tenant, "is_synchronized")) == 200
 
             # The retry comes after the backoff (1 s), not after the 60 s interval.
-            assert await _until(recovered)
+            assert await eventually(recovered, step=0.05)
         finally:
             scheduler.request_stop()
             await asyncio.wait_for(loop, 30)
@@ -195,7 +185,7 @@ async def test_refused_key_stops_that_tenant_only(
             return len(cycles) >= 4
 
         try:
-            assert await _until(several)
+            assert await eventually(several, step=0.05)
         finally:
             scheduler.request_stop()
             await asyncio.wait_for(loop, 30)
@@ -223,7 +213,7 @@ async def test_sigterm_mid_batch_leaves_no_half_marked_batch(engine: Engine) -> 
             async def some_marked() -> bool:
                 return bool(await engine.local_ids(tenants[0], "is_synchronized"))
 
-            assert await _until(some_marked)
+            assert await eventually(some_marked, step=0.05)
             os.kill(os.getpid(), signal.SIGTERM)
             assert await asyncio.wait_for(task, 30) == 1
         finally:

@@ -8,23 +8,13 @@ import logging
 import psycopg
 import pytest
 
-from fix_engine import Engine
+from fix_engine import Engine, eventually
 from fix_server import ServerHandle
 from metersync.batch_sizes import BatchSizes
 from metersync.engine.manager import SyncManager
 from metersync.engine.tenant_cache import NOTIFY_CHANNEL, TenantCache, TenantSettings
 from metersync.errors import ConfigError, DatabaseUnavailableError
 from metersync.store.database import SyncDatabase
-
-
-async def _eventually(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 async def test_get_loads_once_and_serves_from_memory(engine: Engine) -> None:
@@ -105,7 +95,7 @@ async def test_notify_from_another_connection_invalidates(engine: Engine) -> Non
         await cache.get(bystander)
         async with await SyncDatabase.connect(engine.dsn) as other:
             await other.set_tenant_batch_sizes(tenant, upload=70)
-        assert await _eventually(lambda: not cache.cached(tenant))
+        assert await eventually(lambda: not cache.cached(tenant), 10.0)
         assert cache.notifications >= 1
         assert cache.cached(bystander)
         assert (await cache.get(tenant)).batch.upload_batch_size == 70
@@ -163,7 +153,7 @@ async def test_managers_sharing_a_cache_share_its_one_listener(engine: Engine) -
         # A NOTIFY heard on the one connection reaches the tenant's manager.
         async with await SyncDatabase.connect(engine.dsn) as other:
             await other.set_tenant_batch_sizes(tenants[1], upload=50)
-        assert await _eventually(lambda: not cache.cached(tenants[1]))
+        assert await eventually(lambda: not cache.cached(tenants[1]), 10.0)
         assert (await managers[1].cache.get(tenants[1])).batch.upload_batch_size == 50
         # Closing a manager leaves the shared listener to its owner.
         await managers[0].close()

@@ -26,13 +26,9 @@ _tenants = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def dsn(module_dsn: str) -> str:
-    async def go() -> None:
-        async with await SyncDatabase.connect(module_dsn) as db:
-            await db.migrate()
-
-    asyncio.run(go())
-    return module_dsn
+def dsn(engine_dsn: str) -> str:
+    """The module's migrated sync database (``engine_dsn`` of fix_engine)."""
+    return engine_dsn
 
 
 def _sql(dsn: str, statement: str, *params: Any) -> None:
