@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import secrets
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -87,6 +89,18 @@ class ServerHandle:
     ) -> dict[str, int]:
         """MeterTrack emulation only: rows per sent ``meter_reading_id``."""
         return self.admin.copies(tenant_id, ids, min_copies)
+
+
+def json_text(value: Any) -> str:
+    """JSON text as a Client System might write it: Decimal exactly, NaN/Infinity (Decimal or
+    float) as the bare words (what a sloppy server sends)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{json_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(json_text(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else ("NaN" if value.is_nan() else "Infinity")
+    return json.dumps(value)
 
 
 def clean_env() -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from test_bad_pages import mutated_pages
 
+from fix_server import json_text
 from metersync.engine.download import DownloadManager
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import MeterSyncError
@@ -48,19 +48,8 @@ def _reading(**overrides: Any) -> dict[str, Any]:
     return r
 
 
-def encode(value: Any) -> str:
-    """JSON text that writes Decimal exactly and NaN/Infinity as the bare words."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(encode(v) for v in value) + "]"
-    if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else ("NaN" if value.is_nan() else "Infinity")
-    return json.dumps(value)  # floats: nan -> NaN, inf -> Infinity (what a sloppy server sends)
-
-
 def page_bytes(readings: Any, next_cursor: Any = "next-cursor") -> bytes:
-    return encode({"readings": readings, "next_cursor": next_cursor}).encode()
+    return json_text({"readings": readings, "next_cursor": next_cursor}).encode()
 
 
 # Each case: (name, body bytes, extra response headers). Every one must be refused.

@@ -7,7 +7,6 @@ corrupted pages (as JSON text, the way they arrive) at :func:`metersync.remote.p
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from decimal import Decimal
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from fix_server import json_text
 from metersync.errors import MalformedPageError
 from metersync.remote.page import parse_page
 from metersync.tools.synthetic import reading_batch
@@ -57,20 +57,9 @@ _timestamps = st.datetimes(
 ).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
-def encode(value: Any) -> str:
-    """JSON text that writes Decimal exactly and NaN/Infinity as the bare words."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(encode(v) for v in value) + "]"
-    if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else ("NaN" if value.is_nan() else "Infinity")
-    return json.dumps(value)  # floats: nan -> NaN, inf -> Infinity (what a sloppy server sends)
-
-
 def page_to_batch(page: Any, *, schema: pa.Schema, tenant_id: int, limit: int) -> pa.RecordBatch:
     """The page's readings as the Client System would send them, through the one parser."""
-    body = encode({"readings": page, "next_cursor": "c"}).encode()
+    body = json_text({"readings": page, "next_cursor": "c"}).encode()
     return parse_page(body, schema, tenant_id=tenant_id, limit=limit)[0]
 
 

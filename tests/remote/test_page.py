@@ -8,7 +8,6 @@ damaged and byte-mangled pages and requires equal batches or the same error mess
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from decimal import Decimal
 from types import ModuleType
@@ -19,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fix_server import json_text
 from metersync.codec import _page_py, _types
 from metersync.errors import MalformedPageError
 from metersync.model import MEASUREMENT_COLUMNS
@@ -71,19 +71,8 @@ def twin(request: pytest.FixtureRequest) -> ModuleType:
     return request.param
 
 
-def encode(value: Any) -> str:
-    """JSON text that writes Decimal exactly and NaN/Infinity as the bare words."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(encode(v) for v in value) + "]"
-    if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else ("NaN" if value.is_nan() else "Infinity")
-    return json.dumps(value)
-
-
 def body(readings: Any, cursor: Any = "next") -> bytes:
-    return encode({"readings": readings, "next_cursor": cursor}).encode()
+    return json_text({"readings": readings, "next_cursor": cursor}).encode()
 
 
 def reading(**overrides: Any) -> dict[str, Any]:
@@ -442,7 +431,7 @@ def test_twins_agree_on_any_page(raw: bytes, limit: int, drop: Any, shape_only: 
 )
 def test_twins_agree_on_every_spelling_of_a_number(number: str, column: str) -> None:
     r = {"meter_reading_id": str(uuid.uuid4()), "created_at": "2026-01-01T00:00:00Z"}
-    raw = encode({"readings": [{**r, "meter_id": 1, column: 0}], "next_cursor": None}).encode()
+    raw = json_text({"readings": [{**r, "meter_id": 1, column: 0}], "next_cursor": None}).encode()
     raw = raw.replace(f'"{column}":0'.encode(), f'"{column}":{number}'.encode())
     c = _outcome(_page_c, raw, WIDE, limit=1)
     py = _outcome(_page_py, raw, WIDE, limit=1)
