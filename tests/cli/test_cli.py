@@ -390,22 +390,34 @@ def test_unreachable_client_system_exits_4(dsn: str) -> None:
     assert op["confirmed"] == 0 and op["ok"] is False
 
 
-def test_sigterm_stops_the_loop_cleanly(dsn: str, reference_server: ServerHandle) -> None:
-    tenant_id, _ = add_tenant(dsn, reference_server, upload=50)
-    seed(dsn, tenant_id, 3000)
-    reference_server.set_faults("delay=0.05")  # slow batches: the signal lands mid-cycle
+def _sync_loop_under_way(dsn: str, server: ServerHandle, tenant_id: int) -> subprocess.Popen[str]:
+    """``metersync sync`` (the loop) for one tenant in a subprocess, returned once the server
+    holds a first reading of it (or the process ended)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
     env["METERSYNC_IMPL"] = metersync.__impl__
     proc = subprocess.Popen(
         [sys.executable, "-m", "metersync", "--dsn", dsn, "--api-url",
-         reference_server.base_url, "sync", "--tenant", str(tenant_id), "--interval", "60"],
+         server.base_url, "sync", "--tenant", str(tenant_id), "--interval", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
         for _ in range(600):
-            if reference_server.rows(tenant_id) > 0 or proc.poll() is not None:
+            if server.rows(tenant_id) > 0 or proc.poll() is not None:
                 break
             time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc
+
+
+def test_sigterm_stops_the_loop_cleanly(dsn: str, reference_server: ServerHandle) -> None:
+    tenant_id, _ = add_tenant(dsn, reference_server, upload=50)
+    seed(dsn, tenant_id, 3000)
+    reference_server.set_faults("delay=0.05")  # slow batches: the signal lands mid-cycle
+    proc = _sync_loop_under_way(dsn, reference_server, tenant_id)
+    try:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
@@ -518,18 +530,8 @@ def test_second_sigint_abandons_and_exits_130(dsn: str, reference_server: Server
     tenant_id, _ = add_tenant(dsn, reference_server, upload=50)
     seed(dsn, tenant_id, 3000)
     reference_server.set_faults("delay=0.3")  # slow batches: both signals land mid-batch
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")}
-    env["METERSYNC_IMPL"] = metersync.__impl__
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metersync", "--dsn", dsn, "--api-url",
-         reference_server.base_url, "sync", "--tenant", str(tenant_id), "--interval", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    proc = _sync_loop_under_way(dsn, reference_server, tenant_id)
     try:
-        for _ in range(600):
-            if reference_server.rows(tenant_id) > 0 or proc.poll() is not None:
-                break
-            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
