@@ -24,7 +24,7 @@ KEY_COLUMNS: tuple[str, ...] = ("meter_reading_id", "created_at", "meter_id", "m
 
 #: Columns that are the sync database's own business and are never sent to the Client System.
 BOOKKEEPING_COLUMNS: frozenset[str] = frozenset(
-    {"tenant_id", "is_synchronized", "sync_status", "retry_count", "last_error"}
+    {"tenant_id", "is_synchronized", "sync_status", "retry_count", "last_error", "in_doubt_since"}
 )
 
 #: ``in_doubt``: sent to a Client System that is not idempotent, outcome unknown; never resent

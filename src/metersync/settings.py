@@ -49,6 +49,9 @@ class Settings:
     ``drop_unknown_fields``: download page fields that are not columns of ``meter_reading`` and
     may be dropped instead of refusing the page: a tuple of names, ``"*"`` (any), or ``None``
     (refuse every unknown field, the default).
+    ``resolve_min_held_seconds``: ``metersync resolve`` refuses readings held in doubt for less
+    than this (a non-idempotent Client System may still be storing a batch it received after the
+    client gave up; ``--force`` overrides). ``0`` turns the guard off.
     ``sources``: field name → ``"flag"``, ``"env"``, ``"file"`` or ``"default"``.
     """
 
@@ -67,6 +70,7 @@ class Settings:
     site_id: str | None = None
     read_timeout_per_reading: float = 0.03
     drop_unknown_fields: tuple[str, ...] | str | None = None
+    resolve_min_held_seconds: float = 600.0
     config_file: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -173,6 +177,13 @@ def _allowance(name: str, value: Any) -> float:
     return number
 
 
+def _waiting_time(name: str, value: Any) -> float:
+    number = _number_of_seconds(name, value)
+    if not 0 <= number < float("inf"):
+        raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return number
+
+
 def _log_level(name: str, value: Any) -> str:
     level = _text(name, value).upper()
     if level not in LOG_LEVELS:
@@ -221,6 +232,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "site_id": _site_id,
     "read_timeout_per_reading": _allowance,
     "drop_unknown_fields": _field_names,
+    "resolve_min_held_seconds": _waiting_time,
 }
 ENV_VARS: dict[str, str] = {name: ENV_PREFIX + name.upper() for name in _PARSERS}
 ENV_VARS["tenant_id"] = "METERSYNC_TENANT"

@@ -156,7 +156,7 @@ async def test_read_timeout_holds_the_batch_in_doubt_and_never_resends_it(mt: En
     assert set(copies(mt, tenant).values()) == {1}  # the delayed batch is there once
     assert held <= set(copies(mt, tenant))
     # The operator looked: they are on the Client System.
-    result = await resolve_in_doubt(mt.db, tenant, "mark_synchronized")
+    result = await resolve_in_doubt(mt.db, tenant, "mark_synchronized", min_held_seconds=0)
     assert (result.in_doubt_before, result.resolved) == (10, 10)
     await assert_exactly_once(mt, tenant, 30)
 
@@ -171,7 +171,7 @@ async def test_5xx_without_a_verdict_is_in_doubt_and_resend_releases_it(mt: Engi
     assert copies(mt, tenant) == {}  # (not stored, but the client could not know)
     report = await mt.uploader(tenant).upload()
     assert report.readings_sent == 0  # held: not resent automatically
-    result = await resolve_in_doubt(mt.db, tenant, "resend")
+    result = await resolve_in_doubt(mt.db, tenant, "resend", min_held_seconds=0)
     assert result.resolved == 10
     report = await mt.uploader(tenant).upload()
     assert report.confirmed == 10
@@ -187,7 +187,7 @@ async def test_connection_dropped_after_commit_is_in_doubt(mt: Engine) -> None:
     mt.server.clear_faults()
     await mt.uploader(tenant).upload()
     assert set(copies(mt, tenant).values()) == {1} and len(copies(mt, tenant)) == 25
-    await resolve_in_doubt(mt.db, tenant, "mark_synchronized")
+    await resolve_in_doubt(mt.db, tenant, "mark_synchronized", min_held_seconds=0)
     await assert_exactly_once(mt, tenant, 25)
 
 
@@ -305,7 +305,7 @@ async def test_status_shows_in_doubt_and_the_resolve_command_releases_it(
     assert (row["in_doubt"], row["pending"], row["synchronized"]) == (10, 0, 0)
     assert row["oldest_in_doubt_age_s"] is not None
     code, doc = await asyncio.to_thread(
-        cli, "resolve", "--tenant", str(tenant), "--mark-synchronized", "--json"
+        cli, "resolve", "--tenant", str(tenant), "--mark-synchronized", "--json", "--force"
     )
     assert code == 0
     assert doc["tenants"] == [
@@ -359,7 +359,7 @@ async def test_unknown_outcome_mid_cycle_settles_the_other_flights(
     assert report.error is None
     stored = copies(mt, tenant)
     assert len(stored) == 80 and set(stored.values()) == {1}
-    await resolve_in_doubt(mt.db, tenant, "mark_synchronized")
+    await resolve_in_doubt(mt.db, tenant, "mark_synchronized", min_held_seconds=0)
     await assert_exactly_once(mt, tenant, 80)
 
 

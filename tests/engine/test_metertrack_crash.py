@@ -82,10 +82,14 @@ async def test_sigkill_leaves_the_batch_in_doubt_and_nothing_is_stored_twice(
     there = [i for i in held if i in stored]
     missing = [i for i in held if i not in stored]
     if there:
-        done = await resolve_in_doubt(mt.db, tenant, "mark_synchronized", ids=there)
+        done = await resolve_in_doubt(
+            mt.db, tenant, "mark_synchronized", ids=there, min_held_seconds=0
+        )
         assert done.resolved == len(there)
     if missing:
-        done = await resolve_in_doubt(mt.db, tenant, "resend", ids=[uuid.UUID(i) for i in missing])
+        done = await resolve_in_doubt(
+            mt.db, tenant, "resend", ids=[uuid.UUID(i) for i in missing], min_held_seconds=0
+        )
         assert done.resolved == len(missing)
         assert run_worker(mt, tenant) == 0
     stored = mt.server.copies(tenant)

@@ -83,12 +83,13 @@ async def test_fault_schedules_never_store_twice_and_lose_nothing(
     there, missing = sorted(held & stored), sorted(held - stored)
     if there:
         assert (
-            await resolve_in_doubt(mt.db, tenant, "mark_synchronized", ids=there)
+            await resolve_in_doubt(
+                mt.db, tenant, "mark_synchronized", ids=there, min_held_seconds=0
+            )
         ).resolved == len(there)
     if missing:
-        assert (await resolve_in_doubt(mt.db, tenant, "resend", ids=missing)).resolved == len(
-            missing
-        )
+        resent = await resolve_in_doubt(mt.db, tenant, "resend", ids=missing, min_held_seconds=0)
+        assert resent.resolved == len(missing)
     async with mt.client_for(tenant) as client:
         report = await mt.uploader(tenant, client=client).upload()
     assert (report.error, report.in_doubt) == (None, 0)

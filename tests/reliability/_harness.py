@@ -259,10 +259,16 @@ class MeterTrackWorld(World):
                 a = b = 0
                 if there:
                     a = (
-                        await resolve_in_doubt(db, tenant_id, "mark_synchronized", ids=there)
+                        await resolve_in_doubt(
+                            db, tenant_id, "mark_synchronized", ids=there, min_held_seconds=0
+                        )
                     ).resolved
                 if missing:
-                    b = (await resolve_in_doubt(db, tenant_id, "resend", ids=missing)).resolved
+                    b = (
+                        await resolve_in_doubt(
+                            db, tenant_id, "resend", ids=missing, min_held_seconds=0
+                        )
+                    ).resolved
                 return a, b
 
         return run(go())

@@ -186,7 +186,8 @@ async def operator_resolves(eng: Any, tenant_id: int, *, via_cli: bool) -> Resol
             continue
         if via_cli:
             flag = "--mark-synchronized" if action == "mark_synchronized" else "--resend"
-            argv = ["resolve", "--tenant", str(tenant_id), flag]
+            # --force: wait_until_idle above showed the Client System stores nothing more.
+            argv = ["resolve", "--tenant", str(tenant_id), flag, "--force"]
             for i in ids:
                 argv += ["--id", i]
             code, doc = await asyncio.to_thread(cli_json, eng.dsn, *argv)
@@ -194,6 +195,8 @@ async def operator_resolves(eng: Any, tenant_id: int, *, via_cli: bool) -> Resol
             (row,) = doc["tenants"]
             assert row["resolved"] == len(ids), row
         else:
-            result = await resolve_in_doubt(eng.db, tenant_id, action, ids=list(ids))
+            result = await resolve_in_doubt(
+                eng.db, tenant_id, action, ids=list(ids), min_held_seconds=0
+            )
             assert result.resolved == len(ids), result
     return Resolution(there, missing)

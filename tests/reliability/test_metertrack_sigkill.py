@@ -319,7 +319,7 @@ async def test_sigkill_of_the_cli_and_the_operator_path_through_the_cli(
         missing = sorted(restarted.held - restarted.stored)
         for flag, ids in (("--mark-synchronized", there), ("--resend", missing)):
             if ids:
-                argv = ["resolve", "--tenant", t, flag, "--json"]
+                argv = ["resolve", "--tenant", t, flag, "--json", "--force"]
                 for i in ids:
                     argv += ["--id", i]
                 (doc,) = json_of(ms(mt, tmp_path, *argv))["tenants"]

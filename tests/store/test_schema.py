@@ -161,6 +161,41 @@ async def test_concurrent_migrations_do_not_collide(fresh_dsn: str) -> None:
     assert await _migrate(fresh_dsn) == []
 
 
+async def test_migrate_adds_in_doubt_since_without_rewriting_the_table(fresh_dsn: str) -> None:
+    """A sync database of before the held-age column (readings already held in doubt): migrate
+    adds ``in_doubt_since`` nullable without default — a catalog change, the table is not
+    rewritten — and the old holds fall back to their created_at in ``queue_status``."""
+    await _migrate(fresh_dsn)
+    _sql(fresh_dsn, "ALTER TABLE meter_reading DROP COLUMN in_doubt_since")
+    _sql(fresh_dsn, "INSERT INTO tenant (tenant_id, name) VALUES (1, 'one')")
+    _sql(
+        fresh_dsn,
+        """INSERT INTO meter_reading (created_at, tenant_id, meter_id, sync_status)
+           SELECT now() - interval '3 hours' + g * interval '1 min', 1, g,
+                  CASE WHEN g <= 4 THEN 'in_doubt' ELSE 'pending' END
+           FROM generate_series(1, 10) g""",
+    )
+    async with await SyncDatabase.connect(fresh_dsn) as db:
+        with pytest.raises(SchemaError, match=r"in_doubt_since.*migrate"):
+            await db.layout()
+    filenode = _sql(fresh_dsn, "SELECT pg_relation_filenode('meter_reading')")
+    actions = await _migrate(fresh_dsn)
+    assert "add meter_reading.in_doubt_since timestamptz" in actions, actions
+    assert _sql(fresh_dsn, "SELECT pg_relation_filenode('meter_reading')") == filenode
+    column = [r for r in _sql(fresh_dsn, SNAPSHOT) if r[:2] == ("meter_reading", "in_doubt_since")]
+    assert column == [("meter_reading", "in_doubt_since", "timestamp with time zone", False, None)]
+    assert _sql(fresh_dsn, "SELECT count(*) FROM meter_reading WHERE in_doubt_since IS NULL") == [
+        (10,)
+    ]
+    async with await SyncDatabase.connect(fresh_dsn) as db:
+        assert "in_doubt_since" not in (await db.layout()).upload_columns  # never sent
+        (status,) = await db.queue_status(1)
+    assert status.in_doubt == 4
+    # held before the column existed: its created_at (3 h - 1 min ago) stands in
+    assert 3 * 3600 - 120 < status.oldest_in_doubt_age_s < 3 * 3600
+    assert await _migrate(fresh_dsn) == []
+
+
 def test_numeric_typmod() -> None:
     assert numeric_typmod((18 << 16 | 4) + 4) == (18, 4)
     assert numeric_typmod(-1) == (None, None)
@@ -176,6 +211,7 @@ def _catalog(*cols: tuple[str, str, str], typmod: int = (18 << 16 | 4) + 4) -> l
         ("sync_status", "varchar", "character varying(20)"),
         ("retry_count", "int4", "integer"),
         ("last_error", "text", "text"),
+        ("in_doubt_since", "timestamptz", "timestamp with time zone"),
     ]
     return [
         CatalogColumn(n, t, s, typmod if t == "numeric" else -1, False, None) for n, t, s in base

@@ -10,6 +10,11 @@ would store a second copy. The operator checks the Client System, then either
 
 ``--id`` limits the action to chosen readings (``metersync status`` counts them; the ids are in
 ``meter_reading`` with ``sync_status = 'in_doubt'``); ``--all`` acts on every tenant.
+
+Both actions refuse readings held in doubt for less than ``resolve_min_held_seconds`` (600 s by
+default; flag ``--min-held-seconds``): MeterTrack may still be storing a batch the client gave up
+on, so an early look misses readings that are about to appear and ``--resend`` duplicates them.
+``--force`` skips the wait. With ``--all`` every tenant is checked before any is changed.
 """
 
 from __future__ import annotations
@@ -45,6 +50,21 @@ from metersync.errors import ConfigError, UnknownTenantError
     metavar="UUID",
     help="Only this in-doubt reading (repeatable; default: all of the tenant's).",
 )
+@click.option(
+    "--min-held-seconds",
+    type=float,
+    default=None,
+    help="Refuse readings held in doubt for less than this many seconds (setting "
+    "resolve_min_held_seconds, default 600). The Client System may still be storing a batch "
+    "it received after metersync gave up on it: MeterTrack stores ~1 s per 100 readings, so a "
+    "10,000-reading batch can take minutes. Look it up only after that.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resolve readings however recently they were held (only when you know the Client "
+    "System has finished every request it received).",
+)
 @json_option
 @pass_state
 def resolve(
@@ -53,10 +73,17 @@ def resolve(
     all_tenants: bool,
     action: str | None,
     ids: tuple[str, ...],
+    min_held_seconds: float | None,
+    force: bool,
 ) -> int:
     """Release readings held in_doubt (outcome unknown against a non-idempotent Client System)
-    after checking the Client System: --resend or --mark-synchronized."""
-    from metersync.engine.upload import resolve_in_doubt
+    after checking the Client System: --resend or --mark-synchronized.
+
+    Readings held for less than resolve_min_held_seconds (default 600 s) are refused unless
+    --force: the Client System may still be storing a batch it received (MeterTrack stores
+    ~1 s per 100 readings; a 10,000-reading batch can take minutes), and a resend of a batch it
+    stores later is a duplicate."""
+    from metersync.engine.upload import check_held_long_enough, resolve_in_doubt
 
     if action is None:
         raise ConfigError("say what the Client System holds: --resend or --mark-synchronized")
@@ -64,6 +91,8 @@ def resolve(
         raise ConfigError("give --tenant ID or --all (one of them)")
     if ids and all_tenants:
         raise ConfigError("--id needs --tenant (an id belongs to one tenant)")
+    settings = state.override(resolve_min_held_seconds=min_held_seconds)
+    wait = 0.0 if force else settings.resolve_min_held_seconds
     dsn = state.require_dsn()
 
     async def go() -> list[dict[str, Any]]:
@@ -74,10 +103,14 @@ def resolve(
                 tenants = [tenant_id]
             else:
                 tenants = [t.tenant_id for t in await db.list_tenants()]
+                for tid in tenants:  # refuse before any tenant is changed
+                    check_held_long_enough(tid, (await db.in_doubt_held(tid))[1], wait)
             docs = []
             for tid in tenants:
                 try:
-                    result = await resolve_in_doubt(db, tid, action, ids=list(ids) or None)
+                    result = await resolve_in_doubt(
+                        db, tid, action, ids=list(ids) or None, min_held_seconds=wait
+                    )
                 except ValueError as exc:  # a malformed --id
                     raise ConfigError(f"--id: {exc}") from None
                 docs.append(
@@ -94,7 +127,7 @@ def resolve(
     docs = run(go)
     out = state.output
     if out.json_mode:
-        out.emit_json({"action": action, "tenants": docs})
+        out.emit_json({"action": action, "min_held_seconds": wait, "tenants": docs})
     else:
         what = "back in the queue" if action == "resend" else "marked synchronized"
         for d in docs:

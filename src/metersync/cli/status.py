@@ -1,7 +1,9 @@
 """``metersync status`` (the queue per tenant and its last cycles) and ``metersync requeue``.
 
 ``in_doubt`` readings (sent to a Client System that is not idempotent, outcome unknown) are
-counted per tenant with the age of the oldest one; ``metersync resolve`` releases them.
+counted per tenant with how long the longest-held one has been held (since its batch was claimed
+or held — not the reading's own age: ``oldest_in_doubt_age_s``/``oldest_in_doubt_at`` in
+``--json``); ``metersync resolve`` releases them once that exceeds ``resolve_min_held_seconds``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def cycle_document(row: Any) -> dict[str, Any]:
 @pass_state
 def status(state: AppState, tenant_id: int | None, cycles: int, max_retries: int | None) -> int:
     """Queue per tenant: pending, failed, quarantined, in doubt, synchronized, oldest pending
-    and oldest in-doubt age, and the last cycles from sync_log."""
+    age, how long the longest-held in-doubt reading has been held, and the last cycles from
+    sync_log."""
     if max_retries is not None:
         state.override(max_retries=max_retries)
     retries = state.settings.max_retries
@@ -102,7 +105,7 @@ def status(state: AppState, tenant_id: int | None, cycles: int, max_retries: int
     elif not docs:
         out.line("no tenants")
     else:
-        columns = ["tenant", "name", *_QUEUE_FIELDS, "oldest pending", "oldest in doubt"]
+        columns = ["tenant", "name", *_QUEUE_FIELDS, "oldest pending", "held in doubt"]
         out.table(
             f"queue (quarantine after {retries} rejections)",
             columns,
@@ -111,7 +114,7 @@ def status(state: AppState, tenant_id: int | None, cycles: int, max_retries: int
                  format_age(d["oldest_pending_age_s"]), format_age(d["oldest_in_doubt_age_s"])]
                 for d in docs
             ],
-            right=[*_QUEUE_FIELDS, "oldest pending", "oldest in doubt"],
+            right=[*_QUEUE_FIELDS, "oldest pending", "held in doubt"],
         )  # fmt: skip
         cycle_rows = [
             [
@@ -137,10 +140,13 @@ def status(state: AppState, tenant_id: int | None, cycles: int, max_retries: int
             )  # fmt: skip
     in_doubt = sum(d["in_doubt"] for d in docs)
     if in_doubt and not out.json_mode:
+        wait = state.settings.resolve_min_held_seconds
         out.info(
             f"{in_doubt} reading(s) in doubt (sent to a Client System that is not idempotent, "
-            "outcome unknown; never resent automatically): check the Client System, then "
-            "`metersync resolve --tenant ID --resend` or `--mark-synchronized`"
+            "outcome unknown; never resent automatically): once held for "
+            f"{format_age(wait)} (the Client System may still be storing them until then), "
+            "check the Client System, then `metersync resolve --tenant ID --resend` or "
+            "`--mark-synchronized`"
         )
     quarantined = sum(d["quarantined"] for d in docs)
     if quarantined and not out.json_mode:

@@ -188,8 +188,11 @@ class QueueStatus:
     times, will retry; ``quarantined``: rejected ``max_retries`` times, skipped until requeued;
     ``in_doubt``: sent to a non-idempotent Client System with an unknown outcome, skipped until
     ``metersync resolve``; ``synchronized``: confirmed by the Client System. The oldest pending
-    reading counts pending and failed ones (those the queue still serves); the oldest in-doubt
-    one says how long an operator has left them waiting.
+    reading counts pending and failed ones (those the queue still serves). ``oldest_in_doubt_at``
+    is when the longest-held in-doubt reading was claimed or held (``in_doubt_since``; its
+    ``created_at`` only for a reading held before that column existed) and
+    ``oldest_in_doubt_age_s`` how long ago that was: how long the Client System has had to finish
+    storing it, not the reading's age (``metersync resolve`` waits for a safety window).
     """
 
     tenant_id: int
@@ -874,6 +877,19 @@ class SyncDatabase:
         _check_tenant_id(tenant_id)
         cur = await self._execute(q.IN_DOUBT_IDS, (tenant_id,))
         return await _id_column(cur)
+
+    @_operation
+    async def in_doubt_held(self, tenant_id: int) -> tuple[pa.Array, pa.Array]:
+        """The tenant's in-doubt readings (oldest first) and how long each has been held:
+        ``(ids fixed_size_binary(16), seconds float64)``, seconds by the database's clock since
+        the reading was claimed or held (``in_doubt_since``). ONE statement."""
+        _check_tenant_id(tenant_id)
+        cur = await self._execute(q.IN_DOUBT_HELD, (tenant_id,))
+        rows = await cur.fetchall()
+        return (
+            pa.array([r[0].bytes for r in rows], type=pa.binary(16)),
+            pa.array([r[1] for r in rows], type=pa.float64()),
+        )
 
     async def _ids_or_all(
         self,

@@ -188,6 +188,10 @@ _READING_TARGETS = (
     ),
     _Target("retry_count", "integer", frozenset({"int4"}), "0", int_column=True),
     _Target("last_error", "text", TEXT_TYPES),
+    # When the reading was last claimed or held in doubt (NULL when it is not in doubt): how long
+    # the operator has waited, not how old the reading is. Nullable without default, so adding it
+    # to a big table is a catalog change only.
+    _Target("in_doubt_since", "timestamptz", frozenset({"timestamptz"})),
 )
 _SYNC_STATE_TARGETS = (
     _Target("tenant_id", "bigint", _INT8_FAMILY, required=True),

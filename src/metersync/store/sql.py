@@ -93,6 +93,7 @@ CREATE TABLE meter_reading (
     sync_status varchar(20) NOT NULL DEFAULT 'pending',
     retry_count integer NOT NULL DEFAULT 0,
     last_error text,
+    in_doubt_since timestamptz,
     CONSTRAINT meter_reading_pkey PRIMARY KEY (tenant_id, meter_reading_id),
     CONSTRAINT {STATUS_CHECK} CHECK (sync_status IN ({_STATUS_LIST}))
 )
@@ -350,10 +351,12 @@ def queue_claim(
 ) -> sql.Composed:
     """Claim-and-fetch of the non-idempotent upload path, ONE statement (inside ``COPY``).
 
-    ``UPDATE ... SET sync_status = 'in_doubt'`` on the tenant's oldest ``limit`` readings that
-    :func:`queue_select` would return (minus those already in doubt), ``RETURNING`` the upload
-    columns. The claim is committed before the POST, so a process killed between the POST and
-    the mark leaves the readings held ``in_doubt`` — never resent — instead of pending. The
+    ``UPDATE ... SET sync_status = 'in_doubt', in_doubt_since = now()`` on the tenant's oldest
+    ``limit`` readings that :func:`queue_select` would return (minus those already in doubt),
+    ``RETURNING`` the upload columns (``in_doubt_since`` lets ``metersync resolve`` refuse
+    readings the Client System may still be storing). The claim is committed before the POST,
+    so a process killed between the POST and the mark leaves the readings held ``in_doubt`` —
+    never resent — instead of pending. The
     ``SELECT ... FOR UPDATE SKIP LOCKED`` (a materialized CTE) walks the queue index like the
     plain fetch.
     ``RETURNING`` has no guaranteed order: the caller sorts the (small) batch.
@@ -372,7 +375,7 @@ def queue_claim(
     return sql.SQL(
         "WITH c AS MATERIALIZED (SELECT meter_reading_id FROM meter_reading WHERE {where} "
         "ORDER BY created_at, meter_reading_id LIMIT {limit} FOR UPDATE SKIP LOCKED) "
-        "UPDATE meter_reading AS m SET sync_status = {doubt} FROM c "
+        "UPDATE meter_reading AS m SET sync_status = {doubt}, in_doubt_since = now() FROM c "
         "WHERE m.tenant_id = {tenant} AND m.meter_reading_id = c.meter_reading_id "
         "RETURNING {cols}"
     ).format(
@@ -399,14 +402,16 @@ def copy_out(select: sql.Composable) -> sql.Composed:
 _NOT_SYNCED = "is_synchronized IS NOT TRUE"
 MARK_SYNCHRONIZED = f"""
 UPDATE meter_reading
-SET is_synchronized = true, sync_status = 'synchronized', last_error = NULL
+SET is_synchronized = true, sync_status = 'synchronized', last_error = NULL,
+    in_doubt_since = NULL
 WHERE tenant_id = %s AND meter_reading_id = ANY(%s) AND {_NOT_SYNCED}
 """
 
 # One UPDATE for a batch's individual rejections; RETURNING tells how many reached quarantine.
 MARK_REJECTED = f"""
 UPDATE meter_reading AS m
-SET sync_status = 'failed', retry_count = m.retry_count + 1, last_error = r.error
+SET sync_status = 'failed', retry_count = m.retry_count + 1, last_error = r.error,
+    in_doubt_since = NULL
 FROM unnest(%s::uuid[], %s::text[]) AS r(id, error)
 WHERE m.tenant_id = %s AND m.meter_reading_id = r.id AND m.{_NOT_SYNCED}
 RETURNING m.retry_count >= %s
@@ -429,24 +434,35 @@ WHERE tenant_id = %s AND NOT is_synchronized AND (retry_count <> 0 OR sync_statu
 # last_error, or marked synchronized after an operator checked the Client System.
 _RELEASE = (
     "UPDATE meter_reading SET sync_status = CASE WHEN retry_count > 0 THEN 'failed' "
-    "ELSE 'pending' END WHERE tenant_id = %s AND sync_status = 'in_doubt' AND "
+    "ELSE 'pending' END, in_doubt_since = NULL "
+    "WHERE tenant_id = %s AND sync_status = 'in_doubt' AND "
 )
 RELEASE_IN_DOUBT_IDS = _RELEASE + f"meter_reading_id = ANY(%s) AND {_NOT_SYNCED}"
 RELEASE_IN_DOUBT_ALL = _RELEASE + "NOT is_synchronized"
 HOLD_IN_DOUBT = f"""
-UPDATE meter_reading AS m SET last_error = r.error
+UPDATE meter_reading AS m SET last_error = r.error, in_doubt_since = now()
 FROM unnest(%s::uuid[], %s::text[]) AS r(id, error)
 WHERE m.tenant_id = %s AND m.meter_reading_id = r.id AND m.sync_status = 'in_doubt'
   AND m.{_NOT_SYNCED}
 """
 _IN_DOUBT_SYNCED = (
     "UPDATE meter_reading SET is_synchronized = true, sync_status = 'synchronized', "
-    "last_error = NULL WHERE tenant_id = %s AND sync_status = 'in_doubt' AND "
+    "last_error = NULL, in_doubt_since = NULL WHERE tenant_id = %s AND sync_status = 'in_doubt' "
+    "AND "
 )
 MARK_IN_DOUBT_SYNCHRONIZED_IDS = _IN_DOUBT_SYNCED + f"meter_reading_id = ANY(%s) AND {_NOT_SYNCED}"
 MARK_IN_DOUBT_SYNCHRONIZED_ALL = _IN_DOUBT_SYNCED + "NOT is_synchronized"
 IN_DOUBT_IDS = """
 SELECT meter_reading_id FROM meter_reading
+WHERE tenant_id = %s AND NOT is_synchronized AND sync_status = 'in_doubt'
+ORDER BY created_at, meter_reading_id
+"""
+# The same readings with how long each has been held (seconds, by the database's clock): since
+# its claim or hold (``in_doubt_since``); a reading held before that column existed falls back
+# to its created_at.
+IN_DOUBT_HELD = """
+SELECT meter_reading_id, extract(epoch FROM now() - coalesce(in_doubt_since, created_at))::float8
+FROM meter_reading
 WHERE tenant_id = %s AND NOT is_synchronized AND sync_status = 'in_doubt'
 ORDER BY created_at, meter_reading_id
 """
@@ -561,7 +577,8 @@ CROSS JOIN LATERAL (
                                      AND m.sync_status <> 'in_doubt') AS oldest,
            count(*) FILTER (WHERE NOT m.is_synchronized AND m.sync_status = 'in_doubt')
                AS in_doubt,
-           min(m.created_at) FILTER (WHERE NOT m.is_synchronized AND m.sync_status = 'in_doubt')
+           min(coalesce(m.in_doubt_since, m.created_at))
+               FILTER (WHERE NOT m.is_synchronized AND m.sync_status = 'in_doubt')
                AS oldest_in_doubt
     FROM meter_reading AS m WHERE m.tenant_id = t.tenant_id
 ) AS s
