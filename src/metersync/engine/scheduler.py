@@ -695,6 +695,8 @@ class Scheduler:
                     if tenant.parked is not None:
                         try:
                             if not await self._unpark(tenant):
+                                for op in operations:  # alive, idle on purpose (/healthz)
+                                    observe.cycle(tenant_id, op, "parked", "AuthError")
                                 continue
                         except DatabaseUnavailable:
                             continue  # the next operation meets the outage and reports it
@@ -791,7 +793,7 @@ class Scheduler:
         backoff = 0.0
         while not self._stop.is_set():
             started = time.perf_counter()
-            cycle_field = observe.bind(cycle=cycles + 1)  # on every log line of the cycle
+            cycle_field = observe.loop_cycle(cycles + 1)  # log lines' cycle; /healthz clock
             try:
                 results = await self.run_cycle(ids, operations)
             except Exception as exc:  # a bug outside any operation: keep the daemon alive

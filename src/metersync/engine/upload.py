@@ -72,7 +72,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metersync import codec
+from metersync import codec, observe
 from metersync._failpoints import failpoint
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import (
@@ -274,6 +274,9 @@ class MeterReadingUploadManager:
         self.max_in_flight = max_in_flight
         #: Prefetch on a second connection (see ``_open_companion``); False: on the lock's.
         self.use_companion = True
+        #: Idempotent profile: open a second POST only while the oldest is still unanswered
+        #: (see ``_cycle``'s ``wire_is_slow``); False: always keep ``max_in_flight`` on the wire.
+        self.adaptive_window = True
         self._stop_requested = False
         self._companion_statements = 0  # statements of this cycle's companion connection
         self._profile: ClientProfile = METERSYNC
@@ -366,6 +369,7 @@ class MeterReadingUploadManager:
             r.statements,
             r.seconds,
             f"; {r.error}" if r.error else "",
+            extra=observe.report_fields(r),
         )
         return r
 
@@ -383,6 +387,7 @@ class MeterReadingUploadManager:
     ) -> tuple[list[_Piece], tuple[Any, bytes] | None]:
         """The next batch, split and encoded, and the keyset bound after it. ``reader``: the
         adapter to read it with (the companion connection; default the lock's own)."""
+        fetch_started = time.perf_counter()
         if self._profile.idempotent:
             batch = await (reader or self._db).fetch_unsynchronized(
                 self.tenant_id, size, max_retries=self.max_retries, after=after
@@ -391,6 +396,7 @@ class MeterReadingUploadManager:
             batch = await self._db.claim_unsynchronized(
                 self.tenant_id, size, max_retries=self.max_retries, after=after
             )
+        observe.phase("fetch", self.tenant_id, time.perf_counter() - fetch_started)
         if batch.num_rows > size:  # a broken adapter must not make us exceed the tenant's size
             raise RuntimeError(
                 f"fetch_unsynchronized returned {batch.num_rows} rows for a limit of {size}"
@@ -400,12 +406,14 @@ class MeterReadingUploadManager:
         last = batch.num_rows - 1
         bound = (batch.column("created_at")[last].as_py(), batch.column(ID_COLUMN)[last].as_py())
         failpoint("upload.after_fetch")
+        encode_started = time.perf_counter()
         try:
             pieces = _pieces(batch, self._profile)
         except Exception:
             if not self._profile.idempotent:
                 await self._release(batch.column(ID_COLUMN), "the batch could not be encoded")
             raise
+        observe.phase("encode", self.tenant_id, time.perf_counter() - encode_started)
         return pieces, bound
 
     async def _open_companion(self) -> Any:
@@ -443,6 +451,7 @@ class MeterReadingUploadManager:
         task = asyncio.ensure_future(
             self._client.post_batch(piece.body, batch.num_rows, idempotency_key=key)
         )
+        observe.timed(task, "post", self.tenant_id)
         return _Flight(batch, piece.body, ids, batch_no, task, time.perf_counter())
 
     async def _cycle(self, size: int, started: float) -> None:
@@ -481,6 +490,22 @@ class MeterReadingUploadManager:
 
         def may_start() -> bool:
             return fetch_error is None and self._may_start(started, count)
+
+        def wire_is_slow() -> bool:
+            """Whether another POST would help: the window is empty, or (idempotent profile)
+            its oldest POST is still unanswered now that the batch before it is marked.
+
+            Measured against a Client System that answers at once (`serve --sink`, 100k wide
+            readings, B=1000, 2 cores): a second POST in flight adds no throughput there —
+            the sync database's fetch and mark are the slowest stage — but it competes with
+            them for the cores (the client writing two 1.3 MB bodies, the sink reading two),
+            and the upload took 1.2-1.4x as long as with one (benchmarks/
+            bench_upload_overlap.py). So the window widens only while the wire is what we
+            wait for (a slow Client System: there `max_in_flight` POSTs hide its latency).
+            The claiming profile keeps the fixed window (MeterTrack is always slow)."""
+            if not window or not self._profile.idempotent or not self.adaptive_window:
+                return True
+            return not window[0].task.done()
 
         async def fetch() -> bool:
             """Fetch the next batch into ``ready``; False when there is none (or the fetch
@@ -544,7 +569,7 @@ class MeterReadingUploadManager:
 
         try:
             while True:
-                while len(window) < width and may_start():  # fill
+                while len(window) < width and may_start() and wire_is_slow():  # fill
                     if not ready and not await refill():
                         break
                     # Asked again: a stop or the time budget may have come during the fetch.
@@ -865,6 +890,7 @@ class MeterReadingUploadManager:
         confirmed = len(confirmed_ids)
         quarantined = 0
         done = 0  # confirmed readings whose mark committed (counted even if a later step fails)
+        mark_started = time.perf_counter()
         try:
             if confirmed:
                 failpoint("upload.before_mark")
@@ -907,6 +933,7 @@ class MeterReadingUploadManager:
             raise _Stop(
                 f"marking batch {flight.batch_no} failed: {type(exc).__name__}: {exc}"
             ) from exc
+        observe.phase("mark", self.tenant_id, time.perf_counter() - mark_started)
         rejected = 0 if rejected_ids is None else len(rejected_ids)
         in_doubt = 0 if held is None else len(held[0])
         self._count(
@@ -999,6 +1026,8 @@ class MeterReadingUploadManager:
         quarantined: int = 0,
         in_doubt: int = 0,
     ) -> None:
+        observe.readings("uploaded", self.tenant_id, confirmed)  # per batch, as the report
+        observe.readings("rejected", self.tenant_id, rejected)
         r = self.report
         self.report = replace(
             r,

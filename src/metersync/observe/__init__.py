@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from metersync.observe.activity import ACTIVITY
 from metersync.observe.health import Health, HealthReport
-from metersync.observe.logs import bind, log_context, register_secret, report_fields, unbind
+from metersync.observe.logs import (
+    bind,
+    log_context,
+    loop_cycle,
+    register_secret,
+    report_fields,
+    unbind,
+)
 from metersync.observe.metrics import (
     BATCH_PHASES,
     QUEUE,
@@ -57,6 +64,7 @@ __all__ = [
     "cycle",
     "endpoint",
     "log_context",
+    "loop_cycle",
     "phase",
     "profile",
     "queue",

@@ -3,13 +3,16 @@
 The engine's hooks (:func:`metersync.observe.cycle` at the end of an operation,
 :func:`metersync.observe.phase` after each batch step) stamp the tenant here with
 ``time.monotonic()``. A batch counts as progress too, so a cycle that drains a large backlog for
-longer than the check's limit does not look hung while its batches keep moving.
+longer than the check's limit does not look hung while its batches keep moving. A loop that
+says when each of its cycles starts (:func:`metersync.observe.loop_cycle`) lets the check tell
+a tenant waiting for its turn in a long cycle from one the loop no longer serves.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = ["ACTIVITY", "Activity", "TenantActivity"]
@@ -35,6 +38,8 @@ class Activity:
 
     started: float = field(default_factory=time.monotonic)
     tenants: dict[int, TenantActivity] = field(default_factory=dict)
+    #: Start times of the loop's last two cycles (empty: no loop said so).
+    loop_starts: deque[float] = field(default_factory=lambda: deque(maxlen=2))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _tenant(self, tenant_id: int) -> TenantActivity:
@@ -54,6 +59,10 @@ class Activity:
         entry.last_cycle = time.monotonic()
         entry.last_outcome = outcome
 
+    def loop_cycle_started(self) -> None:
+        """The loop started a cycle over its tenants."""
+        self.loop_starts.append(time.monotonic())
+
     def batch_step(self, tenant_id: int) -> None:
         """A batch step (fetch, POST, COPY, ...) of the tenant finished."""
         self._tenant(tenant_id).last_batch = time.monotonic()
@@ -68,6 +77,7 @@ class Activity:
         """Forget every tenant and restart the clock (tests; a daemon restarting its loop)."""
         with self._lock:
             self.tenants.clear()
+            self.loop_starts.clear()
             self.started = time.monotonic()
 
 

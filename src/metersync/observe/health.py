@@ -2,11 +2,14 @@
 
 - ``database`` (readiness): one cheap statement on the sync database worked (the endpoint's own
   connection, see :mod:`metersync.observe.probe`).
-- ``cycles`` (liveness): every known tenant made progress — an operation ended (any outcome) or
-  a batch step finished — within ``stale_intervals`` × ``interval`` seconds. A tenant is known
-  once the engine reported its batch sizes or a cycle; before its first report the clock runs
-  from the moment the checks started. Skipped when no ``interval`` is given (a library user
-  without a loop).
+- ``cycles`` (liveness): something made progress — an operation ended (any outcome), a batch
+  step finished or a loop cycle started — within ``limit`` = ``stale_intervals`` × ``interval``
+  seconds, and no tenant is left behind: a tenant fails when it made no progress for ``limit``
+  seconds AND (when the loop reports its cycles, :func:`metersync.observe.loop_cycle`) during
+  the whole last completed loop cycle — a tenant waiting for its turn while a long cycle drains
+  another tenant's backlog is not stale. A tenant is known once the engine reported its batch
+  sizes or a cycle; before its first report its clock runs from the moment the checks started.
+  Skipped when no ``interval`` is given (a library user without a loop).
 - any extra checks of the ``extra`` callable: ``{name: None}`` when fine, ``{name: "reason"}``
   when not.
 
@@ -106,9 +109,17 @@ class Health:
         now = time.monotonic()
         tenants: dict[str, Any] = {}
         stale: list[str] = []
+        loop = list(self.activity.loop_starts)
+        # The start of the last COMPLETED loop cycle: a tenant with no progress since then was
+        # skipped by a whole cycle. None: no loop reports cycles (judge by age alone); -inf:
+        # the first cycle is still running (nobody was skipped by a complete cycle yet).
+        completed = None if not loop else (loop[-2] if len(loop) == 2 else float("-inf"))
+        latest = loop[-1] if loop else self.activity.started
         for tenant_id, entry in sorted(self.activity.snapshot().items()):
             progress = entry.last_progress()
-            age = now - (progress if progress is not None else self.activity.started)
+            since = progress if progress is not None else self.activity.started
+            latest = max(latest, since)
+            age = now - since
             tenants[str(tenant_id)] = {
                 "last_cycle_age_s": None
                 if entry.last_cycle is None
@@ -116,13 +127,14 @@ class Health:
                 "last_progress_age_s": None if progress is None else round(now - progress, 3),
                 "last_outcome": entry.last_outcome,
             }
-            if limit is not None and age > limit:
+            skipped = completed is None or since < completed
+            if limit is not None and age > limit and skipped:
                 what = "no cycle yet" if progress is None else f"last progress {age:.0f} s ago"
                 stale.append(f"tenant {tenant_id}: {what}")
         if limit is None:
             return {}, tenants
-        if not tenants and now - self.activity.started > limit:
-            stale.append(f"no tenant reported a cycle in {now - self.activity.started:.0f} s")
+        if now - latest > limit and not stale:
+            stale.append(f"no progress at all for {now - latest:.0f} s")
         limit_text = f"limit {limit:g} s = {self.stale_intervals:g} x {self.interval:g} s interval"
         if stale:
             return {"cycles": CheckResult(False, f"{'; '.join(stale)} ({limit_text})")}, tenants

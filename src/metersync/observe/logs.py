@@ -34,6 +34,7 @@ __all__ = [
     "current_context",
     "formatter",
     "log_context",
+    "loop_cycle",
     "redact",
     "register_secret",
     "report_fields",
@@ -55,6 +56,16 @@ def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
     """
     merged = {**_context.get(), **fields}
     return _context.set({k: v for k, v in merged.items() if v is not None})
+
+
+def loop_cycle(number: int) -> contextvars.Token[Mapping[str, Any]]:
+    """A loop starts its cycle ``number``: log lines carry ``cycle``, and ``/healthz`` learns
+    where cycles begin (see :mod:`metersync.observe.health`). Returns the token for
+    :func:`unbind` at the cycle's end."""
+    from metersync.observe.activity import ACTIVITY
+
+    ACTIVITY.loop_cycle_started()
+    return bind(cycle=number)
 
 
 def unbind(token: contextvars.Token[Mapping[str, Any]]) -> None:
