@@ -26,7 +26,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 BOOKKEEPING = frozenset(
-    {"tenant_id", "is_synchronized", "sync_status", "retry_count", "last_error"}
+    {"tenant_id", "is_synchronized", "sync_status", "retry_count", "last_error", "in_doubt_since"}
 )
 SELECT = (
     "SELECT * FROM meter_reading WHERE tenant_id = %s AND NOT is_synchronized "

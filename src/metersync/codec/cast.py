@@ -20,7 +20,9 @@ from metersync.codec._types import as_batch, is_uuid
 __all__ = ["SET_BY_METERSYNC", "cast_column", "id_array", "insert_batch"]
 
 #: Bookkeeping columns a batch may not carry: metersync sets them.
-SET_BY_METERSYNC = frozenset({"retry_count", "last_error", "is_synchronized", "sync_status"})
+SET_BY_METERSYNC = frozenset(
+    {"retry_count", "last_error", "is_synchronized", "sync_status", "in_doubt_since"}
+)
 
 
 def _id_bytes(value: object) -> bytes:
