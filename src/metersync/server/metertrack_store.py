@@ -19,6 +19,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from metersync.server.metertrack_rules import NUMERIC_FIELDS, pg_text, sent_id
+from metersync.server.store import open_with_schema
 
 _SCHEMA_LOCK_KEY = 0x6D745F6373  # "mt_cs"
 
@@ -117,10 +118,7 @@ class MeterTrackStore:
 
     async def open(self) -> None:
         """Open the pool and create the schema (idempotent)."""
-        await self._pool.open(wait=True)
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-            await conn.execute(SCHEMA_SQL)
+        await open_with_schema(self._pool, _SCHEMA_LOCK_KEY, SCHEMA_SQL)
 
     async def close(self) -> None:
         """Close every pooled connection."""

@@ -195,6 +195,15 @@ def copy_data(rows: Iterable[StagedReading]) -> bytes:
     return _COPY_HEADER + copy_rows(rows) + _COPY_TRAILER
 
 
+async def open_with_schema(pool: AsyncConnectionPool, lock_key: int, schema_sql: str) -> None:
+    """Open ``pool`` and run ``schema_sql`` (idempotent DDL) under the advisory lock
+    ``lock_key``, so that servers starting together over one database take turns."""
+    await pool.open(wait=True)
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        await conn.execute(schema_sql)
+
+
 async def _configure(conn: AsyncConnection) -> None:
     # This server is a test double: losing the last few hundred ms of commits on a crash of
     # its own PostgreSQL is acceptable, waiting for the WAL flush on every batch is not.
@@ -246,10 +255,7 @@ class Store:
 
     async def open(self) -> None:
         """Open the pool and create the schema (idempotent)."""
-        await self._pool.open(wait=True)
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-            await conn.execute(SCHEMA_SQL)
+        await open_with_schema(self._pool, _SCHEMA_LOCK_KEY, SCHEMA_SQL)
 
     async def close(self) -> None:
         """Close every pooled connection."""
