@@ -123,9 +123,21 @@ async def test_queue_gauges_equal_the_database_and_are_cached(engine: Engine) ->
         samples = await asyncio.to_thread(scrape, server.url)
         assert sample(samples, "metersync_readings_pending", tenant_id=tenant) == 300
 
+        # Five readings held in doubt (what the upload does when an outcome is unknown).
+        await engine.scalar(
+            "UPDATE meter_reading SET sync_status = 'in_doubt', in_doubt_since = now() "
+            "WHERE meter_reading_id IN (SELECT meter_reading_id FROM meter_reading "
+            "WHERE tenant_id = %s ORDER BY created_at LIMIT 5)",
+            tenant,
+        )
         observe.metrics.QUEUE.refresh(force=True)
         samples = await asyncio.to_thread(scrape, server.url)
-        assert sample(samples, "metersync_readings_pending", tenant_id=tenant) == 350
+        (row,) = await engine.db.queue_status(tenant)
+        assert row.in_doubt == 5
+        assert sample(samples, "metersync_readings_pending", tenant_id=tenant) == row.pending == 345
+        assert sample(samples, "metersync_readings_in_doubt", tenant_id=tenant) == 5
+        held = sample(samples, "metersync_oldest_in_doubt_age_seconds", tenant_id=tenant)
+        assert held is not None and 0 <= held < 60
     finally:
         await asyncio.to_thread(server.close)
 

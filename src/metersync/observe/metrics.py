@@ -289,6 +289,11 @@ _QUEUE_GAUGES = (
         "oldest_pending_age_s",
         "Age of the oldest reading still in the queue (pending or failed); 0 when empty.",
     ),
+    (
+        "metersync_oldest_in_doubt_age_seconds",
+        "oldest_in_doubt_age_s",
+        "How long the longest-held in-doubt reading has waited for metersync resolve; 0: none.",
+    ),
 )
 
 QueueSource = Callable[[], Sequence[Any]]
