@@ -521,6 +521,14 @@ cdef bint _token(P* p, int depth) noexcept nogil:
     return _fail_char(p, EXP_VALUE)
 
 
+cdef inline bint _key(P* p, uint8_t* out, int64_t* klen, bint* esc) noexcept nogil:
+    """A member's key at pos (decoded into ``out``, or only measured when NULL)."""
+    cdef bint nul
+    if _peek(p) != 34:
+        return _fail_char(p, EXP_KEY)
+    return _string(p, out, klen, esc, &nul)
+
+
 cdef bint _skip_container(P* p, int depth) noexcept nogil:
     cdef int close, c, more
     cdef int64_t olen
@@ -535,9 +543,7 @@ cdef bint _skip_container(P* p, int depth) noexcept nogil:
         return True
     while True:
         if close == 125:
-            if _peek(p) != 34:
-                return _fail_char(p, EXP_KEY)
-            if not _string(p, NULL, &olen, &esc, &nul):
+            if not _key(p, NULL, &olen, &esc):
                 return False
             if not _colon(p):
                 return False
@@ -920,10 +926,8 @@ cdef bint _reading(P* p) noexcept nogil:
         p.pos += 1
     else:
         while True:
-            if _peek(p) != 34:
-                return _fail_char(p, EXP_KEY)
             kstart = p.pos
-            if not _string(p, NULL, &klen, &esc, &nul):
+            if not _key(p, NULL, &klen, &esc):
                 return False
             kend = p.pos
             if esc:
@@ -1047,10 +1051,8 @@ cdef bint _page(P* p) noexcept nogil:
         p.pos += 1
     else:
         while True:
-            if _peek(p) != 34:
-                return _fail_char(p, EXP_KEY)
             kstart = p.pos
-            if not _string(p, p.scratch, &klen, &esc, &nul):
+            if not _key(p, p.scratch, &klen, &esc):
                 return False
             kend = p.pos
             if not _colon(p):
