@@ -42,6 +42,35 @@ from metersync.tools.embedded import EmbeddedPostgres, create_database, drop_dat
 from metersync.tools.synthetic import reading_batch  # noqa: E402
 
 PHASES: collections.Counter[str] = collections.Counter()
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds of a process (fields utime, stime; with ``children`` also cutime, cstime:
+    the backends that already exited)."""
+    f = _stat(pid)
+    ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
+    return ticks / _TICK
+
+
+def _pg_cpu(postmaster: int) -> float:
+    """CPU seconds of one PostgreSQL cluster: the postmaster, its live children, and the
+    children it reaped."""
+    total = _cpu(postmaster, children=True)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                f = _stat(int(entry))
+            except OSError:
+                continue
+            if int(f[1]) == postmaster:
+                total += (int(f[11]) + int(f[12])) / _TICK
+    return total
 
 
 def _timed(obj: Any, name: str, key: str) -> None:
@@ -98,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "--in-flight",
         nargs="+",
         default=["1", "2"],
-        help="widths to run; a trailing 's' (e.g. 1s) prefetches on the lock's own connection",
+        help="widths to run; suffix 's' (e.g. 1s): prefetch on the lock's own connection",
     )
     p.add_argument("--phases", action="store_true", help="time fetch/encode/POST/mark")
     args = p.parse_args(argv)
@@ -116,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         columns = [c for c in backlog.schema.names if c != "tenant_id"]
         sink = ServerProcess("", profile="sink")
         sink.register(be.UP, be.KEY_UP)
+        with be.psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            postmaster = int(_stat(int(row[0]))[1])
+        cpu: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         times: dict[str, list[float]] = collections.defaultdict(list)
         phase_sums: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
@@ -123,12 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         statements: dict[str, int] = {}
         for _ in range(args.rounds):
             be._reset_pending(dsn, be.UP)
+            c0 = (time.process_time(), _pg_cpu(postmaster))
             times["floor"].append(be.upload_floor(dsn, columns, args.rows))
+            time.sleep(0.05)
+            c1 = (time.process_time(), _pg_cpu(postmaster))
+            cpu["floor"]["client"] += c1[0] - c0[0]
+            cpu["floor"]["postgres"] += c1[1] - c0[1]
             for w in args.in_flight:
                 be._reset_pending(dsn, be.UP)
                 PHASES.clear()
                 width, single = int(w.rstrip("s")), w.endswith("s")
+                c0 = (time.process_time(), _pg_cpu(postmaster), _cpu(sink._proc.pid))
                 report = asyncio.run(engine(dsn, sink.base_url, width, args.phases, not single))
+                time.sleep(0.05)  # let the postmaster reap the engine's backends
+                c1 = (time.process_time(), _pg_cpu(postmaster), _cpu(sink._proc.pid))
+                for name, a, b in zip(("client", "postgres", "sink"), c0, c1, strict=True):
+                    cpu[f"W={w}"][name] += b - a
                 assert report.confirmed == args.rows, report
                 times[f"W={w}"].append(report.seconds)
                 statements[f"W={w}"] = report.statements
@@ -146,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {k} | {min(v):.2f} | {statistics.median(v):.2f} | {min(v) / floor:.2f}× "
                 f"| {statistics.median(v) / floor_med:.2f}× | {statements.get(k, '—')} |"
             )
+        for k, c in cpu.items():
+            per = {name: round(sec / args.rounds, 2) for name, sec in c.items()}
+            print(f"CPU {k} (s per run): {per}; sum {sum(per.values()):.2f}")
         if args.phases:
             for k, c in phase_sums.items():
                 per = {ph: round(s / args.rounds, 3) for ph, s in sorted(c.items())}

@@ -274,9 +274,6 @@ class MeterReadingUploadManager:
         self.max_in_flight = max_in_flight
         #: Prefetch on a second connection (see ``_open_companion``); False: on the lock's.
         self.use_companion = True
-        #: Idempotent profile: open a second POST only while the oldest is still unanswered
-        #: (see ``_cycle``'s ``wire_is_slow``); False: always keep ``max_in_flight`` on the wire.
-        self.adaptive_window = True
         self._stop_requested = False
         self._companion_statements = 0  # statements of this cycle's companion connection
         self._profile: ClientProfile = METERSYNC
@@ -491,22 +488,6 @@ class MeterReadingUploadManager:
         def may_start() -> bool:
             return fetch_error is None and self._may_start(started, count)
 
-        def wire_is_slow() -> bool:
-            """Whether another POST would help: the window is empty, or (idempotent profile)
-            its oldest POST is still unanswered now that the batch before it is marked.
-
-            Measured against a Client System that answers at once (`serve --sink`, 100k wide
-            readings, B=1000, 2 cores): a second POST in flight adds no throughput there —
-            the sync database's fetch and mark are the slowest stage — but it competes with
-            them for the cores (the client writing two 1.3 MB bodies, the sink reading two),
-            and the upload took 1.2-1.4x as long as with one (benchmarks/
-            bench_upload_overlap.py). So the window widens only while the wire is what we
-            wait for (a slow Client System: there `max_in_flight` POSTs hide its latency).
-            The claiming profile keeps the fixed window (MeterTrack is always slow)."""
-            if not window or not self._profile.idempotent or not self.adaptive_window:
-                return True
-            return not window[0].task.done()
-
         async def fetch() -> bool:
             """Fetch the next batch into ``ready``; False when there is none (or the fetch
             failed while POSTs are in flight: those are settled first, then the cycle stops)."""
@@ -569,7 +550,7 @@ class MeterReadingUploadManager:
 
         try:
             while True:
-                while len(window) < width and may_start() and wire_is_slow():  # fill
+                while len(window) < width and may_start():  # fill
                     if not ready and not await refill():
                         break
                     # Asked again: a stop or the time budget may have come during the fetch.
