@@ -468,6 +468,7 @@ class Scheduler:
         if tenant.client is not None:
             with contextlib.suppress(Exception):
                 await tenant.client.aclose()
+        observe.register_secret(key)  # masked in every log line, whatever code logs it
         tenant.client = self._client_factory(tenant.tenant_id, key)
         tenant.own_client = True
         tenant.client_key = key
