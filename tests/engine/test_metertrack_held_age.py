@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from fix_engine import Engine
 from metersync.cli import main
-from metersync.engine.upload import HeldTooBrieflyError, resolve_in_doubt
+from metersync.engine.upload import HeldTooBrieflyError, check_held_long_enough, resolve_in_doubt
 
 HELD = (
     "SELECT meter_reading_id::text, sync_status, is_synchronized, in_doubt_since "
@@ -102,7 +103,9 @@ async def test_resend_right_away_is_refused_and_changes_nothing_then_works_after
     )
     assert code == 2, err
     assert re.search(r"10 of 10 in-doubt reading\(s\) were held less than 600 s ago", err), err
-    assert re.search(r"first becomes resolvable in \d+ s \(at 20\d\d-\d\d-\d\d ", err), err
+    assert re.search(
+        r"(first becomes|They become) resolvable in \d+ s \(at 20\d\d-\d\d-\d\d ", err
+    ), err
     assert "--force" in err
     with pytest.raises(HeldTooBrieflyError, match="10 of 10"):
         await resolve_in_doubt(mt.db, tenant, "resend")
@@ -179,3 +182,19 @@ async def test_all_tenants_are_checked_before_any_is_changed(
     code, _, err = await asyncio.to_thread(_cli, mt, capsys, "resolve", "--all", "--resend")
     assert code == 2 and f"tenant {young}: 10 of 10" in err, err
     assert [await mt.rows(HELD, t) for t in (old, young)] == before
+
+
+def test_the_refusal_says_how_many_and_when_the_first_and_the_last_become_resolvable() -> None:
+    held = pa.array([700.0, 500.0, 100.0])  # seconds each reading has been held
+    now = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    with pytest.raises(HeldTooBrieflyError) as refused:
+        check_held_long_enough(7, held, 600, now=now)
+    text = str(refused.value)
+    assert text.startswith("tenant 7: 2 of 3 in-doubt reading(s) were held less than 600 s ago")
+    assert (
+        "The first becomes resolvable in 100 s (at 2026-12-01 08:01:40 UTC), "
+        "all in 500 s (at 2026-12-01 08:08:20 UTC)"
+    ) in text
+    check_held_long_enough(7, held, 0, now=now)  # the guard off (--force)
+    check_held_long_enough(7, pa.array([600.0, 601.0]), 600, now=now)  # all old enough
+    check_held_long_enough(7, pa.array([], pa.float64()), 600, now=now)  # nothing held

@@ -186,11 +186,16 @@ async def operator_resolves(eng: Any, tenant_id: int, *, via_cli: bool) -> Resol
             continue
         if via_cli:
             flag = "--mark-synchronized" if action == "mark_synchronized" else "--resend"
-            # --force: wait_until_idle above showed the Client System stores nothing more.
-            argv = ["resolve", "--tenant", str(tenant_id), flag, "--force"]
+            argv = ["resolve", "--tenant", str(tenant_id), flag]
             for i in ids:
                 argv += ["--id", i]
+            # Held moments ago: without --force the safety window refuses, changing nothing.
+            held = (await observe(eng, tenant_id)).held
             code, doc = await asyncio.to_thread(cli_json, eng.dsn, *argv)
+            assert code == 2 and "held less than" in doc["error"]["message"], doc
+            assert (await observe(eng, tenant_id)).held == held
+            # --force: wait_until_idle above showed the Client System stores nothing more.
+            code, doc = await asyncio.to_thread(cli_json, eng.dsn, *argv, "--force")
             assert code == 0, doc
             (row,) = doc["tenants"]
             assert row["resolved"] == len(ids), row

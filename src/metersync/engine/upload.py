@@ -1077,14 +1077,18 @@ def check_held_long_enough(
     def at(seconds: float) -> str:
         return f"{seconds:.0f} s (at {(now + timedelta(seconds=seconds)):%Y-%m-%d %H:%M:%S} UTC)"
 
+    when = (
+        f"They become resolvable in {at(last)}"
+        if last - first < 1
+        else f"The first becomes resolvable in {at(first)}, all in {at(last)}"
+    )
     raise HeldTooBrieflyError(
         f"tenant {tenant_id}: {len(young)} of {len(held_s)} in-doubt reading(s) were held less "
         f"than {min_held_seconds:g} s ago; the Client System may still be storing them (a "
         f"non-idempotent one can commit a batch after the client gave up), so looking now can "
-        f"miss readings that are about to appear and a resend would duplicate them. The first "
-        f"becomes resolvable in {at(first)}, all in {at(last)}; nothing was changed. Wait, "
-        "check the Client System again, then resolve; --force overrides "
-        "(setting resolve_min_held_seconds)"
+        f"miss readings that are about to appear and a resend would duplicate them. {when}; "
+        "nothing was changed. Wait, check the Client System again, then resolve; "
+        "--force overrides (setting resolve_min_held_seconds)"
     )
 
 
