@@ -18,7 +18,7 @@ from metersync.engine.tenant_cache import TenantCache
 from metersync.engine.upload import MeterReadingUploadManager, idempotency_key
 from metersync.errors import TenantBusyError, TenantLockLostError
 from metersync.remote.client import ClientSystemApiClient
-from metersync.store.database import SyncDatabase
+from metersync.store.database import CompanionReader, SyncDatabase
 
 
 @pytest.mark.parametrize("overlap", [True, False])
@@ -363,19 +363,25 @@ async def test_prefetch_on_the_companion_delivers_each_reading_once(
     tenant = await engine.tenant(upload=10)
     await engine.seed(tenant, 50)
     pids: set[int] = set()
-    real = SyncDatabase.fetch_unsynchronized
+    classes = (SyncDatabase, CompanionReader)
+    real = [cls.fetch_unsynchronized for cls in classes]
 
-    async def spy(self: SyncDatabase, *args: Any, **kwargs: Any) -> Any:
-        pids.add(int(self._conn.info.backend_pid))
-        return await real(self, *args, **kwargs)
+    def spying(fetch: Any) -> Any:
+        async def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+            pids.add(int(self._conn.info.backend_pid))
+            return await fetch(self, *args, **kwargs)
 
-    SyncDatabase.fetch_unsynchronized = spy  # type: ignore[method-assign]
+        return spy
+
+    for cls, fetch in zip(classes, real, strict=True):
+        cls.fetch_unsynchronized = spying(fetch)  # type: ignore[method-assign]
     try:
         cache = TenantCache(engine.db)
         await cache.get(tenant)
         report = await engine.uploader(tenant, cache=cache, max_in_flight=in_flight).upload()
     finally:
-        SyncDatabase.fetch_unsynchronized = real  # type: ignore[method-assign]
+        for cls, fetch in zip(classes, real, strict=True):
+            cls.fetch_unsynchronized = fetch  # type: ignore[method-assign]
     assert report.error is None and report.confirmed == 50
     assert len(pids) == 2  # the first fetch on the lock's session, the rest on the companion
     assert report.statements == 2 * 5 + 2 + 1
