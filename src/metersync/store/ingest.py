@@ -1,0 +1,196 @@
+"""Readings into the sync database: insert (existing-id check overlapped with encoding, one
+binary COPY per chunk, a staging-table redo after a concurrent writer), and a downloaded page
+stored with its cursor in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from metersync import codec
+from metersync._failpoints import failpoint
+from metersync.codec.cast import insert_batch
+from metersync.errors import (
+    SchemaError,
+)
+from metersync.store import sql as q
+from metersync.store._connection import Connection, _first_line, _operation
+from metersync.store.schema import TableLayout
+from metersync.store.values import InsertResult, _check_tenant_id, uuid_param
+
+log = logging.getLogger("metersync.store.database")  # one logger for the whole adapter
+
+
+#: Below this many rows an insert encodes inline: a worker thread costs more than it hides.
+OVERLAP_MIN_ROWS = 2000
+
+
+class IngestOps(Connection):
+    """The insert and download operations of :class:`~metersync.store.database.SyncDatabase`."""
+
+    @_operation
+    async def insert_readings(
+        self, batch: pa.RecordBatch, chunk_rows: int, *, synchronized: bool = False
+    ) -> InsertResult:
+        """Insert readings (upload columns + ``tenant_id``), skipping ids already present.
+
+        One transaction: one existing-id check per tenant in the batch, then one binary COPY
+        per chunk of ``chunk_rows``. A concurrent writer inserting one of the ids in between
+        (the COPY then meets its row): the transaction is redone through a staging table
+        (:meth:`_insert_staged`), which skips whatever is present by then.
+        """
+        layout = await self.layout()
+        prepared = insert_batch(batch, _typed_columns(layout), None, synchronized)
+        if prepared.num_rows == 0:
+            return InsertResult(0, 0, 0)
+        return await self._insert_unit(prepared, chunk_rows)
+
+    @_operation
+    async def store_download_page(
+        self, tenant_id: int, batch: pa.RecordBatch, chunk_rows: int, next_cursor: str | None
+    ) -> InsertResult:
+        """Store a downloaded page as synchronized readings and advance the tenant's cursor, in
+        ONE transaction (a crash replays the page and duplicates nothing)."""
+        _check_tenant_id(tenant_id)
+        self._fence(tenant_id)
+        layout = await self.layout()
+        prepared = insert_batch(batch, _typed_columns(layout), tenant_id, True)
+
+        async def cursor() -> None:
+            failpoint("download.before_commit")
+            await self._execute(q.UPSERT_CURSOR, (tenant_id, next_cursor))
+
+        return await self._insert_unit(prepared, chunk_rows, cursor)
+
+    async def _insert_unit(
+        self,
+        batch: pa.RecordBatch,
+        chunk_rows: int,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> InsertResult:
+        """One transaction: insert ``batch`` (skipping present ids), then ``then()``.
+
+        The fast path (existing-id check, then COPY straight into ``meter_reading``) fails with
+        a unique violation when another writer inserts one of the ids between the check and
+        the COPY. Then the whole unit is redone once through :meth:`_insert_staged`, which
+        cannot fail so: no raw driver error reaches the caller, nothing is written twice.
+        """
+        _check_chunk_rows(chunk_rows)
+        try:
+            async with self._transaction():
+                result = (
+                    await self._insert(batch, chunk_rows)
+                    if batch.num_rows
+                    else InsertResult(0, 0, 0)
+                )
+                if then is not None:
+                    await then()
+            return result
+        except psycopg.errors.UniqueViolation as exc:
+            log.info(
+                "a concurrent writer inserted some of these %d readings (%s); redoing the insert "
+                "through a staging table",
+                batch.num_rows,
+                exc.diag.constraint_name or "unique violation",
+            )
+        try:
+            async with self._transaction():
+                result = await self._insert_staged(batch, chunk_rows)
+                if then is not None:
+                    await then()
+            return result
+        except psycopg.errors.UniqueViolation as exc:
+            # Not the key (ON CONFLICT covers it): a unique constraint of the site's own.
+            raise SchemaError(
+                f"readings violate the unique constraint {exc.diag.constraint_name} of "
+                f"meter_reading ({_first_line(exc)}); only the key (tenant_id, meter_reading_id) "
+                "may be unique for metersync to store them; nothing was written"
+            ) from None
+
+    async def _insert_staged(self, batch: pa.RecordBatch, chunk_rows: int) -> InsertResult:
+        """COPY into a temporary copy of ``meter_reading`` (dropped at commit), then one
+        ``INSERT ... SELECT ... ON CONFLICT (tenant_id, meter_reading_id) DO NOTHING``: rows
+        present by then, committed by anyone, are skipped instead of failing the unit."""
+        names = batch.schema.names
+        await self._execute(q.CREATE_STAGE)
+        statement = q.copy_in(names, table=q.STAGE)
+        count = 0
+        async with self._conn.cursor() as cur:
+            for chunk in codec.slices(batch, chunk_rows):
+                self.statements += 1
+                async with cur.copy(statement) as copy:
+                    await copy.write(codec.copy_binary(chunk))
+                count += 1
+        cur = await self._execute(q.insert_from_stage(names))
+        inserted = max(cur.rowcount, 0)
+        return InsertResult(inserted, batch.num_rows - inserted, count)
+
+    async def _insert(self, batch: pa.RecordBatch, chunk_rows: int) -> InsertResult:
+        _check_chunk_rows(chunk_rows)
+        total = batch.num_rows
+        # The existing-id check (a primary-key probe per id, ~12% of the COPY's own time) runs
+        # on the server while a worker thread encodes the chunks (the C encoder releases the
+        # GIL): the encoding is then free, and it is only redone if the check found readings
+        # to skip.
+        check = asyncio.ensure_future(self._present_ids(batch))
+        encoded: list[bytes] | None = None
+        try:
+            if total >= OVERLAP_MIN_ROWS:
+                encoded = await asyncio.to_thread(_encode_chunks, batch, chunk_rows)
+        finally:
+            present = await check
+        if present:
+            keep = pc.invert(pc.is_in(batch.column("meter_reading_id"), value_set=present))
+            batch = batch.filter(keep)
+            encoded = None
+        chunks = (
+            encoded
+            if encoded is not None
+            else (codec.copy_binary(c) for c in codec.slices(batch, chunk_rows))
+        )
+        statement = q.copy_in(batch.schema.names)
+        count = 0
+        async with self._conn.cursor() as cur:
+            for data in chunks:
+                self.statements += 1
+                async with cur.copy(statement) as copy:
+                    await copy.write(data)
+                count += 1
+        return InsertResult(batch.num_rows, total - batch.num_rows, count)
+
+    async def _present_ids(self, batch: pa.RecordBatch) -> pa.Array:
+        """Ids of the batch already stored: one statement per tenant in the batch."""
+        ids = batch.column("meter_reading_id")
+        tenants = batch.column("tenant_id")
+        distinct = pc.unique(tenants).to_pylist()
+        present: list[bytes] = []
+        for tenant in distinct:
+            mine = ids if len(distinct) == 1 else ids.filter(pc.equal(tenants, tenant))
+            cur = await self._execute(q.EXISTING_IDS, (tenant, uuid_param(mine)))
+            present += [r[0].bytes for r in await cur.fetchall()]
+        return pa.array(present, type=pa.binary(16))
+
+    @_operation
+    async def get_download_cursor(self, tenant_id: int) -> str | None:
+        """Where the tenant's download resumes (``None``: from the beginning)."""
+        return await self._scalar(q.GET_CURSOR, (_check_tenant_id(tenant_id),))
+
+
+def _encode_chunks(batch: pa.RecordBatch, chunk_rows: int) -> list[bytes]:
+    return [codec.copy_binary(chunk) for chunk in codec.slices(batch, chunk_rows)]
+
+
+def _check_chunk_rows(chunk_rows: object) -> None:
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+
+
+def _typed_columns(layout: TableLayout) -> list[tuple[str, pa.DataType]]:
+    """The upload columns of ``meter_reading`` with their Arrow types, in table order."""
+    return [(c.name, c.arrow_type) for c in layout.columns]

@@ -1,0 +1,82 @@
+"""Per-tenant, per-operation session advisory locks (two workers never run the same tenant's
+upload or download at once); a lock lost with its session stays fenced until released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import psycopg
+
+from metersync.errors import (
+    TenantBusyError,
+)
+from metersync.store import sql as q
+from metersync.store._connection import Connection, _operation
+from metersync.store.values import _check_tenant_id
+
+log = logging.getLogger("metersync.store.database")  # one logger for the whole adapter
+
+
+class LockOps(Connection):
+    """The tenant locks of :class:`~metersync.store.database.SyncDatabase`."""
+
+    @_operation
+    async def try_lock_tenant(self, tenant_id: int, operation: str) -> bool:
+        """Take the tenant's lock for ``operation`` (session advisory lock, released by
+        :meth:`unlock_tenant` or when the connection ends). ``False`` if anyone holds it,
+        this adapter included."""
+        _check_tenant_id(tenant_id)
+        if not isinstance(operation, str) or not operation:
+            raise ValueError(f"operation must be a non-empty string, got {operation!r}")
+        if (operation, tenant_id) in self._locks | self._lost_locks:
+            # Advisory locks are re-entrant per session; ours are not. A lost lock stays fenced
+            # until its holder releases it (unlock_tenant).
+            return False
+        got = bool(await self._scalar(q.TRY_LOCK, (q.lock_key(operation, tenant_id),)))
+        if got:
+            self._locks.add((operation, tenant_id))
+        return got
+
+    @contextlib.asynccontextmanager
+    async def tenant_lock(self, tenant_id: int, operation: str) -> AsyncIterator[None]:
+        """Hold the tenant's ``operation`` lock for the body of an ``async with``.
+
+        Raises :class:`TenantBusyError` at once when another worker holds it (two uploaders
+        never send the same reading at the same time); releases it however the body ends, and
+        a release on a lost connection never masks the body's own error.
+        """
+        if not await self.try_lock_tenant(tenant_id, operation):
+            raise TenantBusyError(
+                f"tenant {tenant_id}: another worker holds the {operation} lock; cycle skipped"
+            )
+        try:
+            yield
+        finally:
+            await self.unlock_tenant(tenant_id, operation)
+
+    async def unlock_tenant(self, tenant_id: int, operation: str) -> bool:
+        """Release a lock taken by :meth:`try_lock_tenant`; ``False`` if it was not held.
+
+        Never reconnects and never raises for a lost connection (``False``): the lock ended
+        with its session, and the caller's own error (often that same lost connection) must
+        not be masked by one from its cleanup. Releasing a lost lock ends its fence."""
+        key = (operation, tenant_id)
+        if key in self._lost_locks:
+            self._lost_locks.discard(key)
+            return False
+        if key not in self._locks:
+            return False
+        async with self._use.hold():
+            self._locks.discard(key)
+            if self._closed or self._conn.closed:
+                return False
+            try:
+                return bool(await self._scalar(q.UNLOCK, (q.lock_key(operation, tenant_id),)))
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not self._connection_lost(exc):
+                    raise
+                log.debug("tenant %s: %s lock ended with the lost connection", tenant_id, operation)
+                return False
