@@ -66,7 +66,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import pyarrow as pa
@@ -74,6 +74,7 @@ import pyarrow.compute as pc
 
 from metersync import codec, observe
 from metersync._failpoints import failpoint
+from metersync.engine.answers import Answer, OddAnswerError, attribute_skips, read_answer
 from metersync.engine.in_doubt import (
     RESOLVE_MIN_HELD_SECONDS,
     HeldTooBrieflyError,
@@ -86,7 +87,6 @@ from metersync.errors import (
     AuthError,
     BadRequestError,
     ClientSystemError,
-    InconsistentResponseError,
     OutcomeUnknownError,
     PayloadTooLargeError,
 )
@@ -106,7 +106,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ID_COLUMN = "meter_reading_id"
-METER_COLUMN = "meter_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +150,6 @@ class UploadReport:
     def readings_per_second(self) -> float:
         """Readings sent per second of the cycle."""
         return self.readings_sent / self.seconds if self.seconds > 0 else 0.0
-
-
-class _Result(Protocol):
-    inserted: int
-    duplicates: int
-    rejected: dict[str, str]
 
 
 def idempotency_key(tenant_id: int, ids: pa.Array) -> str:
@@ -646,7 +639,7 @@ class MeterReadingUploadManager:
                     exc,
                 )
 
-    async def _await_post(self, flight: _Flight) -> _Result:
+    async def _await_post(self, flight: _Flight) -> Answer:
         """The answer to a flight; failures are settled here (release, hold, reject) and then
         raised as ``_Stop`` (cycle ends), ``_Retry`` (send the rest of the batch now) or the
         typed error an operator must see (401/403, 413, 400)."""
@@ -737,32 +730,14 @@ class MeterReadingUploadManager:
             raise _Retry(None)
         raise _Retry(_Piece(rest, _encode(rest, self._profile)))
 
-    def _check_answer(self, flight: _Flight, result: _Result) -> tuple[pa.Array, dict[str, str]]:
+    def _check_answer(self, flight: _Flight, result: Answer) -> tuple[pa.Array, dict[str, str]]:
         """The ids to mark synchronized and the rejections; ``_Stop`` if the answer is odd."""
-        ids = flight.ids
-        n = flight.batch.num_rows
-        rejected = dict(result.rejected or {})
-        confirmed_ids = ids
-        if rejected:
-            try:
-                rej_bytes = [uuid.UUID(s).bytes for s in rejected]
-            except (ValueError, TypeError, AttributeError):
-                rej_bytes = []
-            if len(rej_bytes) != len(rejected) or not set(rej_bytes) <= set(ids.to_pylist()):
-                raise _Stop(
-                    f"tenant {self.tenant_id}: batch {flight.batch_no}: the Client System "
-                    "rejected ids that were not in the batch; answer treated as failed, "
-                    "nothing marked"
-                ) from InconsistentResponseError("rejected ids outside the batch")
-            value_set = pa.array(rej_bytes, type=pa.binary(16))
-            confirmed_ids = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=value_set)))
-        if result.inserted + result.duplicates != len(confirmed_ids):
-            raise _Stop(
-                f"tenant {self.tenant_id}: batch {flight.batch_no}: counts do not add up "
-                f"({result.inserted} inserted + {result.duplicates} duplicates + "
-                f"{len(rejected)} rejected != {n} sent); nothing marked"
-            ) from InconsistentResponseError("counts do not add up")
-        return confirmed_ids, rejected
+        try:
+            return read_answer(
+                self.tenant_id, flight.batch_no, flight.ids, flight.batch.num_rows, result
+            )
+        except OddAnswerError as odd:
+            raise _Stop(str(odd)) from odd.cause
 
     async def _settle(self, flight: _Flight, result: Any) -> None:
         """Mark what an answered batch confirmed and record what it refused."""
@@ -801,24 +776,10 @@ class MeterReadingUploadManager:
         or fewer errors than skips → the whole batch is held in doubt.
         """
         n = flight.batch.num_rows
-        errors: Sequence[Any] = getattr(result, "meter_errors", ())
-        meters = flight.batch.column(METER_COLUMN)
-        per_meter: dict[int, list[str]] = {}
-        for e in errors:
-            per_meter.setdefault(e.meter_id, []).append(e.error)
-        counts: dict[int, int] = {}
-        if per_meter and None not in per_meter:
-            wanted = pa.array(list(per_meter), type=meters.type)
-            picked = meters.filter(pc.is_in(meters, value_set=wanted))
-            for item in pc.value_counts(picked).to_pylist():
-                counts[item["values"]] = item["counts"]
-        certain = (
-            len(errors) == result.skipped
-            and None not in per_meter
-            and all(m in counts and len(t) <= counts[m] for m, t in per_meter.items())
-        )
-        summary = getattr(result, "message", None) or f"{result.skipped} readings skipped"
-        if not certain:
+        attribution = attribute_skips(flight.batch, flight.ids, result)
+        if attribution is None:
+            errors: Sequence[Any] = getattr(result, "meter_errors", ())
+            summary = getattr(result, "message", None) or f"{result.skipped} readings skipped"
             await self._hold(
                 flight,
                 f"partial batch: {summary}: "
@@ -834,34 +795,14 @@ class MeterReadingUploadManager:
                 n,
             )
             return
-        whole = [m for m, t in per_meter.items() if len(t) == counts[m]]
-        doubtful = [m for m, t in per_meter.items() if len(t) < counts[m]]
-        in_errored = pc.is_in(meters, value_set=pa.array(list(per_meter), type=meters.type))
-        confirmed_ids = flight.ids.filter(pc.invert(in_errored))
-        rejected_ids = None
-        texts: list[str] = []
-        if whole:
-            mask = pc.is_in(meters, value_set=pa.array(whole, type=meters.type))
-            rejected_ids = flight.ids.filter(mask)
-            meter_of = meters.filter(mask).to_pylist()
-            texts = [f"skipped by the Client System: {'; '.join(per_meter[m])}" for m in meter_of]
-        held_ids = None
-        if doubtful:
-            mask = pc.is_in(meters, value_set=pa.array(doubtful, type=meters.type))
-            held_ids = flight.ids.filter(mask)
-            held_texts = [
-                f"partial batch: meter {m}: {len(per_meter[m])} of {counts[m]} readings "
-                f"skipped, which ones is unknown: {'; '.join(per_meter[m])}"
-                for m in meters.filter(mask).to_pylist()
-            ]
         await self._mark(
             flight,
-            confirmed_ids,
-            rejected_ids,
-            texts,
+            attribution.confirmed_ids,
+            attribution.rejected_ids,
+            attribution.texts,
             inserted=result.inserted,
             duplicates=0,
-            held=(held_ids, held_texts) if held_ids is not None else None,
+            held=attribution.held,
         )
 
     async def _mark(
