@@ -351,6 +351,16 @@ class MeterReadingUploadManager:
                 )
                 self.error_cause = OutcomeUnknownError(text)
                 self.report = replace(self.report, error=text)
+            elif self.report.in_doubt and "metersync resolve" not in self.report.error:
+                # The cycle ended for another reason (e.g. a later batch failed as a whole)
+                # after earlier readings were held: the error line still says what to do with
+                # them. Its cause (and so the exit code) stays the error that ended the cycle.
+                self.report = replace(
+                    self.report,
+                    error=self._in_doubt_hint(
+                        f"{self.report.error}; and {self.report.in_doubt} readings held in_doubt"
+                    ),
+                )
         r = self.report
         log.log(
             logging.WARNING if r.error else logging.INFO,
