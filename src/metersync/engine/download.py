@@ -35,6 +35,7 @@ import pyarrow as pa
 from metersync import observe
 from metersync._failpoints import failpoint
 from metersync.engine.cycle import CycleClock
+from metersync.engine.ports import DownloadClient, DownloadStore
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import (
     AuthError,
@@ -89,8 +90,8 @@ class DownloadManager:
 
     def __init__(
         self,
-        db: Any,
-        client: Any,
+        db: DownloadStore,
+        client: DownloadClient,
         cache: TenantCache,
         *,
         tenant_id: int,

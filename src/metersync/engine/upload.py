@@ -82,6 +82,7 @@ from metersync.engine.in_doubt import (
     check_held_long_enough,
     resolve_in_doubt,
 )
+from metersync.engine.ports import UploadClient, UploadStore
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import (
     AuthError,
@@ -240,8 +241,8 @@ class MeterReadingUploadManager:
 
     def __init__(
         self,
-        db: Any,
-        client: Any,
+        db: UploadStore,
+        client: UploadClient,
         cache: TenantCache,
         *,
         tenant_id: int,
