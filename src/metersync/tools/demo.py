@@ -142,34 +142,37 @@ class DemoResult:
     client_profile: str = "metersync"
     impl: str = __impl__
 
+    def _total(self, *fields: str) -> int:
+        return sum(getattr(t, f) for t in self.tenants for f in fields)
+
     @property
     def uploaded(self) -> int:
-        return sum(t.uploaded for t in self.tenants)
+        return self._total("uploaded")
 
     @property
     def downloaded(self) -> int:
-        return sum(t.downloaded for t in self.tenants)
+        return self._total("downloaded")
 
     @property
     def lost(self) -> int:
-        return sum(t.lost + t.not_downloaded for t in self.tenants)
+        return self._total("lost", "not_downloaded")
 
     @property
     def duplicates(self) -> int:
-        return sum(t.duplicates for t in self.tenants)
+        return self._total("duplicates")
 
     @property
     def client_rows(self) -> int:
-        return sum(t.client_rows for t in self.tenants)
+        return self._total("client_rows")
 
     @property
     def in_doubt(self) -> int:
-        return sum(t.in_doubt for t in self.tenants)
+        return self._total("in_doubt")
 
     @property
     def exactly_once(self) -> bool:
         """Every reading exactly once on both sides, all synchronized, none uploaded back."""
-        pending = sum(t.local_pending for t in self.tenants)
+        pending = self._total("local_pending")
         return (
             self.lost == 0
             and self.duplicates == 0
