@@ -185,10 +185,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-def _internal_error() -> web.Response:
-    # The global error handler in production: whatever went wrong, the same 500.
+def _internal_error(status: int = 500) -> web.Response:
+    # The global error handler in production: whatever went wrong, the same 500 (an injected
+    # failure may answer it with another status).
     return _json(
-        {"success": False, "message": "Internal server error", "timestamp": _timestamp()}, 500
+        {"success": False, "message": "Internal server error", "timestamp": _timestamp()}, status
     )
 
 
@@ -307,10 +308,7 @@ async def upload_batch(request: web.Request) -> web.StreamResponse:
             return _json({"success": False, "message": "Invalid API key"}, 401)
         if failure == 500:
             return _batch_error("injected fault: the batch was not stored")
-        return _json(
-            {"success": False, "message": "Internal server error", "timestamp": _timestamp()},
-            failure,
-        )
+        return _internal_error(failure)
     # 5. One transaction, one reading after the other.
     try:
         outcome = await state.store.store_batch(
