@@ -14,6 +14,22 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
+from metersync.codec._batch cimport (
+    KIND_BOOL,
+    KIND_DATE,
+    KIND_DECIMAL,
+    KIND_FLOAT32,
+    KIND_FLOAT64,
+    KIND_INT16,
+    KIND_INT32,
+    KIND_INT64,
+    KIND_LARGE_STRING,
+    KIND_NUMERIC,
+    KIND_STRING,
+    KIND_TIMESTAMP,
+    KIND_UUID,
+)
+
 import json
 
 import pyarrow as pa
@@ -77,22 +93,7 @@ cdef extern from *:
     uint64_t pg_load64(const uint8_t* p) noexcept nogil
 
 
-# Kinds (metersync.codec._types) and codes (metersync.codec._page_py), as C constants.
-cdef enum:
-    KIND_UUID = 1
-    KIND_INT16 = 2
-    KIND_INT32 = 3
-    KIND_INT64 = 4
-    KIND_FLOAT32 = 5
-    KIND_FLOAT64 = 6
-    KIND_BOOL = 7
-    KIND_STRING = 8
-    KIND_LARGE_STRING = 9
-    KIND_DATE = 10
-    KIND_TIMESTAMP = 11
-    KIND_DECIMAL = 12
-    KIND_NUMERIC = 13
-
+# Codes (metersync.codec._page_py), as C constants; the kinds are _batch.pxd's.
 cdef enum:
     SX_END = 1
     SX_CHAR = 2
