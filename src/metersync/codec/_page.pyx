@@ -28,6 +28,10 @@ from metersync.codec._batch cimport (
     KIND_STRING,
     KIND_TIMESTAMP,
     KIND_UUID,
+    ms_dec_store,
+    ms_load64,
+    ms_u128,
+    ms_u128_from64,
 )
 
 import json
@@ -42,17 +46,10 @@ __all__ = ["parse_page"]
 
 cdef extern from *:
     """
-    #include <stdint.h>
-    typedef unsigned __int128 pg_u128;
-    static inline pg_u128 pg_u128_muladd(pg_u128 acc, unsigned m, unsigned a) {
+    /* ms_u128, ms_dec_store: _batch.pxd's, whose C this module gets through its cimport. */
+    static inline ms_u128 pg_u128_muladd(ms_u128 acc, unsigned m, unsigned a) {
         return acc * m + a;
     }
-    static inline void pg_dec_store(unsigned char *p, pg_u128 v, int neg) {
-        if (neg) v = (pg_u128)0 - v;
-        uint64_t lo = (uint64_t)v, hi = (uint64_t)(v >> 64);
-        memcpy(p, &lo, 8); memcpy(p + 8, &hi, 8);
-    }
-    static inline pg_u128 pg_u128_zero(void) { return 0; }
     /* Fast decimal: the token's digits as one integer ``mant`` (at most 18 digits), ``frac``
        of them after the point, no exponent; scale <= 18 and precision <= 38. Stores the
        decimal128 and returns 0, or returns err_scale / err_range. */
@@ -63,34 +60,24 @@ cdef extern from *:
         100000000000000000ULL, 1000000000000000000ULL};
     static inline int pg_dec_fast(uint64_t mant, int frac, int scale, int precision, int neg,
                                   unsigned char *dst, int err_scale, int err_range) {
-        pg_u128 v, limit = 1;
+        ms_u128 v, limit = 1;
         int k;
         if (frac > scale) {
             uint64_t d = pg_pow10[frac - scale];
             if (mant % d) return err_scale;
             v = mant / d;
         } else {
-            v = (pg_u128)mant * pg_pow10[scale - frac];
+            v = (ms_u128)mant * pg_pow10[scale - frac];
         }
         for (k = 0; k < precision; k++) limit *= 10;
         if (v >= limit) return err_range;
-        if (neg) v = (pg_u128)0 - v;
-        uint64_t lo = (uint64_t)v, hi = (uint64_t)(v >> 64);
-        memcpy(dst, &lo, 8); memcpy(dst + 8, &hi, 8);
+        ms_dec_store(dst, v, neg);
         return 0;
     }
-    static inline uint64_t pg_load64(const unsigned char *p) {
-        uint64_t v; memcpy(&v, p, 8); return v;
-    }
     """
-    ctypedef struct pg_u128:
-        pass
-    pg_u128 pg_u128_muladd(pg_u128 acc, unsigned m, unsigned a) noexcept nogil
-    pg_u128 pg_u128_zero() noexcept nogil
+    ms_u128 pg_u128_muladd(ms_u128 acc, unsigned m, unsigned a) noexcept nogil
     int pg_dec_fast(uint64_t mant, int frac, int scale, int precision, int neg, uint8_t* dst,
                     int err_scale, int err_range) noexcept nogil
-    void pg_dec_store(uint8_t* p, pg_u128 v, int neg) noexcept nogil
-    uint64_t pg_load64(const uint8_t* p) noexcept nogil
 
 
 # Codes (metersync.codec._page_py), as C constants; the kinds are _batch.pxd's.
@@ -668,7 +655,7 @@ cdef inline int _digit_at(const uint8_t* b, NumTok* t, int64_t k) noexcept nogil
 cdef int _decimal(const uint8_t* b, NumTok* t, PCol* col, uint8_t* dst) noexcept nogil:
     """Store the number as decimal128(precision, scale) at dst (0) or return the error code."""
     cdef int64_t total = t.int_len + t.frac_len, first = 0, last, nd, e, k
-    cdef pg_u128 acc
+    cdef ms_u128 acc
     if total <= 18 and not t.has_exp and col.scale <= 18:
         if t.mant == 0:
             memset(dst, 0, 16)
@@ -689,12 +676,12 @@ cdef int _decimal(const uint8_t* b, NumTok* t, PCol* col, uint8_t* dst) noexcept
         return V_DEC_SCALE
     if nd + e + col.scale > col.precision:
         return V_DEC_RANGE
-    acc = pg_u128_zero()
+    acc = ms_u128_from64(0)
     for k in range(first, last + 1):
         acc = pg_u128_muladd(acc, 10, _digit_at(b, t, k))
     for k in range(e + col.scale):
         acc = pg_u128_muladd(acc, 10, 0)
-    pg_dec_store(dst, acc, t.neg)
+    ms_dec_store(dst, acc, t.neg)
     return 0
 
 
@@ -983,7 +970,7 @@ cdef int64_t _duplicate(P* p) noexcept nogil:
     if table == NULL:
         return -2
     for j in range(p.rows):
-        h = <int64_t>((pg_load64(ids + 16 * j) ^ pg_load64(ids + 16 * j + 8)) & <uint64_t>mask)
+        h = <int64_t>((ms_load64(ids + 16 * j) ^ ms_load64(ids + 16 * j + 8)) & <uint64_t>mask)
         while True:
             slot = table[h]
             if slot == 0:
