@@ -70,3 +70,11 @@ def tenant_fields(data: dict[str, Any]) -> tuple[int, str]:
     if not isinstance(api_key, str) or not api_key:
         raise ConfigError("api_key must be a non-empty string")
     return tenant_id, api_key
+
+
+def tenant_name(data: dict[str, Any]) -> str | None:
+    """``name`` of a ``POST /admin/tenants`` body: a string or null (ConfigError otherwise)."""
+    name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError("name must be a string or null")
+    return name

@@ -26,7 +26,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from psycopg_pool import PoolTimeout
 
 from metersync.errors import ConfigError
-from metersync.server.admin_auth import admin_json, guard_admin, tenant_fields
+from metersync.server.admin_auth import admin_json, guard_admin, tenant_fields, tenant_name
 from metersync.server.bodies import BodyError, UploadBody
 from metersync.server.faults import BATCH_PATH, FaultInjector, FaultPlan
 from metersync.server.store import StagedReading, Store
@@ -458,9 +458,7 @@ async def admin_tenants(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await admin_json(request)
     tenant_id, api_key = tenant_fields(data)
-    name = data.get("name")
-    if name is not None and not isinstance(name, str):
-        raise ConfigError("name must be a string or null")
+    name = tenant_name(data)
     digest = key_digest(api_key)
     try:
         await state.store.upsert_tenant(tenant_id, digest, name)

@@ -46,7 +46,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from metersync.errors import ConfigError
-from metersync.server.admin_auth import admin_json, guard_admin, tenant_fields
+from metersync.server.admin_auth import admin_json, guard_admin, tenant_fields, tenant_name
 from metersync.server.app import key_digest
 from metersync.server.faults import BATCH_PATH, FaultPlan
 from metersync.server.metertrack_rules import (
@@ -345,9 +345,7 @@ async def admin_tenants(request: web.Request) -> web.Response:
     state = request.app[MT_STATE]
     data = await admin_json(request)
     tenant_id, api_key = tenant_fields(data)
-    name, active = data.get("name"), data.get("active", True)
-    if name is not None and not isinstance(name, str):
-        raise ConfigError("name must be a string or null")
+    name, active = tenant_name(data), data.get("active", True)
     if not isinstance(active, bool):
         raise ConfigError("active must be true or false")
     try:
