@@ -106,13 +106,17 @@ class World:
 
     # -- observation ----------------------------------------------------------------------------
 
-    def state(self, tenant_id: int) -> TenantState:
+    def _local_rows(self, tenant_id: int) -> list[tuple[str, bool, str]]:
+        """``(id, is_synchronized, sync_status)`` of the tenant's readings in the sync database."""
         with psycopg.connect(self.sync_dsn, autocommit=True) as conn:
-            rows = conn.execute(
+            return conn.execute(
                 "SELECT meter_reading_id::text, is_synchronized, sync_status "
                 "FROM meter_reading WHERE tenant_id = %s",
                 (tenant_id,),
             ).fetchall()
+
+    def state(self, tenant_id: int) -> TenantState:
+        rows = self._local_rows(tenant_id)
         local = {r[0] for r in rows}
         synced = {r[0] for r in rows if r[1]}
         half = sum(1 for r in rows if bool(r[1]) != (r[2] == "synchronized"))
@@ -227,12 +231,7 @@ class MeterTrackWorld(World):
             copies = self.copies(t)
             twice = {k: v for k, v in copies.items() if v > 1}
             assert not twice, f"{ctx}: {len(twice)} readings stored more than once"
-            with psycopg.connect(self.sync_dsn, autocommit=True) as conn:
-                rows = conn.execute(
-                    "SELECT meter_reading_id::text, is_synchronized, sync_status "
-                    "FROM meter_reading WHERE tenant_id = %s",
-                    (t,),
-                ).fetchall()
+            rows = self._local_rows(t)
             stored = set(copies)
             synced = {r[0] for r in rows if r[1]}
             held = {r[0] for r in rows if r[2] == "in_doubt"}
