@@ -75,6 +75,7 @@ import pyarrow.compute as pc
 from metersync import codec, observe
 from metersync._failpoints import failpoint
 from metersync.engine.answers import Answer, OddAnswerError, attribute_skips, read_answer
+from metersync.engine.cycle import CycleClock
 from metersync.engine.in_doubt import (
     RESOLVE_MIN_HELD_SECONDS,
     HeldTooBrieflyError,
@@ -306,8 +307,7 @@ class MeterReadingUploadManager:
         """
         self._stop_requested = False
         self.error_cause = None
-        started = time.perf_counter()
-        statements0 = self._db.statements
+        clock = CycleClock(self._db)
         self._companion_statements = 0
         self.report = UploadReport(tenant_id=self.tenant_id)
         try:
@@ -319,7 +319,7 @@ class MeterReadingUploadManager:
             self.report = replace(
                 self.report,
                 error=f"the Client System's profile is unknown ({type(exc).__name__}: {exc})",
-                seconds=time.perf_counter() - started,
+                seconds=clock.seconds(),
             )
             log.warning("tenant %s upload: %s", self.tenant_id, self.report.error)
             return self.report
@@ -329,7 +329,7 @@ class MeterReadingUploadManager:
         try:
             async with self._db.tenant_lock(self.tenant_id, "upload"):  # or TenantBusyError
                 try:
-                    await self._cycle(size, started)
+                    await self._cycle(size, clock.started)
                 except _Stop as stop:
                     cause = stop.__cause__ or stop
                     if isinstance(cause, OutcomeUnknownError):  # the error line says what to do
@@ -337,11 +337,7 @@ class MeterReadingUploadManager:
                     self.error_cause = cause
                     self.report = replace(self.report, error=str(stop))
         finally:
-            self.report = replace(
-                self.report,
-                statements=self._db.statements - statements0 + self._companion_statements,
-                seconds=time.perf_counter() - started,
-            )
+            self.report = replace(self.report, **clock.totals(self._companion_statements))
             # Readings held in doubt are always said in the report — also when the cycle ends
             # with a raised error (a 401 on one batch while another's answer was lost).
             if self.report.in_doubt and self.report.error is None:
