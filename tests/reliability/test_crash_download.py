@@ -21,6 +21,8 @@ from _harness import (
     wait_for_line,
 )
 
+from metersync.engine.download import UNIT_PAGES
+
 DOWNLOAD_POINTS = ("download.after_fetch_page", "download.before_commit", "download.after_commit")
 TENANT = 21
 
@@ -37,8 +39,13 @@ def _failpoint_kills(world: World, hits: tuple[int, ...]) -> int:
             )
             kills += 1
             after = check_download(world, TENANT, where=f"after SIGKILL at {point}#{hit}")
-            # Pages before the fatal hit committed; the fatal page only if it was committed.
-            expected_pages = hit if point == "download.after_commit" else hit - 1
+            # Pages before the fatal hit committed; the fatal one only if it was committed. A
+            # fetch is one page; a commit stores the pages waiting for it, UNIT_PAGES at most.
+            if point == "download.after_fetch_page":
+                expected_pages = hit - 1
+            else:
+                commits = hit if point == "download.after_commit" else hit - 1
+                expected_pages = commits * UNIT_PAGES
             assert after - before <= expected_pages * PAGE
     return kills
 

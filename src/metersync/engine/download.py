@@ -4,19 +4,21 @@ One cycle, under the tenant's download lock::
 
     the Client System's profile (once): no download offered → an empty, successful cycle
     sizes from the tenant cache (once); cursor from sync_state
-    loop: GET ≤ download_batch_size readings after the cursor (exclude_site=<this site> when
-            the profile has a site filter, so a site never downloads back what it uploaded)
-          → parsed and validated into an Arrow batch in one pass (remote/page.py; a page
-            longer than asked is refused)
-          → while the NEXT page is fetched and parsed, one transaction stores this one: binary
-            COPY in chunks of upload_batch_size (rows already present are skipped; rows stored
-            synchronized so they are never uploaded back) + the new cursor
+    a fetcher: GET ≤ download_batch_size readings after the cursor (exclude_site=<this site>
+            when the profile has a site filter, so a site never downloads back what it
+            uploaded) → parsed and validated into an Arrow batch in one pass (remote/page.py;
+            a page longer than asked is refused) → waits for the writer; the next page is
+            fetched at once, up to UNIT_PAGES pages ahead
+    the writer: the pages waiting (at least one, at most UNIT_PAGES) in ONE transaction:
+            binary COPY in chunks of upload_batch_size (rows already present are skipped;
+            rows stored synchronized so they are never uploaded back) + the last page's cursor
     until the Client System has nothing more, the page budget is spent or a stop was requested.
 
 A malformed or oversize page raises :class:`MalformedPageError`: nothing of it is written and
-the cursor does not move, so the next cycle asks for the same page again (a page fetched ahead
-is only ever stored after the one before it committed). A Client System that cannot be reached
-ends the cycle with ``report.error`` set (pages committed so far stay).
+the cursor does not move, so the next cycle asks for the same page again (the pages before it
+are stored; a page fetched ahead is only ever stored with or after the ones before it). A
+Client System that cannot be reached ends the cycle with ``report.error`` set (pages committed
+so far stay).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -165,8 +167,10 @@ class DownloadManager:
         exclude_site = await self._exclude_site()
         cursor = await self._db.get_download_cursor(self.tenant_id)
         self.report = replace(self.report, cursor=cursor)
+        if self._stop_requested:
+            return
 
-        def fetch(after: str | None) -> asyncio.Task[Any]:
+        async def fetch(after: str | None) -> Any:
             task = asyncio.ensure_future(
                 self._client.get_readings(
                     page_size,
@@ -177,68 +181,101 @@ class DownloadManager:
                     exclude_site=exclude_site,
                 )
             )
-            return observe.timed(task, "download_page", self.tenant_id)
+            return await observe.timed(task, "download_page", self.tenant_id)
 
-        if self._stop_requested:
-            return
-        ahead: asyncio.Task[Any] | None = fetch(cursor)
+        # The fetcher runs ahead of the writer by at most UNIT_PAGES pages: the Client System's
+        # latency and the parse hide behind the COPY, and the pages waiting when the writer is
+        # free are stored in one transaction (one existing-id check, one commit).
+        waiting: asyncio.Queue[_Fetched] = asyncio.Queue(maxsize=UNIT_PAGES)
+        fetcher = asyncio.ensure_future(self._fetch_pages(waiting, fetch, cursor, page_size))
         try:
-            while ahead is not None:
-                task, ahead = ahead, None
-                try:
-                    page = await task
-                except (AuthError, BadRequestError):
-                    raise
-                except MalformedPageError as exc:
-                    raise MalformedPageError(
-                        f"{exc} (page after cursor {cursor!r}; nothing written, cursor unchanged)"
-                    ) from None
-                except (ClientSystemError, httpx.HTTPError) as exc:
-                    self.error_cause = exc
-                    self.report = replace(
-                        self.report,
-                        error=f"fetching a page after cursor {cursor!r} failed "
-                        f"({type(exc).__name__}: {exc}); the cursor did not move",
-                    )
+            while True:
+                unit = [await waiting.get()]
+                while not unit[-1].last and not waiting.empty() and len(unit) < UNIT_PAGES:
+                    unit.append(waiting.get_nowait())
+                pages = [f for f in unit if f.batch is not None and f.moves]
+                if pages:
+                    await self._store(pages, chunk_rows, schema)
+                end = unit[-1]
+                if end.error is not None:
+                    self._fetch_failed(end.error, end.after)
                     return
-                failpoint("download.after_fetch_page")
-                batch: pa.RecordBatch = page.batch
-                # Never move the cursor backwards: a last page may come without a next cursor.
-                next_cursor = page.next_cursor if page.next_cursor is not None else cursor
-                if batch.num_rows == 0:
-                    if next_cursor != cursor:
-                        # An empty page that moves the cursor: a site filter skipped readings
-                        # this site uploaded itself; remember where they end.
-                        await self._db.store_download_page(
-                            self.tenant_id, batch_of(schema), chunk_rows, next_cursor
-                        )
-                        self.report = replace(self.report, cursor=next_cursor)
+                if end.last or self._stop_requested:
                     return
-                # No cursor, the same cursor, or a short page: the Client System has no more
-                # now. Otherwise fetch (and parse) the next page while this one is written.
-                more = not (
-                    page.next_cursor is None
-                    or page.next_cursor == cursor
-                    or batch.num_rows < page_size
-                )
-                if (
-                    more
-                    and not self._stop_requested
-                    and (self.max_pages is None or self.report.pages + 1 < self.max_pages)
-                ):
-                    ahead = fetch(next_cursor)
-                await self._store(batch, chunk_rows, next_cursor)
-                cursor = next_cursor
-                if self._stop_requested and ahead is not None:
-                    break
         finally:
-            if ahead is not None:
-                ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ahead
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await fetcher
 
-    async def _store(self, batch: pa.RecordBatch, chunk_rows: int, next_cursor: str | None) -> None:
-        """One page and its cursor in one transaction; the report follows."""
+    async def _fetch_pages(
+        self,
+        waiting: asyncio.Queue[_Fetched],
+        fetch: Callable[[str | None], Awaitable[Any]],
+        cursor: str | None,
+        page_size: int,
+    ) -> None:
+        """Fetch (and parse) pages one after the other from ``cursor`` into ``waiting``, until
+        the Client System has no more, the page budget is spent, a stop was requested or a
+        fetch failed. The last item put says so (``last``; ``error`` when a fetch failed)."""
+        fetched = 0
+        while True:
+            try:
+                page = await fetch(cursor)
+                failpoint("download.after_fetch_page")
+            except Exception as exc:  # handed to the writer, which decides (_fetch_failed)
+                await waiting.put(_Fetched(None, cursor, cursor, last=True, error=exc))
+                return
+            fetched += 1
+            batch: pa.RecordBatch = page.batch
+            # Never move the cursor backwards: a last page may come without a next cursor.
+            next_cursor = page.next_cursor if page.next_cursor is not None else cursor
+            # No cursor, the same cursor, or a short page: the Client System has no more now.
+            # (An empty page that moves the cursor: a site filter skipped readings this site
+            # uploaded itself; storing it remembers where they end.)
+            last = (
+                page.next_cursor is None
+                or page.next_cursor == cursor
+                or batch.num_rows < page_size
+                or self._stop_requested
+                or (self.max_pages is not None and fetched >= self.max_pages)
+            )
+            await waiting.put(_Fetched(batch, cursor, next_cursor, last=last))
+            if last:
+                return
+            cursor = next_cursor
+
+    def _fetch_failed(self, exc: BaseException, cursor: str | None) -> None:
+        """A fetch after ``cursor`` failed (the pages before it are committed): raise what the
+        caller must see, or end the cycle with ``report.error`` when the Client System could
+        not be reached."""
+        if isinstance(exc, (AuthError, BadRequestError)):
+            raise exc
+        if isinstance(exc, MalformedPageError):
+            raise MalformedPageError(
+                f"{exc} (page after cursor {cursor!r}; nothing written, cursor unchanged)"
+            ) from None
+        if isinstance(exc, (ClientSystemError, httpx.HTTPError)):
+            self.error_cause = exc
+            self.report = replace(
+                self.report,
+                error=f"fetching a page after cursor {cursor!r} failed "
+                f"({type(exc).__name__}: {exc}); the cursor did not move",
+            )
+            return
+        raise exc
+
+    async def _store(self, pages: list[_Fetched], chunk_rows: int, schema: pa.Schema) -> None:
+        """Pages and the last one's cursor in one transaction; the report follows."""
+        batches = [f.batch for f in pages if f.batch is not None and f.batch.num_rows]
+        rows = sum(b.num_rows for b in batches)
+        batch = (
+            batches[0]
+            if len(batches) == 1
+            else pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+            if batches
+            else batch_of(schema)
+        )
+        next_cursor = pages[-1].next_cursor
         copy_started = time.perf_counter()
         result = await self._db.store_download_page(self.tenant_id, batch, chunk_rows, next_cursor)
         observe.phase("copy", self.tenant_id, time.perf_counter() - copy_started)
@@ -247,18 +284,20 @@ class DownloadManager:
         r = self.report
         self.report = replace(
             r,
-            pages=r.pages + 1,
-            readings=r.readings + batch.num_rows,
+            pages=r.pages + len(batches),
+            readings=r.readings + rows,
             inserted=r.inserted + result.inserted,
             skipped=r.skipped + result.skipped,
             chunks=r.chunks + result.chunks,
             cursor=next_cursor,
         )
         log.debug(
-            "tenant %s download page %d: %d readings, %d inserted, %d present, %d chunks",
+            "tenant %s download: %d page(s) in one transaction (%d in all): %d readings, "
+            "%d inserted, %d present, %d chunks",
             self.tenant_id,
+            len(batches),
             self.report.pages,
-            batch.num_rows,
+            rows,
             result.inserted,
             result.skipped,
             result.chunks,
@@ -300,6 +339,30 @@ class DownloadManager:
         profile = await profile_of()
         site = getattr(self._client, "site_id", None)
         return site if profile.site_filter and site else None
+
+
+#: Pages fetched ahead of the writer at most; the writer stores the pages waiting (up to this
+#: many) in one transaction with the last one's cursor.
+UNIT_PAGES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """A page fetched after cursor ``after`` (``batch``; ``None`` when the fetch failed with
+    ``error``), the cursor stored with it, and whether it is the last of the cycle."""
+
+    batch: pa.RecordBatch | None
+    after: str | None
+    next_cursor: str | None
+    last: bool
+    error: BaseException | None = None
+
+    @property
+    def moves(self) -> bool:
+        """True when storing it writes something: readings, or a cursor further on."""
+        return self.batch is not None and (
+            self.batch.num_rows > 0 or self.next_cursor != self.after
+        )
 
 
 #: Client Systems (base URLs) already reported as offering no download, so that it is said once.
