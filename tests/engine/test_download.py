@@ -39,9 +39,8 @@ async def test_backfill_restores_every_reading_exactly(engine: Engine) -> None:
     assert report.error is None
     assert (report.download_batch_size, report.upload_batch_size) == (10, 4)
     assert (report.pages, report.readings, report.inserted, report.skipped) == (3, 25, 25, 0)
-    # COPY chunks of upload_batch_size: pages of 10, 10, 5 → 3 + 3 + 2 chunks when each page
-    # is its own transaction, down to ceil(25 / 4) = 7 when pages waiting are stored together.
-    assert 7 <= report.chunks <= 3 + 3 + 2
+    # COPY chunks of upload_batch_size, per page: pages of 10, 10, 5 → 3 + 3 + 2 chunks.
+    assert report.chunks == 3 + 3 + 2
     assert await engine.rows(VALUES_SQL, tenant) == before
     # Stored synchronized: never uploaded back.
     assert await engine.status_counts(tenant) == {"synchronized:true": 25}
@@ -166,12 +165,12 @@ async def test_next_page_is_fetched_while_the_previous_is_written(engine: Engine
     tenant = await engine.tenant(upload=5, download=10)
     await _uploaded_then_wiped(engine, tenant, 30)
     events: list[str] = []
-    db = _Recorder(engine.db, events, "store_download_page")
+    db = _Recorder(engine.db, events, "store_download_pages")
     client = _Recorder(engine.client(tenant), events, "get_readings")
     manager = DownloadManager(db, client, TenantCache(engine.db), tenant_id=tenant)
     report = await manager.download()
     assert (report.pages, report.inserted) == (3, 30)
-    stored = [i for i, e in enumerate(events) if e == "store_download_page end"]
+    stored = [i for i, e in enumerate(events) if e == "store_download_pages end"]
     fetches = [i for i, e in enumerate(events) if e == "get_readings start"]
     # (the third page is full, so a fourth, empty one is asked for too)
     assert len(fetches) == 4 and 1 <= len(stored) <= 3
@@ -186,17 +185,16 @@ async def test_pages_waiting_for_a_slow_writer_commit_together(engine: Engine) -
     before = await _uploaded_then_wiped(engine, tenant, 60)
     events: list[str] = []
     # A writer slower than the Client System: pages pile up (at most UNIT_PAGES) meanwhile.
-    db = _Recorder(engine.db, events, "store_download_page", delay=0.2)
+    db = _Recorder(engine.db, events, "store_download_pages", delay=0.2)
     manager = DownloadManager(db, engine.client(tenant), TenantCache(engine.db), tenant_id=tenant)
     report = await manager.download()
     assert report.error is None
     assert (report.pages, report.readings, report.inserted) == (6, 60, 60)
-    stores = events.count("store_download_page end")
+    stores = events.count("store_download_pages end")
     # Page 1 alone (nothing waits yet), then the pages that waited, UNIT_PAGES at most at once.
     assert math.ceil(6 / UNIT_PAGES) + 1 <= stores < 6
-    # Chunks of upload_batch_size across the pages of one transaction: fewer than the 3 per
-    # page (4 + 4 + 2) of one transaction per page.
-    assert report.chunks < 6 * 3
+    # Each page still COPYs in chunks of upload_batch_size (4 + 4 + 2 rows).
+    assert report.chunks == 6 * 3
     assert await engine.rows(VALUES_SQL, tenant) == before
     assert await engine.db.get_download_cursor(tenant) == report.cursor
     assert await engine.status_counts(tenant) == {"synchronized:true": 60}

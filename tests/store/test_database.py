@@ -244,6 +244,38 @@ async def test_store_download_page_is_atomic(db: SyncDatabase, dsn: str) -> None
         await db.store_download_page(t, wrong, 10, "c-3")
 
 
+async def test_pages_stored_together_without_a_check_still_skip_present_readings(
+    db: SyncDatabase, dsn: str
+) -> None:
+    t = await _tenant(db)
+    layout = await db.layout()
+    first, second = _readings(30, None), _readings(25, None)
+    pages = [db.encode_download_page(layout, t, b, 10) for b in (first, second)]
+    assert [len(p.chunks) for p in pages] == [3, 3]
+    before = db.statements
+    result = await db.store_download_pages(t, pages, "c-2", check_present=False)
+    assert result == InsertResult(55, 0, 6)
+    assert db.statements - before == 6 + 1  # the COPYs and the cursor: no existing-id check
+    assert await db.get_download_cursor(t) == "c-2"
+    # The same pages again, unchecked: the COPY meets the stored readings, the unit is redone
+    # through the staging table, which skips them all; the cursor moves with it.
+    replay = [*pages, db.encode_download_page(layout, t, _readings(5, None), 10)]
+    result = await db.store_download_pages(t, replay, "c-3", check_present=False)
+    assert (result.inserted, result.skipped) == (5, 55)
+    assert await db.get_download_cursor(t) == "c-3"
+    # Checked: the present readings are left out before the COPY (pages encoded again).
+    result = await db.store_download_pages(t, replay, "c-4", check_present=True)
+    assert result == InsertResult(0, 60, 0)
+    rows = _sql(dsn, "SELECT count(*), count(DISTINCT meter_reading_id), bool_and(is_synchronized) "
+                     "FROM meter_reading WHERE tenant_id = %s", t)  # fmt: skip
+    assert rows == [(60, 60, True)]
+    # Encoded rows of another tenant are refused before anything is written.
+    theirs = db.encode_download_page(layout, t + 1, _readings(2, None), 10)
+    with pytest.raises(ValueError, match="another tenant"):
+        await db.store_download_pages(t, [theirs], "c-5")
+    assert await db.get_download_cursor(t) == "c-4"
+
+
 async def _race_a_writer(dsn: str, t: int, rid: uuid.UUID, insert: Any) -> Any:
     """Another writer inserts reading ``rid`` and commits only once our COPY waits on its
     row (so our existing-id check could not see it): the COPY then meets a unique violation."""

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pyarrow as pa
@@ -45,6 +45,10 @@ from metersync.errors import (
     ClientSystemError,
     MalformedPageError,
 )
+
+if TYPE_CHECKING:
+    from metersync.store.schema import TableLayout
+    from metersync.store.values import EncodedRows
 
 __all__ = ["DownloadManager", "DownloadReport"]
 
@@ -187,15 +191,21 @@ class DownloadManager:
         # latency and the parse hide behind the COPY, and the pages waiting when the writer is
         # free are stored in one transaction (one existing-id check, one commit).
         waiting: asyncio.Queue[_Fetched] = asyncio.Queue(maxsize=UNIT_PAGES)
-        fetcher = asyncio.ensure_future(self._fetch_pages(waiting, fetch, cursor, page_size))
+        fetcher = asyncio.ensure_future(
+            self._fetch_pages(waiting, fetch, cursor, page_size, layout, chunk_rows)
+        )
+        # The first unit is checked for readings already stored (a replayed page, a cycle that
+        # resumes after a crash); after a unit that had none, the next goes straight in (if one
+        # is present after all, the store redoes that unit through a staging table).
+        check_present = True
         try:
             while True:
                 unit = [await waiting.get()]
                 while not unit[-1].last and not waiting.empty() and len(unit) < UNIT_PAGES:
                     unit.append(waiting.get_nowait())
-                pages = [f for f in unit if f.batch is not None and f.moves]
+                pages = [f for f in unit if f.moves]
                 if pages:
-                    await self._store(pages, chunk_rows, schema)
+                    check_present = await self._store(pages, check_present)
                 end = unit[-1]
                 if end.error is not None:
                     self._fetch_failed(end.error, end.after)
@@ -213,20 +223,27 @@ class DownloadManager:
         fetch: Callable[[str | None], Awaitable[Any]],
         cursor: str | None,
         page_size: int,
+        layout: TableLayout,
+        chunk_rows: int,
     ) -> None:
-        """Fetch (and parse) pages one after the other from ``cursor`` into ``waiting``, until
-        the Client System has no more, the page budget is spent, a stop was requested or a
-        fetch failed. The last item put says so (``last``; ``error`` when a fetch failed)."""
+        """Fetch, parse and encode pages one after the other from ``cursor`` into ``waiting``,
+        until the Client System has no more, the page budget is spent, a stop was requested or
+        a fetch failed. The last item put says so (``last``; ``error`` when a fetch failed)."""
         fetched = 0
         while True:
             try:
                 page = await fetch(cursor)
                 failpoint("download.after_fetch_page")
+                batch: pa.RecordBatch = page.batch
+                # Encoded for COPY in a worker thread (the encoder releases the GIL): the
+                # writer's connection only streams bytes.
+                encoded = await asyncio.to_thread(
+                    self._db.encode_download_page, layout, self.tenant_id, batch, chunk_rows
+                )
             except Exception as exc:  # handed to the writer, which decides (_fetch_failed)
                 await waiting.put(_Fetched(None, cursor, cursor, last=True, error=exc))
                 return
             fetched += 1
-            batch: pa.RecordBatch = page.batch
             # Never move the cursor backwards: a last page may come without a next cursor.
             next_cursor = page.next_cursor if page.next_cursor is not None else cursor
             # No cursor, the same cursor, or a short page: the Client System has no more now.
@@ -239,7 +256,7 @@ class DownloadManager:
                 or self._stop_requested
                 or (self.max_pages is not None and fetched >= self.max_pages)
             )
-            await waiting.put(_Fetched(batch, cursor, next_cursor, last=last))
+            await waiting.put(_Fetched(encoded, cursor, next_cursor, last=last))
             if last:
                 return
             cursor = next_cursor
@@ -264,44 +281,42 @@ class DownloadManager:
             return
         raise exc
 
-    async def _store(self, pages: list[_Fetched], chunk_rows: int, schema: pa.Schema) -> None:
-        """Pages and the last one's cursor in one transaction; the report follows."""
-        batches = [f.batch for f in pages if f.batch is not None and f.batch.num_rows]
-        rows = sum(b.num_rows for b in batches)
-        batch = (
-            batches[0]
-            if len(batches) == 1
-            else pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
-            if batches
-            else batch_of(schema)
-        )
+    async def _store(self, pages: list[_Fetched], check_present: bool) -> bool:
+        """Pages and the last one's cursor in one transaction; the report follows. True when
+        readings were already present (the next unit is checked for them first)."""
+        encoded = [f.page for f in pages if f.page is not None]
+        rows = sum(p.num_rows for p in encoded)
         next_cursor = pages[-1].next_cursor
         copy_started = time.perf_counter()
-        result = await self._db.store_download_page(self.tenant_id, batch, chunk_rows, next_cursor)
+        result = await self._db.store_download_pages(
+            self.tenant_id, encoded, next_cursor, check_present=check_present
+        )
         observe.phase("copy", self.tenant_id, time.perf_counter() - copy_started)
         observe.readings("downloaded", self.tenant_id, result.inserted)
         failpoint("download.after_commit")
         r = self.report
         self.report = replace(
             r,
-            pages=r.pages + len(batches),
+            pages=r.pages + sum(1 for p in encoded if p.num_rows),
             readings=r.readings + rows,
             inserted=r.inserted + result.inserted,
             skipped=r.skipped + result.skipped,
             chunks=r.chunks + result.chunks,
             cursor=next_cursor,
         )
+        present = result.skipped > 0
         log.debug(
             "tenant %s download: %d page(s) in one transaction (%d in all): %d readings, "
             "%d inserted, %d present, %d chunks",
             self.tenant_id,
-            len(batches),
+            sum(1 for p in encoded if p.num_rows),
             self.report.pages,
             rows,
             result.inserted,
             result.skipped,
             result.chunks,
         )
+        return present
 
     async def _offers_download(self) -> bool:
         """False (said once per process and Client System) when its profile has no download."""
@@ -348,10 +363,10 @@ UNIT_PAGES = 4
 
 @dataclass(frozen=True, slots=True)
 class _Fetched:
-    """A page fetched after cursor ``after`` (``batch``; ``None`` when the fetch failed with
-    ``error``), the cursor stored with it, and whether it is the last of the cycle."""
+    """A page fetched after cursor ``after`` (``page``, encoded; ``None`` when the fetch failed
+    with ``error``), the cursor stored with it, and whether it is the last of the cycle."""
 
-    batch: pa.RecordBatch | None
+    page: EncodedRows | None
     after: str | None
     next_cursor: str | None
     last: bool
@@ -360,9 +375,9 @@ class _Fetched:
     @property
     def moves(self) -> bool:
         """True when storing it writes something: readings, or a cursor further on."""
-        return self.batch is not None and (
-            self.batch.num_rows > 0 or self.next_cursor != self.after
-        )
+        if self.page is None:
+            return False
+        return self.page.num_rows > 0 or self.next_cursor != self.after
 
 
 #: Client Systems (base URLs) already reported as offering no download, so that it is said once.

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     from metersync.remote.client import DownloadPage, UploadResult
-    from metersync.store.database import InsertResult, RejectResult
+    from metersync.store.database import EncodedRows, InsertResult, RejectResult
     from metersync.store.schema import TableLayout
 
 __all__ = ["DownloadClient", "DownloadStore", "UploadClient", "UploadStore"]
@@ -90,10 +90,21 @@ class DownloadStore(_LockingStore, Protocol):
         """Where the tenant's download resumes."""
         ...
 
-    async def store_download_page(
-        self, tenant_id: int, batch: pa.RecordBatch, chunk_rows: int, next_cursor: str | None
+    def encode_download_page(
+        self, layout: TableLayout, tenant_id: int, batch: pa.RecordBatch, chunk_rows: int
+    ) -> EncodedRows:
+        """A parsed page encoded for storing (CPU only: called from a worker thread)."""
+        ...
+
+    async def store_download_pages(
+        self,
+        tenant_id: int,
+        pages: Sequence[EncodedRows],
+        next_cursor: str | None,
+        *,
+        check_present: bool = True,
     ) -> InsertResult:
-        """Store a page and advance the cursor in one transaction."""
+        """Store encoded pages and advance the cursor, all in one transaction."""
         ...
 
 

@@ -27,6 +27,7 @@ from metersync.store.queue import QueueOps
 from metersync.store.tenants import TenantOps
 from metersync.store.values import (
     CycleRow,
+    EncodedRows,
     InsertResult,
     QueueStatus,
     RejectResult,
@@ -38,6 +39,7 @@ from metersync.store.values import (
 __all__ = [
     "CompanionReader",
     "CycleRow",
+    "EncodedRows",
     "InsertResult",
     "QueueStatus",
     "RejectResult",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import psycopg
 import pyarrow as pa
@@ -22,7 +22,7 @@ from metersync.errors import (
 from metersync.store import sql as q
 from metersync.store._connection import Connection, _first_line, _operation
 from metersync.store.schema import TableLayout
-from metersync.store.values import InsertResult, _check_tenant_id, uuid_param
+from metersync.store.values import EncodedRows, InsertResult, _check_tenant_id, uuid_param
 
 log = logging.getLogger("metersync.store.database")  # one logger for the whole adapter
 
@@ -49,7 +49,11 @@ class IngestOps(Connection):
         prepared = insert_batch(batch, _typed_columns(layout), None, synchronized)
         if prepared.num_rows == 0:
             return InsertResult(0, 0, 0)
-        return await self._insert_unit(prepared, chunk_rows)
+
+        async def insert() -> InsertResult:
+            return await self._insert(prepared, chunk_rows)
+
+        return await self._insert_unit(insert, lambda: prepared, chunk_rows)
 
     @_operation
     async def store_download_page(
@@ -57,51 +61,112 @@ class IngestOps(Connection):
     ) -> InsertResult:
         """Store a downloaded page as synchronized readings and advance the tenant's cursor, in
         ONE transaction (a crash replays the page and duplicates nothing)."""
+        page = self.encode_download_page(await self.layout(), tenant_id, batch, chunk_rows)
+        return await self._store_encoded(tenant_id, [page], next_cursor, check_present=True)
+
+    def encode_download_page(
+        self, layout: TableLayout, tenant_id: int, batch: pa.RecordBatch, chunk_rows: int
+    ) -> EncodedRows:
+        """A downloaded page (upload columns) as synchronized readings of ``tenant_id``, encoded
+        for COPY in chunks of ``chunk_rows``: CPU only, no connection, so a worker thread may
+        run it while this connection stores the page before (the encoder releases the GIL).
+
+        Raises :class:`SchemaError` / ``ValueError`` for a page that does not fit the table.
+        """
+        _check_tenant_id(tenant_id)
+        _check_chunk_rows(chunk_rows)
+        prepared = insert_batch(batch, _typed_columns(layout), tenant_id, True)
+        return EncodedRows(prepared, tuple(_encode_chunks(prepared, chunk_rows)), chunk_rows)
+
+    @_operation
+    async def store_download_pages(
+        self,
+        tenant_id: int,
+        pages: Sequence[EncodedRows],
+        next_cursor: str | None,
+        *,
+        check_present: bool = True,
+    ) -> InsertResult:
+        """Store encoded pages (:meth:`encode_download_page`) and advance the tenant's cursor to
+        ``next_cursor``, all in ONE transaction.
+
+        ``check_present``: look up which readings are already stored first and skip them (one
+        statement). ``False`` for pages expected to be new: their COPY goes straight in, and if
+        a reading is present after all, the unit is redone through a staging table that skips
+        it; the result is the same, only slower then.
+        """
+        return await self._store_encoded(tenant_id, pages, next_cursor, check_present=check_present)
+
+    async def _store_encoded(
+        self,
+        tenant_id: int,
+        pages: Sequence[EncodedRows],
+        next_cursor: str | None,
+        *,
+        check_present: bool,
+    ) -> InsertResult:
         _check_tenant_id(tenant_id)
         self._fence(tenant_id)
-        layout = await self.layout()
-        prepared = insert_batch(batch, _typed_columns(layout), tenant_id, True)
+        for page in pages:
+            if (
+                page.num_rows
+                and not pc.all(pc.equal(page.batch.column("tenant_id"), tenant_id)).as_py()
+            ):
+                raise ValueError(f"encoded rows of another tenant given to store for {tenant_id}")
 
         async def cursor() -> None:
             failpoint("download.before_commit")
             await self._execute(q.UPSERT_CURSOR, (tenant_id, next_cursor))
 
-        return await self._insert_unit(prepared, chunk_rows, cursor)
+        async def insert() -> InsertResult:
+            return await self._copy_encoded(pages, check_present)
+
+        batches = [p.batch for p in pages if p.num_rows]
+        return await self._insert_unit(
+            insert,
+            lambda: _concat(batches),
+            min((p.chunk_rows for p in pages), default=1),
+            cursor,
+        )
 
     async def _insert_unit(
         self,
-        batch: pa.RecordBatch,
+        insert: Callable[[], Awaitable[InsertResult]],
+        rows: Callable[[], pa.RecordBatch],
         chunk_rows: int,
         then: Callable[[], Awaitable[None]] | None = None,
     ) -> InsertResult:
-        """One transaction: insert ``batch`` (skipping present ids), then ``then()``.
+        """One transaction: ``insert()`` (the fast path), then ``then()``.
 
-        The fast path (existing-id check, then COPY straight into ``meter_reading``) fails with
-        a unique violation when another writer inserts one of the ids between the check and
-        the COPY. Then the whole unit is redone once through :meth:`_insert_staged`, which
-        cannot fail so: no raw driver error reaches the caller, nothing is written twice.
+        The fast path (existing ids skipped after a check, or no check for rows expected to be
+        new, then COPY straight into ``meter_reading``) fails with a unique violation when a
+        reading is present after all (another writer inserted it after the check, or it was
+        never checked). Then the whole unit is redone once through :meth:`_insert_staged` with
+        ``rows()``, which cannot fail so: no raw driver error reaches the caller, nothing is
+        written twice.
         """
         _check_chunk_rows(chunk_rows)
         try:
             async with self._transaction():
-                result = (
-                    await self._insert(batch, chunk_rows)
-                    if batch.num_rows
-                    else InsertResult(0, 0, 0)
-                )
+                result = await insert()
                 if then is not None:
                     await then()
             return result
         except psycopg.errors.UniqueViolation as exc:
+            batch = rows()
             log.info(
-                "a concurrent writer inserted some of these %d readings (%s); redoing the insert "
-                "through a staging table",
+                "%d readings met readings already stored (%s); redoing the insert through a "
+                "staging table",
                 batch.num_rows,
                 exc.diag.constraint_name or "unique violation",
             )
         try:
             async with self._transaction():
-                result = await self._insert_staged(batch, chunk_rows)
+                result = (
+                    await self._insert_staged(batch, chunk_rows)
+                    if batch.num_rows
+                    else InsertResult(0, 0, 0)
+                )
                 if then is not None:
                     await then()
             return result
@@ -164,6 +229,31 @@ class IngestOps(Connection):
                 count += 1
         return InsertResult(batch.num_rows, total - batch.num_rows, count)
 
+    async def _copy_encoded(
+        self, pages: Sequence[EncodedRows], check_present: bool
+    ) -> InsertResult:
+        """COPY encoded pages, chunk by chunk; with ``check_present``, readings already stored
+        are looked up first (one statement for all pages) and left out (those pages are
+        encoded again without them)."""
+        total = sum(p.num_rows for p in pages)
+        if total == 0:
+            return InsertResult(0, 0, 0)
+        if check_present:
+            present = await self._present_ids(_concat([p.batch for p in pages if p.num_rows]))
+            if len(present):
+                pages = [_without(p, present) for p in pages]
+        statement = q.copy_in(pages[0].batch.schema.names)
+        count = inserted = 0
+        async with self._conn.cursor() as cur:
+            for page in pages:
+                inserted += page.num_rows
+                for data in page.chunks:
+                    self.statements += 1
+                    async with cur.copy(statement) as copy:
+                        await copy.write(data)
+                    count += 1
+        return InsertResult(inserted, total - inserted, count)
+
     async def _present_ids(self, batch: pa.RecordBatch) -> pa.Array:
         """Ids of the batch already stored: one statement per tenant in the batch."""
         ids = batch.column("meter_reading_id")
@@ -184,6 +274,22 @@ class IngestOps(Connection):
 
 def _encode_chunks(batch: pa.RecordBatch, chunk_rows: int) -> list[bytes]:
     return [codec.copy_binary(chunk) for chunk in codec.slices(batch, chunk_rows)]
+
+
+def _concat(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
+    """One record batch of ``batches`` (same schema; at least one)."""
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
+def _without(page: EncodedRows, present: pa.Array) -> EncodedRows:
+    """``page`` without the readings whose ids are in ``present`` (encoded again if any)."""
+    keep = pc.invert(pc.is_in(page.batch.column("meter_reading_id"), value_set=present))
+    kept = page.batch.filter(keep)
+    if kept.num_rows == page.num_rows:
+        return page
+    return EncodedRows(kept, tuple(_encode_chunks(kept, page.chunk_rows)), page.chunk_rows)
 
 
 def _check_chunk_rows(chunk_rows: object) -> None:

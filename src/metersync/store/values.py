@@ -116,6 +116,21 @@ class InsertResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedRows:
+    """Readings ready for ``COPY``: ``batch`` in the table's shape (typed columns, ``tenant_id``
+    and the sync columns) and ``chunks``, its binary COPY data in chunks of ``chunk_rows``."""
+
+    batch: pa.RecordBatch
+    chunks: tuple[bytes, ...]
+    chunk_rows: int
+
+    @property
+    def num_rows(self) -> int:
+        """Readings held."""
+        return self.batch.num_rows
+
+
+@dataclass(frozen=True, slots=True)
 class RejectResult:
     """Outcome of :meth:`SyncDatabase.mark_rejected`: rows updated, of which now quarantined."""
 

@@ -215,9 +215,12 @@ class _TimedDb:
             self._clock.end(ids[0].as_py())
         return result
 
-    async def store_download_page(self, *args: Any, **kwargs: Any) -> Any:
-        result = await self._db.store_download_page(*args, **kwargs)
-        self._clock.end_page()
+    async def store_download_pages(
+        self, tenant_id: int, pages: Any, next_cursor: Any, **kwargs: Any
+    ) -> Any:
+        result = await self._db.store_download_pages(tenant_id, pages, next_cursor, **kwargs)
+        for _ in pages:  # pages stored together end together
+            self._clock.end_page()
         return result
 
 
