@@ -222,12 +222,16 @@ async def engine_download(dsn: str, url: str) -> Any:
         return await manager.download()
 
 
-def cli(dsn: str, url: str, *args: str) -> tuple[float, dict[str, Any]]:
-    """``python -m metersync <args> --json``: (wall seconds, its JSON document)."""
+def cli(
+    dsn: str, url: str, *args: str, profile_to: Path | None = None
+) -> tuple[float, dict[str, Any]]:
+    """``python -m metersync <args> --json``: (wall seconds, its JSON document); under
+    ``python -m cProfile -o profile_to`` when that is given."""
     env = {**os.environ, "METERSYNC_DSN": dsn, "METERSYNC_API_URL": url}
+    profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to is not None else []
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "metersync", *args, "--json"],
+        [sys.executable, *profiler, "-m", "metersync", *args, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -264,7 +268,49 @@ def run(args: argparse.Namespace) -> list[Row]:
         return create_database(admin, name)
 
     sinks: list[ServerProcess] = []
+
+    def many_tenants() -> None:
+        """The many-tenants rows (or their profile): 300 tenants × 100 against one × 30,000."""
+        t, per = args.tenants, args.per_tenant
+        total = t * per
+        up_sink = ServerProcess("", profile="sink", sink_download=0)
+        sinks.append(up_sink)
+        many = database("many")
+        keys = {1000 + i: f"bench-engine-t{i}" for i in range(t)}
+        asyncio.run(_migrate(many, keys, upload=b, download=b))
+        batches = [reading_batch(per, seed=tid, tenant_id=tid) for tid in keys]
+        _copy_load(many, pa.Table.from_batches(batches).combine_chunks().to_batches()[0])
+        for tid, key in keys.items():
+            up_sink.register(tid, key)
+        one = database("single")
+        asyncio.run(_migrate(one, {UP: KEY_UP}, upload=b, download=b))
+        _copy_load(one, reading_batch(total, seed=5, tenant_id=UP))
+        up_sink.register(UP, KEY_UP)
+        if args.profile == "tenants":
+            profile_tenants(many, up_sink.base_url, args.top)
+            return
+        for _ in range(args.rounds):
+            _reset_pending(one)
+            wall, doc = cli(one, up_sink.base_url, "upload", "--tenant", str(UP))
+            rows.append(Row("tenants", f"one tenant × {total:,}", total, _own_seconds(doc),
+                            "own report", {"wall_s": round(wall, 2)}))  # fmt: skip
+            say(rows[-1])
+            _reset_pending(many)
+            wall, doc = cli(many, up_sink.base_url, "upload", "--all-tenants")
+            assert (
+                _scalar(many, "SELECT count(*) FROM meter_reading WHERE NOT is_synchronized") == 0
+            )
+            who = f"{t} tenants × {per}, --all-tenants"
+            seconds = _own_seconds(doc)
+            rows.append(
+                Row("tenants", who, total, seconds, "own report", {"wall_s": round(wall, 2)})
+            )
+            say(rows[-1])
+
     try:
+        if args.profile == "tenants":
+            many_tenants()
+            return rows
         # ---------------------------------------------------------------- upload, one tenant
         dsn = database("one")
         asyncio.run(_migrate(dsn, {UP: KEY_UP, DOWN: KEY_DOWN}, upload=b, download=b))
@@ -278,7 +324,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         sink.register(UP, KEY_UP)
         sink.register(DOWN, KEY_DOWN)
 
-        if args.profile:
+        if args.profile in ("upload", "download"):
             profile(args.profile, dsn, sink.base_url, args.top)
             return rows
         for _ in range(args.rounds):  # the floor and metersync alternate, round by round
@@ -351,39 +397,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             say(rows[-1])
         sink.stop()
 
-        # ---------------------------------------------------------------- many tenants
-        t, per = args.tenants, args.per_tenant
-        total = t * per
-        up_sink = ServerProcess("", profile="sink", sink_download=0)
-        sinks.append(up_sink)
-        many = database("many")
-        keys = {1000 + i: f"bench-engine-t{i}" for i in range(t)}
-        asyncio.run(_migrate(many, keys, upload=b, download=b))
-        batches = [reading_batch(per, seed=tid, tenant_id=tid) for tid in keys]
-        _copy_load(many, pa.Table.from_batches(batches).combine_chunks().to_batches()[0])
-        for tid, key in keys.items():
-            up_sink.register(tid, key)
-        one = database("single")
-        asyncio.run(_migrate(one, {UP: KEY_UP}, upload=b, download=b))
-        _copy_load(one, reading_batch(total, seed=5, tenant_id=UP))
-        up_sink.register(UP, KEY_UP)
-        for _ in range(args.rounds):
-            _reset_pending(one)
-            wall, doc = cli(one, up_sink.base_url, "upload", "--tenant", str(UP))
-            rows.append(Row("tenants", f"one tenant × {total:,}", total, _own_seconds(doc),
-                            "own report", {"wall_s": round(wall, 2)}))  # fmt: skip
-            say(rows[-1])
-            _reset_pending(many)
-            wall, doc = cli(many, up_sink.base_url, "upload", "--all-tenants")
-            assert (
-                _scalar(many, "SELECT count(*) FROM meter_reading WHERE NOT is_synchronized") == 0
-            )
-            who = f"{t} tenants × {per}, --all-tenants"
-            seconds = _own_seconds(doc)
-            rows.append(
-                Row("tenants", who, total, seconds, "own report", {"wall_s": round(wall, 2)})
-            )
-            say(rows[-1])
+        many_tenants()
         return rows
     finally:
         for s in sinks:
@@ -413,6 +427,28 @@ def profile(what: str, dsn: str, url: str, top: int) -> None:
     stats = pstats.Stats(profiler).strip_dirs()
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
+
+
+def profile_tenants(dsn: str, url: str, top: int) -> None:
+    """``metersync upload --all-tenants`` once under cProfile (its own process, as timed): the
+    top of the profile by own time, then the process's CPU time against its wall clock."""
+    import pstats
+    import resource
+    import tempfile
+
+    _reset_pending(dsn)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "tenants.prof"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall, doc = cli(dsn, url, "upload", "--all-tenants", profile_to=out)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        print(
+            f"upload --all-tenants: {wall:.2f} s wall under cProfile ({_own_seconds(doc):.2f} s "
+            f"own report), {cpu:.2f} CPU-s in the CLI process"
+        )
+        stats = pstats.Stats(str(out)).strip_dirs()
+        stats.sort_stats("tottime").print_stats(top)
 
 
 async def _layout(dsn: str) -> Any:
@@ -510,8 +546,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument(
         "--profile",
-        choices=["upload", "download"],
-        help="only run this engine path once under cProfile and print the top of the profile",
+        choices=["upload", "download", "tenants"],
+        help="only run this engine path once under cProfile and print the top of the profile "
+        "(tenants: `upload --all-tenants` in its own process)",
     )
     p.add_argument("--top", type=int, default=30, help="lines of the profile to print")
     p.add_argument("-v", "--verbose", action="store_true")
