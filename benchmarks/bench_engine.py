@@ -26,6 +26,7 @@ sizes from the environment)::
 
     .venv/bin/python benchmarks/bench_engine.py [--rows 100000] [--batch 1000]
         [--naive-rows 20000] [--tenants 300] [--per-tenant 100] [--json out.json]
+    .venv/bin/python benchmarks/bench_engine.py --profile upload|download|tenants [--top 30]
 
 ``METERSYNC_BENCH_ENGINE_ROWS`` etc. scale it down for a quick run; ``METERSYNC_BENCH_DSN`` names a
 server where it may create databases (else an embedded PostgreSQL is started).
