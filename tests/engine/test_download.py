@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import uuid
 from typing import Any
 
 import pytest
@@ -186,7 +187,9 @@ async def test_pages_waiting_for_a_slow_writer_commit_together(engine: Engine) -
     events: list[str] = []
     # A writer slower than the Client System: pages pile up (at most UNIT_PAGES) meanwhile.
     db = _Recorder(engine.db, events, "store_download_pages", delay=0.2)
-    manager = DownloadManager(db, engine.client(tenant), TenantCache(engine.db), tenant_id=tenant)
+    manager = DownloadManager(
+        db, engine.client(tenant), TenantCache(engine.db), tenant_id=tenant, second_writer=False
+    )
     report = await manager.download()
     assert report.error is None
     assert (report.pages, report.readings, report.inserted) == (6, 60, 60)
@@ -198,6 +201,78 @@ async def test_pages_waiting_for_a_slow_writer_commit_together(engine: Engine) -
     assert await engine.rows(VALUES_SQL, tenant) == before
     assert await engine.db.get_download_cursor(tenant) == report.cursor
     assert await engine.status_counts(tenant) == {"synchronized:true": 60}
+
+
+class _TwoWriters(_Recorder):
+    """The lock's session, slowed down, whose second session (``download_writer``) is recorded
+    too; ``fail_on``: its own store of that number raises after the delay."""
+
+    def __init__(self, inner: Any, delay: float, fail_on: int = 0) -> None:
+        super().__init__(inner, [], "store_download_pages", delay=delay)
+        self.second_events: list[str] = []
+        self.calls = 0
+        self.fail_on = fail_on
+
+    async def store_download_pages(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        self._events.append("first store")
+        await asyncio.sleep(self._delay)
+        if self.calls == self.fail_on:
+            raise RuntimeError("injected: the lock's session fails its unit")
+        return await self._inner.store_download_pages(*args, **kwargs)
+
+    async def download_writer(self) -> Any:
+        second = await self._inner.download_writer()
+        return _Recorder(second, self.second_events, "store_download_pages")
+
+
+async def _ids_up_to(engine: Engine, tenant: int, cursor: str | None, size: int) -> set[bytes]:
+    """The ids the Client System serves on its pages up to (and including) the one that ends
+    at ``cursor``."""
+    schema = (await engine.db.layout()).upload_schema
+    ids: set[bytes] = set()
+    after: str | None = None
+    client = engine.client(tenant)
+    while after != cursor:
+        page = await client.get_readings(size, after, schema=schema, tenant_id=tenant)
+        assert page.batch.num_rows, f"cursor {cursor!r} is not where a page ends"
+        ids.update(page.batch.column("meter_reading_id").to_pylist())
+        after = page.next_cursor
+    return ids
+
+
+async def test_a_second_session_stores_units_while_the_first_commits(engine: Engine) -> None:
+    tenant = await engine.tenant(upload=4, download=10)
+    before = await _uploaded_then_wiped(engine, tenant, 80)
+    db = _TwoWriters(engine.db, delay=0.1)
+    manager = DownloadManager(db, engine.client(tenant), TenantCache(engine.db), tenant_id=tenant)
+    report = await manager.download()
+    assert report.error is None
+    assert (report.pages, report.readings, report.inserted) == (8, 80, 80)
+    assert db.second_events.count("store_download_pages end") >= 1  # the second session wrote
+    assert await engine.rows(VALUES_SQL, tenant) == before
+    assert await engine.db.get_download_cursor(tenant) == report.cursor
+
+
+async def test_a_unit_after_a_failed_one_never_commits(engine: Engine) -> None:
+    """Cursors commit in page order across the two sessions: when the lock's session fails a
+    unit, the unit after it (on the second session, waiting to commit) rolls back, so the
+    stored cursor never passes a page that is not stored."""
+    tenant = await engine.tenant(upload=4, download=10)
+    before = await _uploaded_then_wiped(engine, tenant, 100)
+    db = _TwoWriters(engine.db, delay=0.15, fail_on=2)
+    manager = DownloadManager(db, engine.client(tenant), TenantCache(engine.db), tenant_id=tenant)
+    with pytest.raises(RuntimeError, match="injected"):
+        await manager.download()
+    assert db.second_events.count("store_download_pages end") >= 1
+    cursor = await engine.db.get_download_cursor(tenant)
+    stored = {uuid.UUID(i).bytes for i in await engine.local_ids(tenant)}
+    # Exactly the readings of the pages up to the cursor: nothing of a unit after the failed one.
+    assert cursor is not None and 0 < len(stored) < 100
+    assert stored == await _ids_up_to(engine, tenant, cursor, 10)
+    again = await engine.downloader(tenant).download()
+    assert again.error is None and again.inserted == 100 - len(stored)
+    assert await engine.rows(VALUES_SQL, tenant) == before
 
 
 async def test_no_download_from_a_client_system_without_it(

@@ -13,16 +13,19 @@ from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fix_server import json_text
+from metersync import codec
 from metersync.codec import _page_py, _types
 from metersync.errors import MalformedPageError
 from metersync.model import MEASUREMENT_COLUMNS
 from metersync.remote import page as page_api
+from metersync.tools.synthetic import reading_batch
 
 try:
     from metersync.codec import _page as _page_c
@@ -438,3 +441,38 @@ def test_twins_agree_on_every_spelling_of_a_number(number: str, column: str) -> 
     assert c[0] == py[0] and (c[1] == py[1] if c[0] == "error" else c[1].equals(py[1]))
     if c[0] == "ok" and column == "amount":
         assert c[1].column("amount")[0].as_py() == Decimal(number)
+
+
+# -- peek_page: the engine's hint, never the page's meaning -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        (
+            b'{"readings":[{"meter_reading_id":"a"},{"meter_reading_id":"b"}],"next_cursor":"c2Vx"}',
+            ("c2Vx", 2),
+        ),
+        (b'{"readings": [], "next_cursor": null}\n', (None, 0)),
+        (b'{"readings":[{"meter_reading_id":"a"}],"next_cursor" : "seq:1" } ', ("seq:1", 1)),
+        # The cursor not at the end, or a token that would need unescaping: no hint.
+        (b'{"next_cursor":"x","readings":[]}', None),
+        (b'{"readings":[],"next_cursor":"a\\"b"}', None),
+        (b'{"readings":[],"next_cursor":"x"', None),
+        (b"", None),
+    ],
+)
+def test_peek_page_reads_the_cursor_a_page_ends_with(body: bytes, hint: Any) -> None:
+    assert page_api.peek_page(body) == hint
+
+
+@given(
+    n=st.integers(min_value=0, max_value=30),
+    cursor=st.none() | st.from_regex(r"[A-Za-z0-9_\-=]{1,40}", fullmatch=True),
+)
+def test_peek_page_agrees_with_the_parse_on_our_own_pages(n: int, cursor: str | None) -> None:
+    batch = reading_batch(n, seed=n, tenant_id=None)
+    rows = codec.json_rows(batch)
+    body = b'{"readings":' + rows + b',"next_cursor":' + orjson.dumps(cursor) + b"}"
+    parsed, next_cursor = page_api.parse_page(body, batch.schema, tenant_id=None, limit=30)
+    assert page_api.peek_page(body) == (next_cursor, parsed.num_rows) == (cursor, n)

@@ -20,6 +20,7 @@ from metersync.errors import (
     ConfigError,
     DatabaseUnavailableError,
     SchemaError,
+    TenantLockLostError,
     UnknownTenantError,
 )
 from metersync.store.database import InsertResult, SyncDatabase, TenantRow
@@ -274,6 +275,32 @@ async def test_pages_stored_together_without_a_check_still_skip_present_readings
     with pytest.raises(ValueError, match="another tenant"):
         await db.store_download_pages(t, [theirs], "c-5")
     assert await db.get_download_cursor(t) == "c-4"
+
+
+async def test_a_second_session_moves_the_cursor_only_under_the_holders_lock(
+    db: SyncDatabase, dsn: str
+) -> None:
+    t = await _tenant(db)
+    layout = await db.layout()
+    second = await db.download_writer()
+    assert second is not None
+    try:
+        page = db.encode_download_page(layout, t, _readings(12, None), 5)
+        # The lock holder's session does not hold the download lock: nothing is written.
+        with pytest.raises(TenantLockLostError, match="not held"):
+            await second.store_download_pages(
+                t, [page], "c-1", held_by=db.lock_holder(t, "download")
+            )
+        assert await db.get_download_cursor(t) is None
+        assert _sql(dsn, "SELECT count(*) FROM meter_reading WHERE tenant_id = %s", t) == [(0,)]
+        async with db.tenant_lock(t, "download"):
+            result = await second.store_download_pages(
+                t, [page], "c-1", held_by=db.lock_holder(t, "download")
+            )
+        assert result == InsertResult(12, 0, 3)
+        assert await db.get_download_cursor(t) == "c-1"
+    finally:
+        await second.close()
 
 
 async def _race_a_writer(dsn: str, t: int, rid: uuid.UUID, insert: Any) -> Any:

@@ -27,12 +27,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from metersync import observe
 from metersync._failpoints import failpoint
@@ -45,6 +47,7 @@ from metersync.errors import (
     ClientSystemError,
     MalformedPageError,
 )
+from metersync.remote.page import peek_page
 
 if TYPE_CHECKING:
     from metersync.store.schema import TableLayout
@@ -91,7 +94,9 @@ class DownloadManager:
     :class:`TenantCache` the sizes come from (read once per cycle). ``max_pages`` bounds one
     cycle (``None``: until the Client System has no more readings). ``unknown_fields``: page
     fields that are not columns of ``meter_reading`` and may be dropped (``None``: a page with
-    one is refused; ``"all"``: drop any; or a collection of names).
+    one is refused; ``"all"``: drop any; or a collection of names). ``second_writer``: store a
+    unit of pages on a second session of the sync database while the lock's session commits
+    the one before (cursors still commit in page order); ``False``: one session only.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class DownloadManager:
         tenant_id: int,
         max_pages: int | None = None,
         unknown_fields: Collection[str] | str | None = None,
+        second_writer: bool = True,
     ) -> None:
         if max_pages is not None and max_pages < 1:
             raise ValueError(f"max_pages must be >= 1 or None, got {max_pages}")
@@ -113,7 +119,12 @@ class DownloadManager:
         self._cache = cache
         self.tenant_id = tenant_id
         self.max_pages = max_pages
+        #: Store a unit on a second session while the first commits the unit before (opened
+        #: only when a cycle has a unit ready while another is being stored).
+        self.second_writer = second_writer
         self._stop_requested = False
+        self._check_present = True
+        self._second_statements = 0
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = DownloadReport(tenant_id=tenant_id)
         #: The exception behind ``report.error`` (its type says what failed), else ``None``.
@@ -131,6 +142,7 @@ class DownloadManager:
         for (nothing of it written, cursor unchanged), :class:`AuthError` for a refused key.
         """
         self._stop_requested = False
+        self._second_statements = 0
         clock = CycleClock(self._db)
         self.report = DownloadReport(tenant_id=self.tenant_id)
         self.error_cause = None
@@ -145,7 +157,7 @@ class DownloadManager:
             async with self._db.tenant_lock(self.tenant_id, "download"):  # or TenantBusyError
                 await self._cycle(batch_cfg.download_batch_size, batch_cfg.upload_batch_size)
         finally:
-            self.report = replace(self.report, **clock.totals())
+            self.report = replace(self.report, **clock.totals(self._second_statements))
         r = self.report
         log.log(
             logging.WARNING if r.error else logging.INFO,
@@ -174,7 +186,7 @@ class DownloadManager:
         if self._stop_requested:
             return
 
-        async def fetch(after: str | None) -> Any:
+        def fetch(after: str | None, on_body: Callable[[bytes], None]) -> asyncio.Task[Any]:
             task = asyncio.ensure_future(
                 self._client.get_readings(
                     page_size,
@@ -183,9 +195,11 @@ class DownloadManager:
                     tenant_id=self.tenant_id,
                     unknown_fields=self.unknown_fields,
                     exclude_site=exclude_site,
+                    on_body=on_body,
                 )
             )
-            return await observe.timed(task, "download_page", self.tenant_id)
+            observe.timed(task, "download_page", self.tenant_id)
+            return task
 
         # The fetcher runs ahead of the writer by at most UNIT_PAGES pages: the Client System's
         # latency and the parse hide behind the COPY, and the pages waiting when the writer is
@@ -197,7 +211,13 @@ class DownloadManager:
         # The first unit is checked for readings already stored (a replayed page, a cycle that
         # resumes after a crash); after a unit that had none, the next goes straight in (if one
         # is present after all, the store redoes that unit through a staging table).
-        check_present = True
+        self._check_present = True
+        # Units being stored, oldest first: at most one per writer. A second writer (its own
+        # session, opened when a unit is ready while another is still being stored) COPYs
+        # while the first commits; cursors still commit in page order (_store).
+        stores: deque[_Store] = deque()
+        second: Any = None
+        second_tried = False
         try:
             while True:
                 unit = [await waiting.get()]
@@ -205,22 +225,66 @@ class DownloadManager:
                     unit.append(waiting.get_nowait())
                 pages = [f for f in unit if f.moves]
                 if pages:
-                    check_present = await self._store(pages, check_present)
+                    if stores and not second_tried and self.second_writer:
+                        second_tried = True
+                        second = await self._open_second_writer()
+                    width = 2 if second is not None else 1
+                    while len(stores) >= width or (stores and _shares_ids(stores[-1], pages)):
+                        # (a reading in both units: the later waits, or its COPY would wait
+                        # on the earlier's uncommitted row while the earlier waits for nothing)
+                        await stores.popleft().task
+                    writer = (
+                        second
+                        if second is not None and stores and stores[-1].writer is self._db
+                        else self._db
+                    )
+                    previous = stores[-1].task if stores else None
+                    task = asyncio.ensure_future(self._store(writer, pages, previous))
+                    stores.append(_Store(task, writer, pages))
                 end = unit[-1]
-                if end.error is not None:
-                    self._fetch_failed(end.error, end.after)
-                    return
-                if end.last or self._stop_requested:
+                if end.error is not None or end.last or self._stop_requested:
+                    while stores:  # what was handed to the writers commits (or raises)
+                        await stores.popleft().task
+                    if end.error is not None:
+                        self._fetch_failed(end.error, end.after)
                     return
         finally:
             fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await fetcher
+            for store in stores:  # only after an error: a unit not yet committed rolls back
+                store.task.cancel()
+            for store in stores:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await store.task
+            if second is not None:
+                self._second_statements += second.statements
+                with contextlib.suppress(Exception):
+                    await second.close()
+
+    async def _open_second_writer(self) -> Any:
+        """The second session that stores units alongside this one (``None``: there is none —
+        an adapter without :meth:`~metersync.store.database.SyncDatabase.download_writer`, no
+        DSN, or it could not be opened; the units are then stored one after the other)."""
+        open_writer = getattr(self._db, "download_writer", None)
+        if open_writer is None:
+            return None
+        try:
+            return await open_writer()
+        except Exception as exc:  # the overlap is an optimisation: carry on without it
+            log.warning(
+                "tenant %s: no second database connection for the download (%s: %s); storing "
+                "on the lock's connection only",
+                self.tenant_id,
+                type(exc).__name__,
+                exc,
+            )
+            return None
 
     async def _fetch_pages(
         self,
         waiting: asyncio.Queue[_Fetched],
-        fetch: Callable[[str | None], Awaitable[Any]],
+        fetch: Callable[[str | None, Callable[[bytes], None]], asyncio.Task[Any]],
         cursor: str | None,
         page_size: int,
         layout: TableLayout,
@@ -228,38 +292,70 @@ class DownloadManager:
     ) -> None:
         """Fetch, parse and encode pages one after the other from ``cursor`` into ``waiting``,
         until the Client System has no more, the page budget is spent, a stop was requested or
-        a fetch failed. The last item put says so (``last``; ``error`` when a fetch failed)."""
+        a fetch failed. The last item put says so (``last``; ``error`` when a fetch failed).
+
+        The next page is asked for as soon as this one's bytes arrive, with the cursor they
+        END with (:func:`~metersync.remote.page.peek_page`, a hint), so it travels while this
+        one is parsed; when the parse says otherwise (another cursor, a short page) that
+        request is dropped and, if there is a next page, it is asked for with the parsed one.
+        """
         fetched = 0
-        while True:
-            try:
-                page = await fetch(cursor)
-                failpoint("download.after_fetch_page")
-                batch: pa.RecordBatch = page.batch
-                # Encoded for COPY in a worker thread (the encoder releases the GIL): the
-                # writer's connection only streams bytes.
-                encoded = await asyncio.to_thread(
-                    self._db.encode_download_page, layout, self.tenant_id, batch, chunk_rows
+        guesses: dict[str | None, asyncio.Task[Any]] = {}  # next page, asked for on a hint
+
+        def on_body(after: str | None) -> Callable[[bytes], None]:
+            def ask_next(body: bytes) -> None:
+                hint = peek_page(body)
+                if hint is None or guesses:
+                    return
+                guess, readings = hint
+                if guess is None or guess == after or readings < page_size:
+                    return  # no more after this page, by its own account
+                if self._stop_requested or (
+                    self.max_pages is not None and fetched + 2 > self.max_pages
+                ):
+                    return
+                guesses[guess] = fetch(guess, on_body(guess))
+
+            return ask_next
+
+        task = fetch(cursor, on_body(cursor))
+        try:
+            while True:
+                try:
+                    page = await task
+                    failpoint("download.after_fetch_page")
+                    batch: pa.RecordBatch = page.batch
+                    # Encoded for COPY in a worker thread (the encoder releases the GIL): the
+                    # writer's connection only streams bytes.
+                    encoded = await asyncio.to_thread(
+                        self._db.encode_download_page, layout, self.tenant_id, batch, chunk_rows
+                    )
+                except Exception as exc:  # handed to the writer, which decides (_fetch_failed)
+                    await waiting.put(_Fetched(None, cursor, cursor, last=True, error=exc))
+                    return
+                fetched += 1
+                # Never move the cursor backwards: a last page may come without a next cursor.
+                next_cursor = page.next_cursor if page.next_cursor is not None else cursor
+                # No cursor, the same cursor, or a short page: the Client System has no more
+                # now. (An empty page that moves the cursor: a site filter skipped readings
+                # this site uploaded itself; storing it remembers where they end.)
+                last = (
+                    page.next_cursor is None
+                    or page.next_cursor == cursor
+                    or batch.num_rows < page_size
+                    or self._stop_requested
+                    or (self.max_pages is not None and fetched >= self.max_pages)
                 )
-            except Exception as exc:  # handed to the writer, which decides (_fetch_failed)
-                await waiting.put(_Fetched(None, cursor, cursor, last=True, error=exc))
-                return
-            fetched += 1
-            # Never move the cursor backwards: a last page may come without a next cursor.
-            next_cursor = page.next_cursor if page.next_cursor is not None else cursor
-            # No cursor, the same cursor, or a short page: the Client System has no more now.
-            # (An empty page that moves the cursor: a site filter skipped readings this site
-            # uploaded itself; storing it remembers where they end.)
-            last = (
-                page.next_cursor is None
-                or page.next_cursor == cursor
-                or batch.num_rows < page_size
-                or self._stop_requested
-                or (self.max_pages is not None and fetched >= self.max_pages)
-            )
-            await waiting.put(_Fetched(encoded, cursor, next_cursor, last=last))
-            if last:
-                return
-            cursor = next_cursor
+                await waiting.put(_Fetched(encoded, cursor, next_cursor, last=last))
+                if last:
+                    return
+                cursor = next_cursor
+                guessed = guesses.pop(cursor, None)
+                _drop(guesses.values())  # a hint the parse contradicted
+                guesses.clear()
+                task = guessed if guessed is not None else fetch(cursor, on_body(cursor))
+        finally:
+            _drop([task, *guesses.values()])
 
     def _fetch_failed(self, exc: BaseException, cursor: str | None) -> None:
         """A fetch after ``cursor`` failed (the pages before it are committed): raise what the
@@ -281,15 +377,32 @@ class DownloadManager:
             return
         raise exc
 
-    async def _store(self, pages: list[_Fetched], check_present: bool) -> bool:
-        """Pages and the last one's cursor in one transaction; the report follows. True when
-        readings were already present (the next unit is checked for them first)."""
+    async def _store(
+        self, writer: Any, pages: list[_Fetched], previous: asyncio.Task[None] | None
+    ) -> None:
+        """Pages and the last one's cursor in one transaction on ``writer``, the cursor only
+        after ``previous`` (the unit before, on the other writer) committed; the report
+        follows. A unit whose predecessor failed writes nothing and fails too."""
         encoded = [f.page for f in pages if f.page is not None]
         rows = sum(p.num_rows for p in encoded)
         next_cursor = pages[-1].next_cursor
+
+        async def in_page_order() -> None:
+            if previous is not None:
+                # Bounded: should the unit before wait on a third session that waits on this
+                # one's rows, this one gives up (and rolls back) instead of waiting forever.
+                await asyncio.wait_for(asyncio.shield(previous), PREVIOUS_UNIT_TIMEOUT)
+
         copy_started = time.perf_counter()
-        result = await self._db.store_download_pages(
-            self.tenant_id, encoded, next_cursor, check_present=check_present
+        result = await writer.store_download_pages(
+            self.tenant_id,
+            encoded,
+            next_cursor,
+            check_present=self._check_present,
+            before_cursor=in_page_order if previous is not None else None,
+            held_by=(
+                None if writer is self._db else self._db.lock_holder(self.tenant_id, "download")
+            ),
         )
         observe.phase("copy", self.tenant_id, time.perf_counter() - copy_started)
         observe.readings("downloaded", self.tenant_id, result.inserted)
@@ -304,7 +417,7 @@ class DownloadManager:
             chunks=r.chunks + result.chunks,
             cursor=next_cursor,
         )
-        present = result.skipped > 0
+        self._check_present = result.skipped > 0
         log.debug(
             "tenant %s download: %d page(s) in one transaction (%d in all): %d readings, "
             "%d inserted, %d present, %d chunks",
@@ -316,7 +429,6 @@ class DownloadManager:
             result.skipped,
             result.chunks,
         )
-        return present
 
     async def _offers_download(self) -> bool:
         """False (said once per process and Client System) when its profile has no download."""
@@ -356,6 +468,9 @@ class DownloadManager:
         return site if profile.site_filter and site else None
 
 
+#: Seconds a unit waits for the unit before it to commit before giving up (rolled back).
+PREVIOUS_UNIT_TIMEOUT = 120.0
+
 #: Pages fetched ahead of the writer at most; the writer stores the pages waiting (up to this
 #: many) in one transaction with the last one's cursor.
 UNIT_PAGES = 4
@@ -378,6 +493,32 @@ class _Fetched:
         if self.page is None:
             return False
         return self.page.num_rows > 0 or self.next_cursor != self.after
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """A unit being stored: its task, the session it runs on, its pages."""
+
+    task: asyncio.Task[None]
+    writer: Any
+    pages: list[_Fetched]
+
+
+def _drop(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel fetches no longer wanted; their outcome (even an error) is of no interest."""
+    for task in tasks:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def _shares_ids(store: _Store, pages: list[_Fetched]) -> bool:
+    """True when a reading of ``pages`` is also in the unit ``store`` is writing."""
+    mine = [f.page.batch.column("meter_reading_id") for f in store.pages if f.page is not None]
+    theirs = [f.page.batch.column("meter_reading_id") for f in pages if f.page is not None]
+    if not mine or not theirs:
+        return False
+    value_set = pa.concat_arrays(mine)
+    return any(pc.any(pc.is_in(ids, value_set=value_set)).as_py() for ids in theirs)
 
 
 #: Client Systems (base URLs) already reported as offering no download, so that it is said once.

@@ -8,7 +8,7 @@ real adapters (which satisfy these structurally); a daemon may pass its own.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -130,6 +130,8 @@ class DownloadClient(Protocol):
         tenant_id: int | None = None,
         unknown_fields: Collection[str] | str | None = None,
         exclude_site: str | None = None,
+        on_body: Callable[[bytes], None] | None = None,
     ) -> DownloadPage:
-        """One page of the key's tenant after ``after``."""
+        """One page of the key's tenant after ``after`` (``on_body`` sees its bytes before
+        the parse)."""
         ...

@@ -498,6 +498,7 @@ class ClientSystemApiClient:
         tenant_id: int | None = None,
         unknown_fields: Collection[str] | str | None = None,
         exclude_site: str | None = None,
+        on_body: Callable[[bytes], None] | None = None,
     ) -> DownloadPage:
         """Fetch one page of the tenant's readings (at most ``limit``) after cursor ``after``.
 
@@ -505,7 +506,9 @@ class ClientSystemApiClient:
         (:func:`metersync.remote.page.parse_page`: ``tenant_id`` is the tenant the readings
         must belong to, ``unknown_fields`` what may be dropped); without, only its shape is
         checked. ``exclude_site``: leave out readings uploaded by that site (a Client System
-        whose profile has ``site_filter``). A bad page raises :class:`MalformedPageError`.
+        whose profile has ``site_filter``). ``on_body``: called with the page as received,
+        before it is parsed (the download engine peeks at its cursor there to ask for the next
+        page while this one is parsed). A bad page raises :class:`MalformedPageError`.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"limit must be a positive integer, got {limit!r}")
@@ -516,6 +519,8 @@ class ClientSystemApiClient:
             params["exclude_site"] = exclude_site
         response, _ = await self._request("GET", READINGS_PATH, params=params)
         body = response.content
+        if on_body is not None:
+            on_body(body)
         if len(body) >= _PARSE_THREAD_BYTES:
             # The compiled parser releases the GIL: a big page is parsed in a worker thread
             # while the event loop goes on (e.g. writing the previous page to the database).

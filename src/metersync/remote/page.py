@@ -22,6 +22,7 @@ batches and raise the same errors for the same bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 import pyarrow as pa
@@ -29,7 +30,11 @@ import pyarrow as pa
 from metersync.codec._impl import page_module
 from metersync.codec._page_py import REQUIRED_FIELDS
 
-__all__ = ["REQUIRED_FIELDS", "parse_page"]
+__all__ = ["REQUIRED_FIELDS", "parse_page", "peek_page"]
+
+#: A page that ends with its cursor: ``..., "next_cursor": "<token>"}`` or ``null``.
+_CURSOR_AT_END = re.compile(rb'"next_cursor"\s*:\s*(?:"([A-Za-z0-9_\-.~+/=:]*)"|null)\s*}\s*$')
+_ID_KEY = b'"meter_reading_id"'
 
 
 def parse_page(
@@ -54,3 +59,17 @@ def parse_page(
     return page_module.parse_page(
         body, schema, tenant_id=tenant_id, limit=limit, unknown_fields=unknown_fields
     )
+
+
+def peek_page(body: bytes) -> tuple[str | None, int] | None:
+    """A HINT read from a page's bytes without parsing it: ``(next_cursor, readings)`` -- the
+    cursor when the page ends with it (a plain token or ``null``), and how many readings it
+    seems to hold (occurrences of ``"meter_reading_id"``) -- or ``None`` when the page does
+    not end with its cursor. Only :func:`parse_page` decides what a page says; the engine uses
+    the hint to ask for the next page early, and drops that request when the parse disagrees.
+    """
+    match = _CURSOR_AT_END.search(body, max(0, len(body) - 1024))
+    if match is None:
+        return None
+    token = match.group(1)
+    return (None if token is None else token.decode("ascii")), body.count(_ID_KEY)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Self
 
 import psycopg
 import pyarrow as pa
@@ -18,6 +19,7 @@ from metersync._failpoints import failpoint
 from metersync.codec.cast import insert_batch
 from metersync.errors import (
     SchemaError,
+    TenantLockLostError,
 )
 from metersync.store import sql as q
 from metersync.store._connection import Connection, _first_line, _operation
@@ -86,6 +88,8 @@ class IngestOps(Connection):
         next_cursor: str | None,
         *,
         check_present: bool = True,
+        before_cursor: Callable[[], Awaitable[None]] | None = None,
+        held_by: tuple[int, str] | None = None,
     ) -> InsertResult:
         """Store encoded pages (:meth:`encode_download_page`) and advance the tenant's cursor to
         ``next_cursor``, all in ONE transaction.
@@ -94,8 +98,38 @@ class IngestOps(Connection):
         statement). ``False`` for pages expected to be new: their COPY goes straight in, and if
         a reading is present after all, the unit is redone through a staging table that skips
         it; the result is the same, only slower then.
+
+        ``before_cursor``: awaited inside the transaction after the COPYs, before the cursor
+        moves (a second writer waits there for the unit before it to commit: cursors commit in
+        page order). If it raises, nothing of this unit is written.
+
+        ``held_by``: ``(backend pid, lock key)`` of the session holding the tenant's download
+        lock when this is another session (:meth:`download_writer`): the cursor upsert then
+        fails unless that session still holds the lock, and nothing is written
+        (:class:`TenantLockLostError`).
         """
-        return await self._store_encoded(tenant_id, pages, next_cursor, check_present=check_present)
+        return await self._store_encoded(
+            tenant_id,
+            pages,
+            next_cursor,
+            check_present=check_present,
+            before_cursor=before_cursor,
+            held_by=held_by,
+        )
+
+    async def download_writer(self) -> Self | None:
+        """A second session on the same database that stores downloaded pages while this one
+        stores the pages before them (:meth:`store_download_pages` with ``held_by`` =
+        :meth:`lock_holder` of this session, and ``before_cursor`` for the commit order);
+        ``None`` when there is no DSN to open one with. The caller closes it."""
+        if self._dsn is None or self._closed:
+            return None
+        return await type(self).connect(self._dsn)
+
+    def lock_holder(self, tenant_id: int, operation: str) -> tuple[int, str]:
+        """``(backend pid, lock key)`` of this session's ``operation`` lock on ``tenant_id``:
+        what another session passes as ``held_by`` to write under this session's lock."""
+        return (self._conn.info.backend_pid, q.lock_key(operation, _check_tenant_id(tenant_id)))
 
     async def _store_encoded(
         self,
@@ -104,6 +138,8 @@ class IngestOps(Connection):
         next_cursor: str | None,
         *,
         check_present: bool,
+        before_cursor: Callable[[], Awaitable[None]] | None = None,
+        held_by: tuple[int, str] | None = None,
     ) -> InsertResult:
         _check_tenant_id(tenant_id)
         self._fence(tenant_id)
@@ -115,8 +151,19 @@ class IngestOps(Connection):
                 raise ValueError(f"encoded rows of another tenant given to store for {tenant_id}")
 
         async def cursor() -> None:
+            if before_cursor is not None:
+                await before_cursor()
             failpoint("download.before_commit")
-            await self._execute(q.UPSERT_CURSOR, (tenant_id, next_cursor))
+            if held_by is None:
+                await self._execute(q.UPSERT_CURSOR, (tenant_id, next_cursor))
+                return
+            try:
+                await self._execute(q.upsert_cursor_held_by(*held_by), (tenant_id, next_cursor))
+            except psycopg.errors.DivisionByZero:
+                raise TenantLockLostError(
+                    f"tenant {tenant_id}: the download lock is not held by the session these "
+                    "pages are written for; nothing written"
+                ) from None
 
         async def insert() -> InsertResult:
             return await self._copy_encoded(pages, check_present)

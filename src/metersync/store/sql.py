@@ -514,6 +514,19 @@ ON CONFLICT (tenant_id) DO UPDATE
 SET download_cursor = EXCLUDED.download_cursor, updated_at = EXCLUDED.updated_at
 """
 
+
+def upsert_cursor_held_by(pid: int, key: str) -> sql.Composed:
+    """:data:`UPSERT_CURSOR` that FAILS with division by zero (SQLSTATE 22012) unless backend
+    ``pid`` holds the advisory lock of ``key``: a second session writing pages for the lock
+    holder moves the cursor only while the holder's lock stands (checked in the statement)."""
+    return sql.SQL(
+        "INSERT INTO sync_state (tenant_id, download_cursor, updated_at) "
+        "SELECT %s, %s, now() WHERE (SELECT 1 / count(*)::int FROM ({}) h) = 1 "
+        "ON CONFLICT (tenant_id) DO UPDATE "
+        "SET download_cursor = EXCLUDED.download_cursor, updated_at = EXCLUDED.updated_at"
+    ).format(lock_held(pid, key))
+
+
 # ---------------------------------------------------------------------------------- locks
 
 #: Session-level advisory lock: released by unlock, or by PostgreSQL when the session ends
