@@ -543,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--tenants", type=int, default=_env_int("METERSYNC_BENCH_ENGINE_TENANTS", 300))
     p.add_argument("--per-tenant", type=int, default=_env_int("METERSYNC_BENCH_ENGINE_PER", 100))
-    p.add_argument("--rounds", type=int, default=_env_int("METERSYNC_BENCH_ENGINE_ROUNDS", 2))
+    p.add_argument("--rounds", type=int, default=_env_int("METERSYNC_BENCH_ENGINE_ROUNDS", 3))
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument(
         "--profile",
