@@ -198,8 +198,7 @@ class DownloadManager:
                     on_body=on_body,
                 )
             )
-            observe.timed(task, "download_page", self.tenant_id)
-            return task
+            return observe.timed(task, "download_page", self.tenant_id)
 
         # The fetcher runs ahead of the writer by at most UNIT_PAGES pages: the Client System's
         # latency and the parse hide behind the COPY, and the pages waiting when the writer is
@@ -385,6 +384,7 @@ class DownloadManager:
         follows. A unit whose predecessor failed writes nothing and fails too."""
         encoded = [f.page for f in pages if f.page is not None]
         rows = sum(p.num_rows for p in encoded)
+        stored_pages = sum(1 for p in encoded if p.num_rows)
         next_cursor = pages[-1].next_cursor
 
         async def in_page_order() -> None:
@@ -410,7 +410,7 @@ class DownloadManager:
         r = self.report
         self.report = replace(
             r,
-            pages=r.pages + sum(1 for p in encoded if p.num_rows),
+            pages=r.pages + stored_pages,
             readings=r.readings + rows,
             inserted=r.inserted + result.inserted,
             skipped=r.skipped + result.skipped,
@@ -422,7 +422,7 @@ class DownloadManager:
             "tenant %s download: %d page(s) in one transaction (%d in all): %d readings, "
             "%d inserted, %d present, %d chunks",
             self.tenant_id,
-            sum(1 for p in encoded if p.num_rows),
+            stored_pages,
             self.report.pages,
             rows,
             result.inserted,

@@ -8,7 +8,7 @@ real adapters (which satisfy these structurally); a daemon may pass its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -103,8 +103,17 @@ class DownloadStore(_LockingStore, Protocol):
         next_cursor: str | None,
         *,
         check_present: bool = True,
+        before_cursor: Callable[[], Awaitable[None]] | None = None,
+        held_by: tuple[int, str] | None = None,
     ) -> InsertResult:
-        """Store encoded pages and advance the cursor, all in one transaction."""
+        """Store encoded pages and advance the cursor, all in one transaction (``before_cursor``
+        awaited before the cursor moves; ``held_by`` fences another session's write by the lock
+        holder's lock)."""
+        ...
+
+    def lock_holder(self, tenant_id: int, operation: str) -> tuple[int, str]:
+        """``(backend pid, lock key)`` of this session's lock: the ``held_by`` of a second
+        session's writes (only asked for when ``download_writer()`` gave one)."""
         ...
 
 

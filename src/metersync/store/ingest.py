@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Self
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Self
 
 import psycopg
 import pyarrow as pa
@@ -64,7 +64,7 @@ class IngestOps(Connection):
         """Store a downloaded page as synchronized readings and advance the tenant's cursor, in
         ONE transaction (a crash replays the page and duplicates nothing)."""
         page = self.encode_download_page(await self.layout(), tenant_id, batch, chunk_rows)
-        return await self._store_encoded(tenant_id, [page], next_cursor, check_present=True)
+        return await self.store_download_pages(tenant_id, [page], next_cursor)
 
     def encode_download_page(
         self, layout: TableLayout, tenant_id: int, batch: pa.RecordBatch, chunk_rows: int
@@ -108,39 +108,6 @@ class IngestOps(Connection):
         fails unless that session still holds the lock, and nothing is written
         (:class:`TenantLockLostError`).
         """
-        return await self._store_encoded(
-            tenant_id,
-            pages,
-            next_cursor,
-            check_present=check_present,
-            before_cursor=before_cursor,
-            held_by=held_by,
-        )
-
-    async def download_writer(self) -> Self | None:
-        """A second session on the same database that stores downloaded pages while this one
-        stores the pages before them (:meth:`store_download_pages` with ``held_by`` =
-        :meth:`lock_holder` of this session, and ``before_cursor`` for the commit order);
-        ``None`` when there is no DSN to open one with. The caller closes it."""
-        if self._dsn is None or self._closed:
-            return None
-        return await type(self).connect(self._dsn)
-
-    def lock_holder(self, tenant_id: int, operation: str) -> tuple[int, str]:
-        """``(backend pid, lock key)`` of this session's ``operation`` lock on ``tenant_id``:
-        what another session passes as ``held_by`` to write under this session's lock."""
-        return (self._conn.info.backend_pid, q.lock_key(operation, _check_tenant_id(tenant_id)))
-
-    async def _store_encoded(
-        self,
-        tenant_id: int,
-        pages: Sequence[EncodedRows],
-        next_cursor: str | None,
-        *,
-        check_present: bool,
-        before_cursor: Callable[[], Awaitable[None]] | None = None,
-        held_by: tuple[int, str] | None = None,
-    ) -> InsertResult:
         _check_tenant_id(tenant_id)
         self._fence(tenant_id)
         for page in pages:
@@ -176,6 +143,20 @@ class IngestOps(Connection):
             cursor,
         )
 
+    async def download_writer(self) -> Self | None:
+        """A second session on the same database that stores downloaded pages while this one
+        stores the pages before them (:meth:`store_download_pages` with ``held_by`` =
+        :meth:`lock_holder` of this session, and ``before_cursor`` for the commit order);
+        ``None`` when there is no DSN to open one with. The caller closes it."""
+        if self._dsn is None or self._closed:
+            return None
+        return await type(self).connect(self._dsn)
+
+    def lock_holder(self, tenant_id: int, operation: str) -> tuple[int, str]:
+        """``(backend pid, lock key)`` of this session's ``operation`` lock on ``tenant_id``:
+        what another session passes as ``held_by`` to write under this session's lock."""
+        return (self._conn.info.backend_pid, q.lock_key(operation, _check_tenant_id(tenant_id)))
+
     async def _insert_unit(
         self,
         insert: Callable[[], Awaitable[InsertResult]],
@@ -209,11 +190,7 @@ class IngestOps(Connection):
             )
         try:
             async with self._transaction():
-                result = (
-                    await self._insert_staged(batch, chunk_rows)
-                    if batch.num_rows
-                    else InsertResult(0, 0, 0)
-                )
+                result = await self._insert_staged(batch, chunk_rows)
                 if then is not None:
                     await then()
             return result
@@ -231,14 +208,9 @@ class IngestOps(Connection):
         present by then, committed by anyone, are skipped instead of failing the unit."""
         names = batch.schema.names
         await self._execute(q.CREATE_STAGE)
-        statement = q.copy_in(names, table=q.STAGE)
-        count = 0
-        async with self._conn.cursor() as cur:
-            for chunk in codec.slices(batch, chunk_rows):
-                self.statements += 1
-                async with cur.copy(statement) as copy:
-                    await copy.write(codec.copy_binary(chunk))
-                count += 1
+        count = await self._copy_chunks(
+            q.copy_in(names, table=q.STAGE), _chunk_data(batch, chunk_rows)
+        )
         cur = await self._execute(q.insert_from_stage(names))
         inserted = max(cur.rowcount, 0)
         return InsertResult(inserted, batch.num_rows - inserted, count)
@@ -258,22 +230,10 @@ class IngestOps(Connection):
         finally:
             present = await check
         if present:
-            keep = pc.invert(pc.is_in(batch.column("meter_reading_id"), value_set=present))
-            batch = batch.filter(keep)
+            batch = _absent(batch, present)
             encoded = None
-        chunks = (
-            encoded
-            if encoded is not None
-            else (codec.copy_binary(c) for c in codec.slices(batch, chunk_rows))
-        )
-        statement = q.copy_in(batch.schema.names)
-        count = 0
-        async with self._conn.cursor() as cur:
-            for data in chunks:
-                self.statements += 1
-                async with cur.copy(statement) as copy:
-                    await copy.write(data)
-                count += 1
+        chunks = encoded if encoded is not None else _chunk_data(batch, chunk_rows)
+        count = await self._copy_chunks(q.copy_in(batch.schema.names), chunks)
         return InsertResult(batch.num_rows, total - batch.num_rows, count)
 
     async def _copy_encoded(
@@ -289,17 +249,22 @@ class IngestOps(Connection):
             present = await self._present_ids(_concat([p.batch for p in pages if p.num_rows]))
             if len(present):
                 pages = [_without(p, present) for p in pages]
-        statement = q.copy_in(pages[0].batch.schema.names)
-        count = inserted = 0
-        async with self._conn.cursor() as cur:
-            for page in pages:
-                inserted += page.num_rows
-                for data in page.chunks:
-                    self.statements += 1
-                    async with cur.copy(statement) as copy:
-                        await copy.write(data)
-                    count += 1
+        inserted = sum(p.num_rows for p in pages)
+        count = await self._copy_chunks(
+            q.copy_in(pages[0].batch.schema.names), (data for p in pages for data in p.chunks)
+        )
         return InsertResult(inserted, total - inserted, count)
+
+    async def _copy_chunks(self, statement: Any, chunks: Iterable[bytes]) -> int:
+        """One ``COPY ... FROM STDIN`` per chunk of binary COPY data; how many ran."""
+        count = 0
+        async with self._conn.cursor() as cur:
+            for data in chunks:
+                self.statements += 1
+                async with cur.copy(statement) as copy:
+                    await copy.write(data)
+                count += 1
+        return count
 
     async def _present_ids(self, batch: pa.RecordBatch) -> pa.Array:
         """Ids of the batch already stored: one statement per tenant in the batch."""
@@ -319,8 +284,13 @@ class IngestOps(Connection):
         return await self._scalar(q.GET_CURSOR, (_check_tenant_id(tenant_id),))
 
 
+def _chunk_data(batch: pa.RecordBatch, chunk_rows: int) -> Iterator[bytes]:
+    """Binary COPY data of ``batch``, one piece per chunk of ``chunk_rows``, as it is needed."""
+    return (codec.copy_binary(chunk) for chunk in codec.slices(batch, chunk_rows))
+
+
 def _encode_chunks(batch: pa.RecordBatch, chunk_rows: int) -> list[bytes]:
-    return [codec.copy_binary(chunk) for chunk in codec.slices(batch, chunk_rows)]
+    return list(_chunk_data(batch, chunk_rows))
 
 
 def _concat(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
@@ -330,10 +300,14 @@ def _concat(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
+def _absent(batch: pa.RecordBatch, present: pa.Array) -> pa.RecordBatch:
+    """The readings of ``batch`` whose ids are not in ``present``."""
+    return batch.filter(pc.invert(pc.is_in(batch.column("meter_reading_id"), value_set=present)))
+
+
 def _without(page: EncodedRows, present: pa.Array) -> EncodedRows:
     """``page`` without the readings whose ids are in ``present`` (encoded again if any)."""
-    keep = pc.invert(pc.is_in(page.batch.column("meter_reading_id"), value_set=present))
-    kept = page.batch.filter(keep)
+    kept = _absent(page.batch, present)
     if kept.num_rows == page.num_rows:
         return page
     return EncodedRows(kept, tuple(_encode_chunks(kept, page.chunk_rows)), page.chunk_rows)

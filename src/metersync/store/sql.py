@@ -312,9 +312,7 @@ def queue_select(
     if after is not None:
         where = where + keyset_after(after)
     if held_by is not None:
-        where = where + sql.SQL(" AND (SELECT 1 / count(*)::int FROM ({}) h) = 1").format(
-            lock_held(*held_by)
-        )
+        where = where + sql.SQL(" AND ") + lock_fence(*held_by)
     return sql.SQL(
         "SELECT {cols} FROM meter_reading WHERE {where} "
         "ORDER BY created_at, meter_reading_id LIMIT {limit}"
@@ -508,11 +506,14 @@ def insert_from_stage(columns: Sequence[str]) -> sql.Composed:
 
 
 GET_CURSOR = "SELECT download_cursor FROM sync_state WHERE tenant_id = %s"
-UPSERT_CURSOR = """
-INSERT INTO sync_state (tenant_id, download_cursor, updated_at) VALUES (%s, %s, now())
+_CURSOR_CONFLICT = """
 ON CONFLICT (tenant_id) DO UPDATE
 SET download_cursor = EXCLUDED.download_cursor, updated_at = EXCLUDED.updated_at
 """
+UPSERT_CURSOR = (
+    "INSERT INTO sync_state (tenant_id, download_cursor, updated_at) VALUES (%s, %s, now())"
+    + _CURSOR_CONFLICT
+)
 
 
 def upsert_cursor_held_by(pid: int, key: str) -> sql.Composed:
@@ -521,10 +522,8 @@ def upsert_cursor_held_by(pid: int, key: str) -> sql.Composed:
     holder moves the cursor only while the holder's lock stands (checked in the statement)."""
     return sql.SQL(
         "INSERT INTO sync_state (tenant_id, download_cursor, updated_at) "
-        "SELECT %s, %s, now() WHERE (SELECT 1 / count(*)::int FROM ({}) h) = 1 "
-        "ON CONFLICT (tenant_id) DO UPDATE "
-        "SET download_cursor = EXCLUDED.download_cursor, updated_at = EXCLUDED.updated_at"
-    ).format(lock_held(pid, key))
+        "SELECT %s, %s, now() WHERE {}" + _CURSOR_CONFLICT
+    ).format(lock_fence(pid, key))
 
 
 # ---------------------------------------------------------------------------------- locks
@@ -546,6 +545,12 @@ def lock_held(pid: int, key: str) -> sql.Composed:
         "WHERE l.locktype = 'advisory' AND l.pid = {pid} AND l.granted AND l.objsubid = 1 "
         "AND l.classid::bigint = (x.k >> 32) & 4294967295 AND l.objid::bigint = x.k & 4294967295"
     ).format(pid=sql.Literal(pid), key=sql.Literal(key))
+
+
+def lock_fence(pid: int, key: str) -> sql.Composed:
+    """A condition true when backend ``pid`` holds the lock of ``key`` that otherwise FAILS
+    the statement with division by zero (SQLSTATE 22012), checked once before any row."""
+    return sql.SQL("(SELECT 1 / count(*)::int FROM ({}) h) = 1").format(lock_held(pid, key))
 
 
 def lock_key(operation: str, tenant_id: int) -> str:
