@@ -33,14 +33,16 @@ DL_TENANT = 32
 
 
 async def _wait_blocked(dsn: str, statement: str, timeout: float = 30.0) -> int:
-    """The pid of the backend of our database waiting on a lock in ``statement``."""
+    """The pid of the backend of our database waiting on a lock in ``statement`` (the one whose
+    statement started first when several wait: the download's second writing session COPYs the
+    next unit while the first waits, and it is the first unit's COPY that is cut here)."""
     dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     deadline = time.monotonic() + timeout
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
             cur = await conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
-                " AND query ILIKE %s AND pid <> pg_backend_pid()",
+                " AND query ILIKE %s AND pid <> pg_backend_pid() ORDER BY query_start LIMIT 1",
                 (dbname, f"%{statement}%meter_reading%"),
             )
             row = await cur.fetchone()
