@@ -105,9 +105,12 @@ class _Run:
         A Client System that cannot be reached now decides nothing: each client then asks
         on its first request, as it would alone.
         """
-        import httpx
-
-        from metersync.remote.client import ClientSystemApiClient, client_from_settings
+        from metersync.remote.client import (
+            KEEPALIVE_EXPIRY,
+            ClientSystemApiClient,
+            client_from_settings,
+        )
+        from metersync.remote.transport import AiohttpTransport
 
         s = self.state.settings
         # The verification the clients would do on their own connections (CA bundle or the
@@ -119,8 +122,9 @@ class _Run:
             verify = ssl.create_default_context(cafile=s.ca_bundle)
         # One connection per POST in flight (2 per tenant) for every tenant running at once.
         width = self.concurrency * 2 + 1
-        limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
-        self._http = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+        self._http = AiohttpTransport(
+            verify=verify, max_connections=width, keepalive_expiry=KEEPALIVE_EXPIRY
+        )
         self.transport = _SharedTransport(self._http)
         probe: ClientSystemApiClient = client_from_settings(
             s, None, site_id=self.site_id, transport=self.transport

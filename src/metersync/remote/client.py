@@ -72,6 +72,7 @@ from metersync.errors import (
 from metersync.remote import profiles
 from metersync.remote.page import parse_page
 from metersync.remote.profiles import ClientProfile
+from metersync.remote.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ SITE_HEADER = "X-Metersync-Site"
 #: ``keepAliveTimeout`` (5 s), so a request is never written into a connection the server is
 #: closing at that very moment (which would look like a dropped connection: an unknown outcome
 #: against a non-idempotent server).
-_KEEPALIVE_EXPIRY = 2.0
+KEEPALIVE_EXPIRY = 2.0
 #: Failures where the request provably never reached the server.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: How many server-side messages an error line quotes.
@@ -335,12 +336,11 @@ class ClientSystemApiClient:
         timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
+        context = _ssl_context(verify) if verify is not False else False
+        if transport is None:  # httpx's API over aiohttp's wire (metersync.remote.transport)
+            transport = AiohttpTransport(verify=context, keepalive_expiry=KEEPALIVE_EXPIRY)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=timeout,
-            verify=_ssl_context(verify) if verify is not False else False,
-            transport=transport,
-            limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_EXPIRY),
+            base_url=self.base_url, timeout=timeout, verify=context, transport=transport
         )
         self._health_timeout = httpx.Timeout(min(connect_timeout, read_timeout, 5.0))
         self._rng = random.Random()
