@@ -209,3 +209,33 @@ async def test_timed_records_a_task_when_it_ends_not_when_cancelled() -> None:
     assert (
         value("metersync_batch_phase_seconds_count", tenant_id=T2, phase="download_page") == n0 + 1
     )
+
+
+def test_recording_off_creates_no_series_and_ends_with_the_block() -> None:
+    """``recording(False)`` (the one-shot commands): no series is created or changed inside,
+    /healthz liveness still is, and recording is back as it was after the block."""
+    t3 = 880_003
+    with observe.recording(False):
+        observe.readings("uploaded", t3, 10)
+        observe.phase("post", t3, 0.1)
+        observe.cycle(t3, "upload", "ok", None)
+        observe.statements(t3, 4)
+        observe.batch_sizes(t3, 100, 200, "tenant")
+        observe.profile("metertrack")
+        assert observe.ACTIVITY.snapshot().get(t3) is not None  # liveness kept
+    for name in (
+        "metersync_readings_uploaded_total",
+        "metersync_statements_total",
+        "metersync_batch_phase_seconds_count",
+    ):
+        labels = {"tenant_id": str(t3)} | ({"phase": "post"} if "phase" in name else {})
+        assert observe.REGISTRY.get_sample_value(name, labels) is None, name
+    assert (
+        observe.REGISTRY.get_sample_value("metersync_client_profile", {"profile": "metertrack"})
+        is None
+    )
+    observe.readings("uploaded", t3, 10)  # on again after the block
+    assert value("metersync_readings_uploaded_total", tenant_id=t3) == 10
+    observe.profile("metertrack")  # not skipped as "already current" after an unrecorded call
+    assert value("metersync_client_profile", profile="metertrack") == 1
+    observe.profile("metersync")

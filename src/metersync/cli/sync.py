@@ -308,7 +308,9 @@ def _one_shot(
 
             return list(await run.scheduler.run_cycle(operations=operations, on_result=on_result))
 
-    results, error = _execute(run, body)
+    # A one-shot run never exposes its metrics (no endpoint): recording them is pure cost.
+    with observe.recording(False):
+        results, error = _execute(run, body)
     seconds = time.perf_counter() - started
     partial = {
         "operations": [r.document() for r in done],

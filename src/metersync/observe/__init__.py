@@ -44,6 +44,7 @@ from metersync.observe.metrics import (
     profile,
     queue,
     readings,
+    recording,
     statements,
     timed,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "profile",
     "queue",
     "readings",
+    "recording",
     "register_secret",
     "report_fields",
     "serve",
