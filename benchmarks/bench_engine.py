@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -288,7 +289,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         _copy_load(one, reading_batch(total, seed=5, tenant_id=UP))
         up_sink.register(UP, KEY_UP)
         if args.profile == "tenants":
-            profile_tenants(many, up_sink.base_url, args.top)
+            profile_tenants(many, up_sink.base_url, args.top, args.profile_out)
             return
         for _ in range(args.rounds):
             _reset_pending(one)
@@ -309,7 +310,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             say(rows[-1])
 
     try:
-        if args.profile == "tenants":
+        if args.profile == "tenants" or args.only == "tenants":
             many_tenants()
             return rows
         # ---------------------------------------------------------------- upload, one tenant
@@ -430,9 +431,10 @@ def profile(what: str, dsn: str, url: str, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
-def profile_tenants(dsn: str, url: str, top: int) -> None:
+def profile_tenants(dsn: str, url: str, top: int, keep: Path | None = None) -> None:
     """``metersync upload --all-tenants`` once under cProfile (its own process, as timed): the
-    top of the profile by own time, then the process's CPU time against its wall clock."""
+    top of the profile by own time, then the process's CPU time against its wall clock. The raw
+    profile is copied to ``keep`` when given (for ``pstats`` browsing)."""
     import pstats
     import resource
     import tempfile
@@ -448,6 +450,8 @@ def profile_tenants(dsn: str, url: str, top: int) -> None:
             f"upload --all-tenants: {wall:.2f} s wall under cProfile ({_own_seconds(doc):.2f} s "
             f"own report), {cpu:.2f} CPU-s in the CLI process"
         )
+        if keep is not None:
+            shutil.copyfile(out, keep)
         stats = pstats.Stats(str(out)).strip_dirs()
         stats.sort_stats("tottime").print_stats(top)
 
@@ -551,7 +555,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only run this engine path once under cProfile and print the top of the profile "
         "(tenants: `upload --all-tenants` in its own process)",
     )
+    p.add_argument(
+        "--only", choices=["tenants"], help="only run this section (the many-tenants rows)"
+    )
     p.add_argument("--top", type=int, default=30, help="lines of the profile to print")
+    p.add_argument("--profile-out", type=Path, help="keep the raw cProfile output here")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
