@@ -312,3 +312,59 @@ async def test_prime_raced_by_a_change_is_not_kept(engine: Engine) -> None:
         await scheduler._prime(tenants)
         assert all(cache.cached(t) for t in tenants)
         assert (await cache.get(tenants[1])).batch.upload_batch_size == 7
+
+
+async def test_small_tenants_share_one_lock_fetch_and_unlock_per_group(engine: Engine) -> None:
+    """A cycle of many small tenants takes each group's locks, first batches and unlocks with
+    one statement each: a tenant whose queue fits its batch then costs only its mark. A tenant
+    with more than a batch goes on fetching on its own; one held elsewhere is busy; every
+    reading goes up exactly once and no lock outlives the cycle."""
+    tenants = [await engine.tenant(upload=20) for _ in range(10)]
+    for tenant in tenants:
+        await engine.seed(tenant, 15)
+    big, held = tenants[3], tenants[7]
+    await engine.seed(big, 35)  # 50 pending: three batches of 20
+    async with (
+        await SyncDatabase.connect(engine.dsn) as other,
+        scheduler_for(engine, tenants, concurrency=2) as scheduler,
+    ):
+        assert await other.try_lock_tenant(held, "upload")
+        results = await scheduler.run_cycle(operations=["upload"])
+        advisory = await engine.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            other._conn.info.backend_pid,
+        )
+        await other.unlock_tenant(held, "upload")
+    assert advisory == 0  # the groups' unlocks ran (the scheduler's connections are still open)
+    by_tenant = {r.tenant_id: r for r in results}
+    assert by_tenant[held].outcome == "busy"
+    assert by_tenant[big].outcome == "ok" and by_tenant[big].readings == 50
+    small = [by_tenant[t] for t in tenants if t not in (big, held)]
+    assert all(r.outcome == "ok" and r.readings == 15 for r in small)
+    statements = [r.report.statements for r in small]  # type: ignore[union-attr]
+    assert statements.count(1) >= 6, statements  # grouped: the mark alone
+    assert engine.server.stats()["duplicates_seen"] == 0
+    for tenant in tenants:
+        assert engine.server.rows(tenant) == (0 if tenant == held else 50 if tenant == big else 15)
+
+
+async def test_a_non_idempotent_client_system_gets_no_group_prefetch(engine: Engine) -> None:
+    """Under the claiming (MeterTrack) profile a fetch must claim, so no group fetches for it:
+    the prefetch takes no lock and leaves every tenant to its own claiming cycle."""
+    tenants = [await engine.tenant(upload=20) for _ in range(3)]
+    for tenant in tenants:
+        await engine.seed(tenant, 5)
+
+    def metertrack(tenant_id: int, api_key: str) -> ClientSystemApiClient:
+        return ClientSystemApiClient(
+            engine.server.base_url, api_key, verify=False, client_profile="metertrack"
+        )
+
+    async with (
+        scheduler_for(engine, tenants, client_factory=metertrack) as scheduler,
+        scheduler.connection() as db,
+    ):
+        assert await scheduler._prefetch(db, tenants) == []
+        assert not any(db.holds_lock(t, "upload") for t in tenants)
+        assert scheduler._prefetched == {}

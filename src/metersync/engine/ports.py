@@ -33,6 +33,11 @@ class _LockingStore(Protocol):
         """Hold the tenant's ``operation`` advisory lock (``TenantBusyError`` when taken)."""
         ...
 
+    def holds_lock(self, tenant_id: int, operation: str) -> bool:
+        """Whether this adapter holds the tenant's ``operation`` lock (a caller took it: the
+        upload's ``prefetched`` batch)."""
+        ...
+
 
 class UploadStore(_LockingStore, Protocol):
     """The sync database as the upload cycle uses it (every call keyed by ``tenant_id``)."""

@@ -59,6 +59,7 @@ outcome unknown).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -282,6 +283,8 @@ class MeterReadingUploadManager:
         self._stop_requested = False
         self._companion_statements = 0  # statements of this cycle's companion connection
         self._profile: ClientProfile = METERSYNC
+        #: The cycle's first batch when the caller fetched it (``upload(prefetched=...)``).
+        self._prefetched: pa.RecordBatch | None = None
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = UploadReport(tenant_id=tenant_id)
         #: The exception behind ``report.error`` (``None`` when there is none).
@@ -297,14 +300,26 @@ class MeterReadingUploadManager:
         probe = getattr(self._client, "profile", None)
         return METERSYNC if probe is None else await probe()
 
-    async def upload(self) -> UploadReport:
+    async def upload(self, *, prefetched: pa.RecordBatch | None = None) -> UploadReport:
         """Run one upload cycle and return its report (see the module docstring for failures).
 
         Raises :class:`TenantBusyError` when another worker is uploading this tenant,
         :class:`AuthError` (401/403), :class:`PayloadTooLargeError` (413) and
         :class:`BadRequestError` (400) — each after releasing the lock, with no reading touched
         by the failing batch. ``self.report`` holds the counts up to that point.
+
+        ``prefetched``: the cycle's first batch, already fetched by the caller under the
+        tenant's upload lock, which the caller took on this manager's connection and releases
+        itself (the scheduler does so for a group of small tenants: one lock statement and one
+        fetch for the group, :meth:`SyncDatabase.fetch_unsynchronized_many`). Used only under
+        the idempotent profile, where a fetch claims nothing, and only when it fits the
+        tenant's batch size now; otherwise the cycle fetches as usual.
         """
+        if prefetched is not None and not self._db.holds_lock(self.tenant_id, "upload"):
+            raise RuntimeError(
+                f"tenant {self.tenant_id}: a prefetched batch needs the upload lock held on "
+                "this manager's connection"
+            )
         self._stop_requested = False
         self.error_cause = None
         clock = CycleClock(self._db)
@@ -326,8 +341,15 @@ class MeterReadingUploadManager:
         settings = await self._cache.get(self.tenant_id)
         size = settings.batch.upload_batch_size
         self.report = replace(self.report, upload_batch_size=size, profile=self._profile.name)
+        usable = prefetched is not None and self._profile.idempotent
+        self._prefetched = prefetched if usable and prefetched.num_rows <= size else None
+        held = (
+            contextlib.nullcontext()
+            if prefetched is not None
+            else self._db.tenant_lock(self.tenant_id, "upload")  # or TenantBusyError
+        )
         try:
-            async with self._db.tenant_lock(self.tenant_id, "upload"):  # or TenantBusyError
+            async with held:
                 try:
                     await self._cycle(size, clock.started)
                 except _Stop as stop:
@@ -398,7 +420,9 @@ class MeterReadingUploadManager:
         """The next batch, split and encoded, and the keyset bound after it. ``reader``: the
         adapter to read it with (the companion connection; default the lock's own)."""
         fetch_started = time.perf_counter()
-        if self._profile.idempotent:
+        if self._prefetched is not None and after is None:
+            batch, self._prefetched = self._prefetched, None  # the group's fetch brought it
+        elif self._profile.idempotent:
             batch = await (reader or self._db).fetch_unsynchronized(
                 self.tenant_id, size, max_retries=self.max_retries, after=after
             )

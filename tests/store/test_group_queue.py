@@ -1,0 +1,126 @@
+"""The group statements of many small tenants (issue 12): several tenants' upload locks in one
+statement, and their first batches in one COPY, each exactly what the one-tenant fetch gives."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metersync.errors import TenantLockLostError
+from metersync.store.database import SyncDatabase
+from metersync.tools.synthetic import reading_batch
+
+_tenants = itertools.count(47_000)
+_seeds = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def dsn(engine_dsn: str) -> str:
+    return engine_dsn
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[SyncDatabase]:
+    async with await SyncDatabase.connect(dsn) as db:
+        yield db
+
+
+async def _tenant(db: SyncDatabase, pending: int) -> int:
+    tenant_id = next(_tenants)
+    await db.add_tenant(tenant_id, f"tenant {tenant_id}", f"key-{tenant_id}")
+    if pending:
+        await db.insert_readings(
+            reading_batch(pending, seed=next(_seeds), tenant_id=tenant_id), 10_000
+        )
+    return tenant_id
+
+
+def _sql(dsn: str, statement: str, *params: Any) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(statement, params or None)
+
+
+async def test_locks_of_a_group_in_one_statement_and_busy_ones_left_out(
+    db: SyncDatabase, dsn: str
+) -> None:
+    tenants = [await _tenant(db, 0) for _ in range(4)]
+    async with await SyncDatabase.connect(dsn) as other:
+        assert await other.try_lock_tenant(tenants[2], "upload")
+        before = db.statements
+        got = await db.try_lock_tenants(tenants, "upload")
+        assert db.statements - before == 1
+        assert got == [tenants[0], tenants[1], tenants[3]]  # the held one left out, order kept
+        assert all(db.holds_lock(t, "upload") for t in got)
+        assert not db.holds_lock(tenants[2], "upload")
+        assert await db.try_lock_tenants(tenants, "upload") == []  # ours are not re-entrant
+        assert not await other.try_lock_tenant(tenants[0], "upload")
+        assert await other.try_lock_tenant(tenants[0], "download")  # per operation
+        before = db.statements
+        await db.unlock_tenants(tenants, "upload")  # the one not held is skipped
+        assert db.statements - before == 1
+        assert not db.holds_lock(tenants[0], "upload")
+        assert await other.try_lock_tenant(tenants[0], "upload")  # released for real
+        assert await other.try_lock_tenant(tenants[3], "upload")
+    with pytest.raises(ValueError, match="repeat"):
+        await db.try_lock_tenants([tenants[0], tenants[0]], "upload")
+
+
+async def test_group_fetch_is_each_tenants_own_fetch(db: SyncDatabase, dsn: str) -> None:
+    """Queue order, the limit, quarantined / in-doubt / synchronized rows skipped, an empty
+    queue: every tenant's slice equals fetch_unsynchronized for it."""
+    a, b, c, d = [await _tenant(db, n) for n in (30, 5, 0, 12)]
+    first = "SELECT ctid FROM meter_reading WHERE tenant_id = %s ORDER BY created_at"
+    _sql(dsn, f"UPDATE meter_reading SET retry_count = 3 WHERE ctid IN ({first} LIMIT 4)", a)
+    _sql(
+        dsn,
+        f"UPDATE meter_reading SET sync_status = 'in_doubt' WHERE ctid IN ({first} DESC LIMIT 2)",
+        d,
+    )
+    _sql(
+        dsn,
+        "UPDATE meter_reading SET is_synchronized = true, sync_status = 'synchronized' "
+        f"WHERE ctid IN ({first} LIMIT 3)",
+        d,
+    )
+    limits = [(a, 10), (b, 100), (c, 7), (d, 100)]
+    assert await db.try_lock_tenants([t for t, _ in limits], "upload")
+    before = db.statements
+    got = await db.fetch_unsynchronized_many(limits, max_retries=3)
+    assert db.statements - before == 1
+    assert list(got) == [a, b, c, d]
+    for tenant, limit in limits:
+        alone = await db.fetch_unsynchronized(tenant, limit, max_retries=3)
+        assert got[tenant].schema == alone.schema
+        assert got[tenant].equals(alone), tenant
+    assert [got[t].num_rows for t in (a, b, c, d)] == [10, 5, 0, 7]
+
+
+async def test_group_fetch_needs_every_lock_and_respects_a_lost_one(db: SyncDatabase) -> None:
+    a, b = await _tenant(db, 3), await _tenant(db, 3)
+    assert await db.try_lock_tenants([a], "upload") == [a]
+    with pytest.raises(RuntimeError, match=f"tenant {b}: fetch for an upload lock not held"):
+        await db.fetch_unsynchronized_many([(a, 5), (b, 5)])
+    db._lost_locks.add(("upload", a))  # as after a reconnect: fenced until released
+    with pytest.raises(TenantLockLostError):
+        await db.fetch_unsynchronized_many([(a, 5)])
+    with pytest.raises(ValueError, match="limit"):
+        await db.fetch_unsynchronized_many([(b, 0)])
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(shape=st.lists(st.tuples(st.integers(0, 25), st.integers(1, 30)), min_size=1, max_size=6))
+async def test_group_fetch_agrees_with_one_fetch_per_tenant(dsn: str, shape: list) -> None:
+    async with await SyncDatabase.connect(dsn) as db:
+        limits = [(await _tenant(db, pending), limit) for pending, limit in shape]
+        assert len(await db.try_lock_tenants([t for t, _ in limits], "upload")) == len(limits)
+        got = await db.fetch_unsynchronized_many(limits)
+        for tenant, limit in limits:
+            assert got[tenant].equals(await db.fetch_unsynchronized(tenant, limit))
