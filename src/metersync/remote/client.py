@@ -199,17 +199,17 @@ class ConnectivityState:
 
 
 @functools.lru_cache(maxsize=8)
-def _ssl_context(verify: bool | str) -> ssl.SSLContext:
-    # Loading the CA bundle costs ~0.1 s per context; a verifying context is immutable in use
-    # and safe to share between clients, so each (bundle) is loaded once per process.
-    if isinstance(verify, str):
-        path = Path(verify)
-        if not path.exists():
-            raise ConfigError(f"verify: CA bundle {verify!r} does not exist")
-        if path.is_dir():
-            return ssl.create_default_context(capath=verify)
-        return ssl.create_default_context(cafile=verify)
-    return httpx.create_ssl_context(verify=True)
+def _ssl_context(bundle: str) -> ssl.SSLContext:
+    """A verifying context from a CA bundle (a file or a directory of hashed certificates).
+
+    Loading a bundle costs ~0.1 s per context; a verifying context is immutable in use and safe
+    to share between clients, so each bundle is loaded once per process."""
+    path = Path(bundle)
+    if not path.exists():
+        raise ConfigError(f"verify: CA bundle {bundle!r} does not exist")
+    if path.is_dir():
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -336,7 +336,9 @@ class ClientSystemApiClient:
         timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
-        context = _ssl_context(verify) if verify is not False else False
+        # A CA bundle is loaded here (cached per process); the system's store only when an
+        # https connection needs it (True), never for plain http to loopback.
+        context = _ssl_context(verify) if isinstance(verify, str) else verify
         if transport is None:  # httpx's API over aiohttp's wire (metersync.remote.transport)
             transport = AiohttpTransport(verify=context, keepalive_expiry=KEEPALIVE_EXPIRY)
         self._http = httpx.AsyncClient(

@@ -74,8 +74,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         if keepalive_expiry <= 0:
             raise ValueError(f"keepalive_expiry must be > 0, got {keepalive_expiry}")
-        if verify is True:
-            verify = ssl.create_default_context()
+        # True: aiohttp's own verifying context (the system's CAs, built once at its import),
+        # so a plain-http run never loads a CA store (~40 ms).
         self._ssl: ssl.SSLContext | bool = verify
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
