@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import uuid
 from typing import Any
 
@@ -178,6 +179,44 @@ async def test_next_page_is_fetched_while_the_previous_is_written(engine: Engine
     # Page 2 is asked for before page 1 is stored: the fetcher does not wait for the writer.
     assert fetches[1] < stored[0]
     # ... yet the pages commit with their cursor: the last one's is stored.
+    assert await engine.db.get_download_cursor(tenant) == report.cursor
+
+
+class _MisleadingHints:
+    """The real client, except that the engine's early look at each body (``on_body``) sees
+    a cursor that is not the page's: every early request then asks for the wrong page."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.asked: list[str | None] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get_readings(self, limit: int, after: str | None = None, **kwargs: Any) -> Any:
+        self.asked.append(after)
+        on_body = kwargs.pop("on_body", None)
+
+        def mislead(body: bytes) -> None:
+            if on_body is not None:
+                on_body(re.sub(rb'"next_cursor":\s*"[^"]*"', b'"next_cursor":"bogus"', body))
+
+        return await self._inner.get_readings(limit, after, on_body=mislead, **kwargs)
+
+
+async def test_hints_the_parse_contradicts_are_dropped_with_their_chain(engine: Engine) -> None:
+    """Early requests go out on the body's cursor hint, chained a few pages ahead; when the
+    parse says another cursor, those requests (and the ones chained on them) are dropped and
+    the right page is asked for: every reading stored once, the cursor where the pages end."""
+    tenant = await engine.tenant(upload=10, download=10)
+    await _uploaded_then_wiped(engine, tenant, 45)
+    client = _MisleadingHints(engine.client(tenant))
+    report = await DownloadManager(
+        engine.db, client, TenantCache(engine.db), tenant_id=tenant
+    ).download()
+    assert (report.pages, report.inserted, report.skipped) == (5, 45, 0)
+    assert "bogus" in client.asked  # the hint was followed ... and then not used
+    assert len(await engine.local_ids(tenant, "is_synchronized")) == 45
     assert await engine.db.get_download_cursor(tenant) == report.cursor
 
 

@@ -302,36 +302,47 @@ class DownloadManager:
         request is dropped and, if there is a next page, it is asked for with the parsed one.
         """
         fetched = 0
-        guesses: dict[str | None, asyncio.Task[Any]] = {}  # next page, asked for on a hint
+        # Pages asked for on a hint, by the cursor they start after, in chain order: each
+        # guessed page's own body asks for the one after it, up to PAGES_AHEAD, so the pages'
+        # parses (worker threads, GIL released) overlap instead of taking turns.
+        guesses: dict[str | None, asyncio.Task[Any]] = {}
 
         def on_body(after: str | None) -> Callable[[bytes], None]:
             def ask_next(body: bytes) -> None:
                 hint = peek_page(body)
-                if hint is None or guesses:
+                if hint is None or len(guesses) >= PAGES_AHEAD:
                     return
                 guess, readings = hint
-                if guess is None or guess == after or readings < page_size:
+                if guess is None or guess == after or readings < page_size or guess in guesses:
                     return  # no more after this page, by its own account
                 if self._stop_requested or (
-                    self.max_pages is not None and fetched + 2 > self.max_pages
+                    self.max_pages is not None and fetched + len(guesses) + 2 > self.max_pages
                 ):
                     return
-                guesses[guess] = fetch(guess, on_body(guess))
+                guesses[guess] = start(guess)
 
             return ask_next
 
-        task = fetch(cursor, on_body(cursor))
+        def start(after: str | None) -> asyncio.Task[tuple[Any, EncodedRows]]:
+            """The page after ``after``, fetched, parsed and encoded for COPY (in worker
+            threads, GIL released: a page ahead is encoded while this one is handed on)."""
+
+            async def fetched_and_encoded() -> tuple[Any, EncodedRows]:
+                page = await fetch(after, on_body(after))
+                encoded = await asyncio.to_thread(
+                    self._db.encode_download_page, layout, self.tenant_id, page.batch, chunk_rows
+                )
+                return page, encoded
+
+            return asyncio.ensure_future(fetched_and_encoded())
+
+        task = start(cursor)
         try:
             while True:
                 try:
-                    page = await task
+                    page, encoded = await task
                     failpoint("download.after_fetch_page")
                     batch: pa.RecordBatch = page.batch
-                    # Encoded for COPY in a worker thread (the encoder releases the GIL): the
-                    # writer's connection only streams bytes.
-                    encoded = await asyncio.to_thread(
-                        self._db.encode_download_page, layout, self.tenant_id, batch, chunk_rows
-                    )
                 except Exception as exc:  # handed to the writer, which decides (_fetch_failed)
                     await waiting.put(_Fetched(None, cursor, cursor, last=True, error=exc))
                     return
@@ -353,9 +364,10 @@ class DownloadManager:
                     return
                 cursor = next_cursor
                 guessed = guesses.pop(cursor, None)
-                _drop(guesses.values())  # a hint the parse contradicted
-                guesses.clear()
-                task = guessed if guessed is not None else fetch(cursor, on_body(cursor))
+                if guessed is None:  # a hint the parse contradicted, and the chain after it
+                    _drop(guesses.values())
+                    guesses.clear()
+                task = guessed if guessed is not None else start(cursor)
         finally:
             _drop([task, *guesses.values()])
 
@@ -473,6 +485,10 @@ class DownloadManager:
 
 #: Seconds a unit waits for the unit before it to commit before giving up (rolled back).
 PREVIOUS_UNIT_TIMEOUT = 120.0
+
+#: Pages asked for ahead of the one being parsed, on the cursor hints of their predecessors'
+#: bodies (3: the next page's parse starts while this one's runs; more only holds memory).
+PAGES_AHEAD = 3
 
 #: Pages fetched ahead of the writer at most; the writer stores the pages waiting (up to this
 #: many) in one transaction with the last one's cursor.
