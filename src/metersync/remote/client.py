@@ -344,6 +344,8 @@ class ClientSystemApiClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, verify=context, transport=transport
         )
+        self._default_headers = dict(self._http.headers)  # httpx's own defaults, once
+        self._urls: dict[str, httpx.URL] = {}  # base_url + path, parsed once per path
         self._health_timeout = httpx.Timeout(min(connect_timeout, read_timeout, 5.0))
         self._rng = random.Random()
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -571,17 +573,27 @@ class ClientSystemApiClient:
         """
         if self._api_key is None:
             raise AuthError("no API key configured for the Client System client")
-        all_headers = {"X-API-Key": self._api_key, **(headers or {})}
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        # The request is built here and handed to httpx's send(): build_request() (URL join
+        # and re-parse, header and cookie merging) cost ~0.13 ms of CPU per request, a third of
+        # a small tenant's POST (issue 12). The client's default headers (User-Agent, Accept,
+        # Accept-Encoding) go with it as before; no cookies are sent (the contract has none).
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        request = httpx.Request(
+            method,
+            url if params is None else url.copy_merge_params(params),
+            headers={**self._default_headers, "X-API-Key": self._api_key, **(headers or {})},
+            content=content,
+            extensions={"timeout": (timeout or self._http.timeout).as_dict()},
+        )
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             retry_after: float | None = None
             try:
-                response = await self._http.request(
-                    method, path, content=content, headers=all_headers, params=params, **extra
-                )
+                response = await self._http.send(request)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 status: int | None = None
                 cause = _describe(exc)
