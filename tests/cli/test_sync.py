@@ -226,7 +226,7 @@ def test_busy_tenant_is_skipped_with_the_same_shape(
     seed(dsn, tenant, 10)
     api = ["--dsn", dsn, "--api-url", reference_server.base_url]
     with psycopg.connect(dsn, autocommit=True) as holder:  # another worker holds the lock
-        got = holder.execute(q.TRY_LOCK, (q.lock_key("upload", tenant),)).fetchone()
+        got = holder.execute(q.TRY_LOCKS, ([q.lock_key("upload", tenant)],)).fetchone()
         assert got == (True,)
         busy = ms(*api, "upload", "--tenant", str(tenant), "--json")
     normal = ms(*api, "upload", "--tenant", str(tenant), "--json")

@@ -23,74 +23,39 @@ log = logging.getLogger("metersync.store.database")  # one logger for the whole 
 class LockOps(Connection):
     """The tenant locks of :class:`~metersync.store.database.SyncDatabase`."""
 
-    @_operation
     async def try_lock_tenant(self, tenant_id: int, operation: str) -> bool:
         """Take the tenant's lock for ``operation`` (session advisory lock, released by
         :meth:`unlock_tenant` or when the connection ends). ``False`` if anyone holds it,
         this adapter included."""
-        _check_tenant_id(tenant_id)
-        if not isinstance(operation, str) or not operation:
-            raise ValueError(f"operation must be a non-empty string, got {operation!r}")
-        if (operation, tenant_id) in self._locks | self._lost_locks:
-            # Advisory locks are re-entrant per session; ours are not. A lost lock stays fenced
-            # until its holder releases it (unlock_tenant).
-            return False
-        got = bool(await self._scalar(q.TRY_LOCK, (q.lock_key(operation, tenant_id),)))
-        if got:
-            self._locks.add((operation, tenant_id))
-        return got
+        return await self.try_lock_tenants([tenant_id], operation) == [tenant_id]
 
     @_operation
     async def try_lock_tenants(self, tenant_ids: Sequence[int], operation: str) -> list[int]:
         """Take the ``operation`` lock of several tenants in ONE statement (a group of small
         tenants, issue 12); returns the tenants locked, in the given order. A tenant anyone
-        holds (this adapter included, or whose lock it lost) is not locked, as with
-        :meth:`try_lock_tenant`; release each with :meth:`unlock_tenant` or all with
-        :meth:`unlock_tenants`."""
+        holds (this adapter included, or whose lock it lost) is not locked; release each with
+        :meth:`unlock_tenant` or all with :meth:`unlock_tenants`."""
         if not isinstance(operation, str) or not operation:
             raise ValueError(f"operation must be a non-empty string, got {operation!r}")
         for tenant_id in tenant_ids:
             _check_tenant_id(tenant_id)
         if len(set(tenant_ids)) != len(tenant_ids):
             raise ValueError(f"tenant_ids must not repeat a tenant, got {list(tenant_ids)!r}")
+        # Advisory locks are re-entrant per session; ours are not. A lost lock stays fenced
+        # until its holder releases it (unlock_tenant).
         mine = self._locks | self._lost_locks
         todo = [t for t in tenant_ids if (operation, t) not in mine]
         if not todo:
             return []
-        cur = await self._execute(q.TRY_LOCK_MANY, ([q.lock_key(operation, t) for t in todo],))
+        cur = await self._execute(q.TRY_LOCKS, ([q.lock_key(operation, t) for t in todo],))
         got = [t for t, (ok,) in zip(todo, await cur.fetchall(), strict=True) if ok]
         self._locks.update((operation, t) for t in got)
         return got
 
-    async def unlock_tenants(self, tenant_ids: Sequence[int], operation: str) -> None:
-        """Release the ``operation`` locks of several tenants in ONE statement (those not held
-        are skipped). Never raises for a lost connection, like :meth:`unlock_tenant`."""
-        held = []
-        for tenant_id in tenant_ids:
-            key = (operation, tenant_id)
-            if key in self._lost_locks:
-                self._lost_locks.discard(key)
-            elif key in self._locks:
-                held.append(tenant_id)
-        if not held:
-            return
-        async with self._use.hold():
-            self._locks.difference_update((operation, t) for t in held)
-            if self._closed or self._conn.closed:
-                return
-            try:
-                await self._execute(q.UNLOCK_MANY, ([q.lock_key(operation, t) for t in held],))
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if not self._connection_lost(exc):
-                    raise
-                log.debug("%d %s locks ended with the lost connection", len(held), operation)
-
     def holds_lock(self, tenant_id: int, operation: str) -> bool:
         """Whether this adapter holds the tenant's ``operation`` lock (and has not lost it)."""
-        return (operation, tenant_id) in self._locks and (
-            operation,
-            tenant_id,
-        ) not in self._lost_locks
+        key = (operation, tenant_id)
+        return key in self._locks and key not in self._lost_locks
 
     @contextlib.asynccontextmanager
     async def tenant_lock(self, tenant_id: int, operation: str) -> AsyncIterator[None]:
@@ -115,20 +80,30 @@ class LockOps(Connection):
         Never reconnects and never raises for a lost connection (``False``): the lock ended
         with its session, and the caller's own error (often that same lost connection) must
         not be masked by one from its cleanup. Releasing a lost lock ends its fence."""
-        key = (operation, tenant_id)
-        if key in self._lost_locks:
-            self._lost_locks.discard(key)
-            return False
-        if key not in self._locks:
-            return False
+        return await self.unlock_tenants([tenant_id], operation) == 1
+
+    async def unlock_tenants(self, tenant_ids: Sequence[int], operation: str) -> int:
+        """Release the ``operation`` locks of several tenants in ONE statement, as
+        :meth:`unlock_tenant` does one (those not held are skipped, a lost connection never
+        raises); returns how many the server released."""
+        held = []
+        for tenant_id in tenant_ids:
+            key = (operation, tenant_id)
+            if key in self._lost_locks:
+                self._lost_locks.discard(key)
+            elif key in self._locks:
+                held.append(tenant_id)
+        if not held:
+            return 0
         async with self._use.hold():
-            self._locks.discard(key)
+            self._locks.difference_update((operation, t) for t in held)
             if self._closed or self._conn.closed:
-                return False
+                return 0
             try:
-                return bool(await self._scalar(q.UNLOCK, (q.lock_key(operation, tenant_id),)))
+                cur = await self._execute(q.UNLOCKS, ([q.lock_key(operation, t) for t in held],))
+                return sum(1 for (released,) in await cur.fetchall() if released)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if not self._connection_lost(exc):
                     raise
-                log.debug("tenant %s: %s lock ended with the lost connection", tenant_id, operation)
-                return False
+                log.debug("%s locks of %s ended with the lost connection", operation, held)
+                return 0

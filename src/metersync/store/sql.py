@@ -326,8 +326,8 @@ def _pending(tenant: sql.Composable, max_retries: int) -> sql.Composed:
     automatically: the queue skips them until ``metersync resolve`` releases them.
     """
     return sql.SQL(
-        "tenant_id = {} AND NOT is_synchronized AND retry_count < {} AND sync_status <> 'in_doubt'"
-    ).format(tenant, sql.Literal(max_retries))
+        "tenant_id = {} AND NOT is_synchronized AND retry_count < {} AND sync_status <> {}"
+    ).format(tenant, sql.Literal(max_retries), sql.Literal(IN_DOUBT))
 
 
 def queue_select_many(
@@ -405,9 +405,7 @@ def queue_claim(
     for name, value in (("tenant_id", tenant_id), ("limit", limit), ("max_retries", max_retries)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {value!r}")
-    where = sql.SQL(
-        "tenant_id = {} AND NOT is_synchronized AND retry_count < {} AND sync_status <> {}"
-    ).format(sql.Literal(tenant_id), sql.Literal(max_retries), sql.Literal(IN_DOUBT))
+    where = _pending(sql.Literal(tenant_id), max_retries)
     if after is not None:
         where = where + keyset_after(after)
     # A MATERIALIZED CTE, not ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)``: the planner
@@ -571,24 +569,20 @@ def upsert_cursor_held_by(pid: int, key: str) -> sql.Composed:
 
 # ---------------------------------------------------------------------------------- locks
 
-#: Session-level advisory lock: released by unlock, or by PostgreSQL when the session ends
-#: (process killed, connection cut), so a dead worker never keeps a tenant locked.
-TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
-UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
-# Several tenants' locks in one statement (a group of small tenants): one row per key, in order.
-TRY_LOCK_MANY = (
-    "SELECT pg_try_advisory_lock(hashtextextended(k.key, 0)) "
+# Session-level advisory locks: released by unlock, or by PostgreSQL when the session ends
+# (process killed, connection cut), so a dead worker never keeps a tenant locked. One row per
+# lock key of the ``text[]`` parameter, in order (one tenant or a group of them).
+_EACH_KEY = (
+    "SELECT {}(hashtextextended(k.key, 0)) "
     "FROM unnest(%s::text[]) WITH ORDINALITY AS k(key, n) ORDER BY k.n"
 )
-UNLOCK_MANY = (
-    "SELECT pg_advisory_unlock(hashtextextended(k.key, 0)) "
-    "FROM unnest(%s::text[]) WITH ORDINALITY AS k(key, n) ORDER BY k.n"
-)
+TRY_LOCKS = _EACH_KEY.format("pg_try_advisory_lock")
+UNLOCKS = _EACH_KEY.format("pg_advisory_unlock")
 
 
 def lock_held(pid: int, key: str) -> sql.Composed:
     """``SELECT 1`` when backend ``pid`` holds the advisory lock of ``key`` (the text hashed as
-    in TRY_LOCK; a bigint lock shows in pg_locks as classid = high 32 bits, objid = low 32
+    in TRY_LOCKS; a bigint lock shows in pg_locks as classid = high 32 bits, objid = low 32
     bits, objsubid 1). Literals: it also goes inside COPY, which takes no parameters."""
     if isinstance(pid, bool) or not isinstance(pid, int):
         raise TypeError(f"pid must be an int, got {pid!r}")
