@@ -81,9 +81,9 @@ class QueueOps(Connection):
             self._fence(tenant_id)
             if not self.holds_lock(tenant_id, "upload"):  # type: ignore[attr-defined]
                 raise RuntimeError(f"tenant {tenant_id}: fetch for an upload lock not held")
-        layout = await self.layout()
         if not limits:
             return {}
+        layout = await self.layout()
         select = q.queue_select_many(layout.upload_columns, list(limits), max_retries)
         self.statements += 1
         async with self._conn.cursor() as cur, cur.copy(q.copy_out(select)) as copy:
@@ -93,17 +93,15 @@ class QueueOps(Connection):
         rows = both.drop_columns(["group_pos"]).replace_schema_metadata(
             layout.upload_schema.metadata
         )
-        counts = [0] * len(tenants)
-        runs = pc.run_end_encode(both.column(0)) if both.num_rows else None
-        if runs is not None:
-            ends = runs.run_ends.to_pylist()
-            for pos, end, start in zip(runs.values.to_pylist(), ends, [0, *ends[:-1]], strict=True):
-                counts[pos - 1] = end - start
+        # Rows come ordered by group position: each tenant's are the next run of rows.
+        found = pc.value_counts(both.column(0))
+        positions, sizes = found.field("values").to_pylist(), found.field("counts").to_pylist()
+        counts = dict(zip(positions, sizes, strict=True))
         out: dict[int, pa.RecordBatch] = {}
         start = 0
-        for tenant_id, n in zip(tenants, counts, strict=True):
-            out[tenant_id] = rows.slice(start, n)
-            start += n
+        for pos, tenant_id in enumerate(tenants, 1):
+            out[tenant_id] = rows.slice(start, counts.get(pos, 0))
+            start += counts.get(pos, 0)
         return out
 
     async def companion(self, operation: str = "upload") -> CompanionReader | None:
