@@ -625,10 +625,7 @@ class Scheduler:
                 return
             self.running[key] = part
             try:
-                if prefetched is not None:
-                    result.report = await part.upload(prefetched=prefetched)
-                else:
-                    result.report = await part.upload()
+                result.report = await part.upload(prefetched=prefetched)
             finally:
                 self.running.pop(key, None)
         else:
@@ -734,24 +731,11 @@ class Scheduler:
             try:
                 while queue and not self._stop.is_set() and not outage.is_set():
                     group = [queue.pop() for _ in range(_group_size(len(queue), workers))]
-                    if len(group) == 1 or "upload" not in operations:
+                    async with self._group(group, operations):
                         for tenant_id in group:
+                            if self._stop.is_set() or outage.is_set():
+                                break
                             await one_tenant(tenant_id, log_rows)
-                    else:
-                        # One connection for the whole group: the group's upload locks and
-                        # first batches are on it (one statement each for all, see _prefetch).
-                        async with self._pool.lease() as db:
-                            locked = await self._prefetch(db, group)
-                            try:
-                                for tenant_id in group:
-                                    if self._stop.is_set() or outage.is_set():
-                                        break
-                                    await one_tenant(tenant_id, log_rows)
-                            finally:
-                                for tenant_id in locked:
-                                    self._prefetched.pop(tenant_id, None)
-                                if locked:
-                                    await db.unlock_tenants(locked, "upload")
                     if len(log_rows) >= _LOG_FLUSH_ROWS:
                         await self._flush(log_rows)
             finally:
@@ -760,6 +744,29 @@ class Scheduler:
         workers = min(self._pool.size, max(len(ids), 1))
         await asyncio.gather(*(worker() for _ in range(workers)))
         return [r for tenant_id in ids for r in results.get(tenant_id, [])]
+
+    @contextlib.asynccontextmanager
+    async def _group(self, group: list[int], operations: Sequence[str]) -> AsyncIterator[None]:
+        """Run a group of tenants on ONE connection holding their upload locks and first
+        batches (:meth:`_prefetch`), released when the group is done (ONE statement). One
+        tenant, or a cycle without upload, runs as it is."""
+        async with contextlib.AsyncExitStack() as stack:
+            db: Any = None
+            locked: list[int] = []
+            if len(group) > 1 and "upload" in operations:
+                try:
+                    db = await stack.enter_async_context(self._pool.lease())
+                except DatabaseUnavailable:  # each operation meets it and reports it
+                    db = None
+                else:
+                    locked = await self._prefetch(db, group)
+            try:
+                yield
+            finally:
+                for tenant_id in locked:  # those not run (a stop): nothing to keep
+                    self._prefetched.pop(tenant_id, None)
+                if locked:
+                    await db.unlock_tenants(locked, "upload")
 
     async def _prefetch(self, db: Any, tenant_ids: list[int]) -> list[int]:
         """A group's upload locks (ONE statement) and first batches (ONE COPY), kept for the
@@ -785,30 +792,22 @@ class Scheduler:
                 if callable(probe) and not getattr(await probe(), "idempotent", False):
                     continue
                 limits.append((tenant_id, settings.batch.upload_batch_size))
+            if len(limits) < 2:
+                return []
+            locked = await db.try_lock_tenants([t for t, _ in limits], "upload")
+            if not locked:
+                return []
+            try:
+                held = set(locked)
+                batches = await db.fetch_unsynchronized_many(
+                    [(t, n) for t, n in limits if t in held], max_retries=self.options.max_retries
+                )
+            except BaseException:
+                await db.unlock_tenants(locked, "upload")
+                raise
         except MeterSyncError as exc:  # said again, per tenant, by the operation itself
             log.debug("group prefetch skipped: %s: %s", type(exc).__name__, exc)
             return []
-        if len(limits) < 2:
-            return []
-        try:
-            locked = await db.try_lock_tenants([t for t, _ in limits], "upload")
-        except MeterSyncError as exc:
-            log.debug("group prefetch skipped: %s: %s", type(exc).__name__, exc)
-            return []
-        if not locked:
-            return []
-        try:
-            held = set(locked)
-            batches = await db.fetch_unsynchronized_many(
-                [(t, n) for t, n in limits if t in held], max_retries=self.options.max_retries
-            )
-        except MeterSyncError as exc:
-            await db.unlock_tenants(locked, "upload")
-            log.debug("group prefetch skipped: %s: %s", type(exc).__name__, exc)
-            return []
-        except BaseException:
-            await db.unlock_tenants(locked, "upload")
-            raise
         self._prefetched.update(batches)
         return locked
 
