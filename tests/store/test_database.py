@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -28,18 +27,6 @@ from metersync.tools.synthetic import reading_batch
 
 _tenants = itertools.count(1000)
 _seeds = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def dsn(engine_dsn: str) -> str:
-    """The module's migrated sync database (``engine_dsn`` of fix_engine)."""
-    return engine_dsn
-
-
-@pytest.fixture
-async def db(dsn: str) -> AsyncIterator[SyncDatabase]:
-    async with await SyncDatabase.connect(dsn) as db:
-        yield db
 
 
 def _sql(dsn: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -25,12 +25,6 @@ from metersync.store.database import SyncDatabase
 _tenants = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def dsn(engine_dsn: str) -> str:
-    """The module's migrated sync database (``engine_dsn`` of fix_engine)."""
-    return engine_dsn
-
-
 def _sql(dsn: str, statement: str, *params: Any) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(statement, params or None)

@@ -4,7 +4,6 @@ statement, and their first batches in one COPY, each exactly what the one-tenant
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -18,17 +17,6 @@ from metersync.tools.synthetic import reading_batch
 
 _tenants = itertools.count(47_000)
 _seeds = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def dsn(engine_dsn: str) -> str:
-    return engine_dsn
-
-
-@pytest.fixture
-async def db(dsn: str) -> AsyncIterator[SyncDatabase]:
-    async with await SyncDatabase.connect(dsn) as db:
-        yield db
 
 
 async def _tenant(db: SyncDatabase, pending: int) -> int:
