@@ -109,17 +109,14 @@ class _Run:
             KEEPALIVE_EXPIRY,
             ClientSystemApiClient,
             client_from_settings,
+            ssl_context_from_bundle,
         )
         from metersync.remote.transport import AiohttpTransport
 
         s = self.state.settings
         # The verification the clients would do on their own connections (CA bundle or the
         # system's store); plain http to loopback needs no context at all.
-        verify: Any = True
-        if s.ca_bundle:
-            import ssl
-
-            verify = ssl.create_default_context(cafile=s.ca_bundle)
+        verify: Any = ssl_context_from_bundle(s.ca_bundle) if s.ca_bundle else True
         # One connection per POST in flight (2 per tenant) for every tenant running at once.
         width = self.concurrency * 2 + 1
         self._http = AiohttpTransport(

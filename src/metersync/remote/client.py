@@ -199,7 +199,7 @@ class ConnectivityState:
 
 
 @functools.lru_cache(maxsize=8)
-def _ssl_context(bundle: str) -> ssl.SSLContext:
+def ssl_context_from_bundle(bundle: str) -> ssl.SSLContext:
     """A verifying context from a CA bundle (a file or a directory of hashed certificates).
 
     Loading a bundle costs ~0.1 s per context; a verifying context is immutable in use and safe
@@ -338,7 +338,7 @@ class ClientSystemApiClient:
         )
         # A CA bundle is loaded here (cached per process); the system's store only when an
         # https connection needs it (True), never for plain http to loopback.
-        context = _ssl_context(verify) if isinstance(verify, str) else verify
+        context = ssl_context_from_bundle(verify) if isinstance(verify, str) else verify
         if transport is None:  # httpx's API over aiohttp's wire (metersync.remote.transport)
             transport = AiohttpTransport(verify=context, keepalive_expiry=KEEPALIVE_EXPIRY)
         self._http = httpx.AsyncClient(
