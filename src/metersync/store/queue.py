@@ -6,13 +6,13 @@ quarantine, and the in-doubt states of readings sent to a non-idempotent Client 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from metersync import codec
 from metersync.codec.cast import id_array
@@ -93,15 +93,16 @@ class QueueOps(Connection):
         rows = both.drop_columns(["group_pos"]).replace_schema_metadata(
             layout.upload_schema.metadata
         )
-        # Rows come ordered by group position: each tenant's are the next run of rows.
-        found = pc.value_counts(both.column(0))
-        positions, sizes = found.field("values").to_pylist(), found.field("counts").to_pylist()
-        counts = dict(zip(positions, sizes, strict=True))
+        # Rows come ordered by group position: each tenant's are the next run of rows. (Plain
+        # Python on a few thousand ints: a compute kernel here releases the GIL and, in a busy
+        # process, waits a switch interval (5 ms) to get it back, measured 7 ms per group.)
+        positions = both.column(0).to_pylist()
         out: dict[int, pa.RecordBatch] = {}
         start = 0
         for pos, tenant_id in enumerate(tenants, 1):
-            out[tenant_id] = rows.slice(start, counts.get(pos, 0))
-            start += counts.get(pos, 0)
+            end = bisect.bisect_right(positions, pos, lo=start)
+            out[tenant_id] = rows.slice(start, end - start)
+            start = end
         return out
 
     async def companion(self, operation: str = "upload") -> CompanionReader | None:
