@@ -359,7 +359,8 @@ async def test_prefetch_on_the_companion_delivers_each_reading_once(
 ) -> None:
     """With more than one batch the next batch is read on a second session while the last
     one is marked on the lock's session; every reading goes once, its statements are counted
-    (2 per batch + lock/unlock + the final empty fetch) and the second session is closed."""
+    (a fetch per batch, at most one mark per batch, lock/unlock, the final empty fetch) and the
+    second session is closed."""
     tenant = await engine.tenant(upload=10)
     await engine.seed(tenant, 50)
     pids: set[int] = set()
@@ -384,7 +385,7 @@ async def test_prefetch_on_the_companion_delivers_each_reading_once(
             cls.fetch_unsynchronized = fetch  # type: ignore[method-assign]
     assert report.error is None and report.confirmed == 50
     assert len(pids) == 2  # the first fetch on the lock's session, the rest on the companion
-    assert report.statements == 2 * 5 + 2 + 1
+    assert 5 + 1 + 2 + 1 <= report.statements <= 2 * 5 + 2 + 1
     assert await engine.status_counts(tenant) == {"synchronized:true": 50}
     assert sorted(await engine.server_ids(tenant)) == sorted(await engine.local_ids(tenant))
     assert engine.server.stats()["readings_received"] == 50

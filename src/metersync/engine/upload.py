@@ -84,6 +84,7 @@ from metersync.engine.in_doubt import (
     check_held_long_enough,
     resolve_in_doubt,
 )
+from metersync.engine.marks import Confirmed, MarkFailedError, MarkQueue
 from metersync.engine.ports import UploadClient, UploadStore
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import (
@@ -206,6 +207,10 @@ def _encode(batch: pa.RecordBatch, profile: ClientProfile) -> bytes:
         return b"[]"
     return codec.json_rows(batch, profile=profile.json_profile)
 
+
+#: Confirmed batches that may wait for their mark before the cycle waits too (the mark running
+#: meanwhile carries others): bounds the readings a crash would send again as duplicates.
+_MARK_BACKLOG = 4
 
 #: ``len(b'{"readings":' + b'}')``: what the client wraps around the JSON array.
 _ENVELOPE = 13
@@ -521,6 +526,27 @@ class MeterReadingUploadManager:
         prefetch: asyncio.Future[bool] | None = None
         reader: Any = None  # the companion, opened at the first prefetch
         reader_tried = False
+        # Idempotent profile: a plainly confirmed batch is marked in the background, merged
+        # with those confirmed while the previous UPDATE ran (group commit, engine/marks.py).
+        marks = (
+            MarkQueue(self._mark_ids, self._marked)
+            if self.overlap and self._profile.idempotent
+            else None
+        )
+        marks_reported = False
+
+        def marks_failed(err: MarkFailedError) -> _Stop:
+            nonlocal marks_reported
+            if not marks_reported:
+                marks_reported = True
+                self._marks_failed(err)
+            stop = _Stop(str(err))
+            stop.__cause__ = err.cause
+            return stop
+
+        def check_marks() -> None:
+            if marks is not None and marks.failure is not None:
+                raise marks_failed(marks.failure)
 
         def may_start() -> bool:
             return fetch_error is None and self._may_start(started, count)
@@ -604,6 +630,7 @@ class MeterReadingUploadManager:
                     if retry.piece is not None:
                         ready.appendleft(retry.piece)  # the rest of a 400'd batch: sent now
                     continue
+                check_marks()
                 failpoint("upload.after_post")
                 if self.overlap:
                     width = self.max_in_flight  # the key and the body shape work: open up
@@ -613,7 +640,14 @@ class MeterReadingUploadManager:
                     start()  # before marking, so the wire stays busy
                 # The batch after it is fetched (companion connection) while this one is marked.
                 await start_prefetch()
-                await self._settle(oldest, result)
+                await self._settle(oldest, result, marks)
+                if marks is not None:
+                    await marks.room(_MARK_BACKLOG)
+            if marks is not None:
+                try:
+                    await marks.drain()
+                except MarkFailedError as err:
+                    raise marks_failed(err) from err.cause
             if fetch_error is not None:
                 raise _Stop(
                     f"fetching the next batch failed: {type(fetch_error).__name__}: {fetch_error}"
@@ -629,6 +663,8 @@ class MeterReadingUploadManager:
             if reader is not None:
                 self._companion_statements += reader.statements
                 await reader.close()
+            if marks is not None:
+                await self._finish_marks(marks, cancelled=cancelled, reported=marks_reported)
             await self._settle_abandoned(list(window), cancelled=cancelled)
             if ready and not self._profile.idempotent:
                 ids = pa.concat_arrays([p.batch.column(ID_COLUMN) for p in ready])
@@ -773,8 +809,9 @@ class MeterReadingUploadManager:
         except OddAnswerError as odd:
             raise _Stop(str(odd)) from odd.cause
 
-    async def _settle(self, flight: _Flight, result: Any) -> None:
-        """Mark what an answered batch confirmed and record what it refused."""
+    async def _settle(self, flight: _Flight, result: Any, marks: MarkQueue | None = None) -> None:
+        """Mark what an answered batch confirmed and record what it refused. With ``marks``
+        a batch confirmed whole is queued there (marked in the background, merged)."""
         skipped = int(getattr(result, "skipped", 0) or 0)
         if skipped:
             await self._settle_skips(flight, result)
@@ -786,6 +823,17 @@ class MeterReadingUploadManager:
                 await self._hold(flight, f"outcome unknown: {stop}")
                 raise _Stop(self._in_doubt_hint(str(stop))) from OutcomeUnknownError(str(stop))
             raise
+        if marks is not None and not rejected:
+            marks.add(
+                Confirmed(
+                    flight.batch_no,
+                    flight.batch.num_rows,
+                    confirmed_ids,
+                    result.inserted,
+                    result.duplicates,
+                )
+            )
+            return
         rejected_ids = None
         texts: list[str] = []
         if rejected:
@@ -926,6 +974,73 @@ class MeterReadingUploadManager:
             in_doubt,
             time.perf_counter() - flight.started,
         )
+
+    async def _mark_ids(self, ids: pa.Array) -> int:
+        """The UPDATE of a :class:`MarkQueue`: ONE statement for one or more batches."""
+        return await self._db.mark_synchronized(self.tenant_id, ids)
+
+    def _marked(self, batches: list[Confirmed], marked: int, seconds: float) -> None:
+        """One UPDATE of the :class:`MarkQueue` committed: count the batches it carried."""
+        observe.phase("mark", self.tenant_id, seconds)
+        confirmed = sum(len(b.ids) for b in batches)
+        if marked != confirmed:
+            log.warning(
+                "tenant %s: batches %s: %d readings confirmed but %d newly marked (marked "
+                "meanwhile by another worker or a previous cycle?)",
+                self.tenant_id,
+                ", ".join(str(b.batch_no) for b in batches),
+                confirmed,
+                marked,
+            )
+        debug = log.isEnabledFor(logging.DEBUG)
+        for b in batches:
+            self._count(b.rows, confirmed=len(b.ids), inserted=b.inserted, duplicates=b.duplicates)
+            if debug:
+                log.debug(
+                    "tenant %s upload batch %d: %d sent, %d inserted, %d duplicates, 0 rejected "
+                    "(0 quarantined), 0 in doubt; marked in one statement with %d batches "
+                    "(%.3f s)",
+                    self.tenant_id,
+                    b.batch_no,
+                    b.rows,
+                    b.inserted,
+                    b.duplicates,
+                    len(batches),
+                    seconds,
+                )
+
+    def _marks_failed(self, err: MarkFailedError) -> None:
+        """Count and log the batches a failed mark left unmarked (sent, not confirmed here)."""
+        for b in err.batches:
+            self._count(b.rows)
+        log.error(
+            "tenant %s: the Client System accepted %d readings but %s; they go up again next "
+            "cycle and count as duplicates",
+            self.tenant_id,
+            sum(b.rows for b in err.batches),
+            err,
+        )
+
+    async def _finish_marks(self, marks: MarkQueue, *, cancelled: bool, reported: bool) -> None:
+        """The cycle is ending: wait for the marks still queued (confirmed readings are marked
+        before the lock goes), or — when the cycle was cancelled — stop them."""
+        if cancelled:
+            left = await marks.cancel()
+            for b in left:
+                self._count(b.rows)
+            if left:
+                log.warning(
+                    "tenant %s: the cycle was cancelled before %d confirmed readings were "
+                    "marked; they go up again next cycle and count as duplicates",
+                    self.tenant_id,
+                    sum(b.rows for b in left),
+                )
+            return
+        try:
+            await marks.drain()
+        except MarkFailedError as err:
+            if not reported:
+                self._marks_failed(err)
 
     async def _mark_rejected(self, ids: pa.Array, errors: list[str]) -> int:
         """Record individual rejections (ONE statement); return how many are now quarantined."""
