@@ -60,8 +60,7 @@ cdef extern from *:
         100000000000000000ULL, 1000000000000000000ULL};
     static inline int pg_dec_fast(uint64_t mant, int frac, int scale, int precision, int neg,
                                   unsigned char *dst, int err_scale, int err_range) {
-        ms_u128 v, limit = 1;
-        int k;
+        ms_u128 v, limit;
         if (frac > scale) {
             uint64_t d = pg_pow10[frac - scale];
             if (mant % d) return err_scale;
@@ -69,7 +68,10 @@ cdef extern from *:
         } else {
             v = (ms_u128)mant * pg_pow10[scale - frac];
         }
-        for (k = 0; k < precision; k++) limit *= 10;
+        /* 10^precision from the table (a multiply loop here was most of a page's parse). */
+        if (precision <= 18) limit = pg_pow10[precision];
+        else if (precision <= 36) limit = (ms_u128)pg_pow10[18] * pg_pow10[precision - 18];
+        else limit = (ms_u128)pg_pow10[18] * pg_pow10[18] * pg_pow10[precision - 36];
         if (v >= limit) return err_range;
         ms_dec_store(dst, v, neg);
         return 0;
@@ -175,6 +177,7 @@ cdef struct PCol:
     int64_t seen         # the last reading that held this field
     const uint8_t* name
     Py_ssize_t name_len
+    bint plain_name      # printable ASCII without quote or backslash: matchable in place
     uint64_t max_pos     # integers: largest magnitude of a positive / negative value
     uint64_t max_neg
 
@@ -862,6 +865,27 @@ cdef inline Py_ssize_t _lookup(P* p, const uint8_t* key, int64_t n) noexcept nog
     return -1
 
 
+cdef inline Py_ssize_t _expected_key(P* p) noexcept nogil:
+    """The column whose key is expected next (the one after the last found), when the bytes
+    at pos are exactly that key in quotes: pos moves past it. −1 otherwise (pos unchanged;
+    the general path scans the key). Writers emit the fields in the same order every time, so
+    this is the common case: one comparison instead of a scan and a lookup."""
+    cdef Py_ssize_t c = p.guess
+    cdef int64_t n, at = p.pos
+    if c >= p.ncols:  # after a reading's last column: its next key is the first again
+        c = 0
+    if c >= p.ncols or not p.cols[c].plain_name:
+        return -1
+    n = p.cols[c].name_len
+    # A plain name holds no quote or backslash, so its bytes followed by '"' are the whole key.
+    if (at + n + 1 < p.n and p.b[at] == 34 and p.b[at + n + 1] == 34
+            and memcmp(p.b + at + 1, p.cols[c].name, n) == 0):
+        p.pos = at + n + 2
+        p.guess = c + 1
+        return c
+    return -1
+
+
 cdef bint _dropped(P* p, const uint8_t* key, int64_t n) noexcept nogil:
     cdef Py_ssize_t k
     if p.drop_all:
@@ -915,18 +939,24 @@ cdef bint _reading(P* p) noexcept nogil:
     else:
         while True:
             kstart = p.pos
-            if not _key(p, NULL, &klen, &esc):
-                return False
-            kend = p.pos
-            if esc:
-                p.pos = kstart
-                _string(p, p.scratch, &klen, &esc, &nul)
-                key = p.scratch
+            ci = _expected_key(p)
+            if ci >= 0:
+                kend = p.pos
+                if not _colon(p):
+                    return False
             else:
-                key = p.b + kstart + 1
-            if not _colon(p):
-                return False
-            ci = _lookup(p, key, klen)
+                if not _key(p, NULL, &klen, &esc):
+                    return False
+                kend = p.pos
+                if esc:
+                    p.pos = kstart
+                    _string(p, p.scratch, &klen, &esc, &nul)
+                    key = p.scratch
+                else:
+                    key = p.b + kstart + 1
+                if not _colon(p):
+                    return False
+                ci = _lookup(p, key, klen)
             if ci >= 0:
                 if p.cols[ci].seen == row:
                     return _fail(p, R_TWICE, row, ci, kstart, kend, 0)
@@ -1195,6 +1225,9 @@ def parse_page(body, schema, *, tenant_id, limit, unknown_fields=None):
                 col.seen = -1
                 col.name = <const uint8_t*>PyBytes_AS_STRING(names[ci])
                 col.name_len = PyBytes_GET_SIZE(names[ci])
+                col.plain_name = all(
+                    0x20 <= ch < 0x7F and ch != 34 and ch != 92 for ch in names[ci]
+                )
                 if spec.kind in T.INT_RANGES:
                     low, high = T.INT_RANGES[spec.kind]
                     col.max_pos = high
