@@ -6,7 +6,9 @@ One cycle, under the tenant's upload lock::
     sizes from the tenant cache (once)
     loop: fetch ≤ upload_batch_size oldest queue readings (Arrow; after the last one fetched)
           → split below the profile's body limit (codec sizes) → JSON body per profile (codec)
-          → POST → ONE UPDATE marking the confirmed readings synchronized
+          → POST → ONE UPDATE marking the confirmed readings synchronized (idempotent
+            profile: in the background, merged with the batches confirmed while the previous
+            one ran — engine/marks.py; the cycle waits for every mark before it ends)
           → ONE UPDATE recording the individually rejected ones (if any)
     until the queue is empty, the budget (batches, seconds) is spent, or a stop was requested.
 
