@@ -84,6 +84,35 @@ async def test_upload_counts_then_duplicates(reference_server: ServerHandle, ten
     assert reference_server.rows(tenant_id) == 5
 
 
+async def test_with_key_sends_its_own_key_through_the_shared_http_client(
+    reference_server: ServerHandle,
+) -> None:
+    """A client made by with_key stores under its own tenant, shares the first client's HTTP
+    client (closing it leaves the first one working) and refuses a bad key without echoing
+    it."""
+    first_id, first_key = reference_server.new_tenant()
+    second_id, second_key = reference_server.new_tenant()
+    first = ClientSystemApiClient(reference_server.base_url, first_key, **FAST)
+    try:
+        await first.post_batch(body(readings(2)), 2, idempotency_key="wk-1")
+        second = first.with_key(second_key)
+        assert second.max_retries == first.max_retries and second.base_url == first.base_url
+        assert (await second.profile()) == (await first.profile())
+        result = await second.post_batch(body(readings(3)), 3, idempotency_key="wk-2")
+        assert result.inserted == 3
+        await second.aclose()  # not the shared HTTP client
+        again = await first.post_batch(body(readings(1)), 1, idempotency_key="wk-3")
+        assert again.inserted == 1
+        assert (reference_server.rows(first_id), reference_server.rows(second_id)) == (3, 3)
+        with pytest.raises(ConfigError, match="api_key must be") as refused:
+            first.with_key("bad key with spaces")
+        assert "bad key" not in str(refused.value)
+    finally:
+        await first.aclose()
+    with pytest.raises(RuntimeError):  # closing the first closed the shared HTTP client
+        await second.post_batch(body(readings(1)), 1, idempotency_key="wk-4")
+
+
 async def test_idempotency_key_reuse_is_recorded_and_safe(
     reference_server: ServerHandle, tenant_client
 ) -> None:

@@ -83,21 +83,18 @@ class _Run:
         self.signals = 0
         self.transport: Any = None  # one connection pool to the Client System for all tenants
         self._http: Any = None
+        self._probe: Any = None  # the run's first client: the tenants' clients share its HTTP
         self.profile: Any = None  # the Client System's profile, negotiated once per run
         self.site_id: str | None = None
 
     def _client(self, tenant_id: int, api_key: str) -> Any:
         """A tenant's client: the run's settings, ONE shared connection pool to the Client
-        System (no TCP connect per tenant) and the profile negotiated once for the run."""
-        from metersync.remote.client import client_from_settings
-
-        return client_from_settings(
-            self.state.settings,
-            api_key,
-            site_id=self.site_id,
-            transport=self.transport,
-            profile=self.profile,
-        )
+        System (no TCP connect per tenant) and the profile negotiated once for the run —
+        made from the run's probe client (:meth:`ClientSystemApiClient.with_key`: no HTTP
+        client built per tenant)."""
+        if self._probe is None:
+            raise RuntimeError("the run's HTTP client is not open")
+        return self._probe.with_key(api_key)
 
     async def _shared_http(self) -> None:
         """The run's HTTP connection pool and the Client System's profile (asked once).
@@ -126,12 +123,13 @@ class _Run:
         probe: ClientSystemApiClient = client_from_settings(
             s, None, site_id=self.site_id, transport=self.transport
         )
+        # Kept open: every tenant's client is made from it (with_key) and shares its HTTP
+        # client; closed with the run.
+        self._probe = probe
         try:
             self.profile = await probe.profile()
         except Exception as exc:  # unreachable now: every client asks for itself later
             log.debug("Client System profile not negotiated up front: %s", exc)
-        finally:
-            await probe.aclose()
 
     async def open(self) -> None:
         """Connect, check the tenants exist and have keys, register them with the scheduler."""
@@ -176,6 +174,9 @@ class _Run:
         if self.scheduler is not None:
             with contextlib.suppress(Exception):
                 await self.scheduler.close()
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                await self._probe.aclose()
         if self._http is not None:
             with contextlib.suppress(Exception):
                 await self._http.aclose()
