@@ -32,6 +32,7 @@ def _run_load(
     *,
     timeout: float,
     sizes: tuple[int, ...] = SIZES,
+    post_delay: float | None = None,
 ) -> dict[str, float]:
     ids = [200 + i for i in range(tenants)]
     for i, t in enumerate(ids):
@@ -42,6 +43,10 @@ def _run_load(
             world.seed(t, chunk)
             remaining -= chunk
     total = tenants * per_tenant
+    if post_delay is not None:
+        # A small load drains faster than the 0.2 s poll below can see it half done (the run
+        # then ends before a worker is killed): each POST answered this much later.
+        world.server.set_faults(f"delay={post_delay}")
     proxy = RecordingProxy(world.api_url).start()
     env = world.worker_env(METERSYNC_API_URL=proxy.base_url)
     procs = [
@@ -81,6 +86,8 @@ def _run_load(
             if p.poll() is None:
                 p.kill()
         proxy.stop()
+        if post_delay is not None:
+            world.server.clear_faults()
     for p, (_, _, err) in zip(procs[1:], outcomes, strict=True):
         assert p.returncode == 0, err[-2000:]
     world.check(ids, final=True, where="after the load run")
@@ -103,7 +110,7 @@ def _run_load(
 
 
 def test_four_workers_eight_tenants(world: World) -> None:
-    _run_load(world, 8, 500, timeout=240)
+    _run_load(world, 8, 500, timeout=240, post_delay=0.02)
 
 
 @pytest.mark.stress
