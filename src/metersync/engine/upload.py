@@ -551,7 +551,9 @@ class MeterReadingUploadManager:
                 raise marks_failed(marks.failure)
 
         def may_start() -> bool:
-            return fetch_error is None and self._may_start(started, count)
+            # After a failed mark no new POST starts: the cycle ends once the window is done.
+            marks_ok = marks is None or marks.failure is None
+            return fetch_error is None and marks_ok and self._may_start(started, count)
 
         async def fetch() -> bool:
             """Fetch the next batch into ``ready``; False when there is none (or the fetch
@@ -638,7 +640,7 @@ class MeterReadingUploadManager:
                     width = self.max_in_flight  # the key and the body shape work: open up
                 if not ready and prefetch is not None and may_start():
                     await refill()  # the next batch is needed now to keep the wire busy
-                if ready and self._may_start(started, count) and fetch_error is None:
+                if ready and may_start():
                     start()  # before marking, so the wire stays busy
                 # The batch after it is fetched (companion connection) while this one is marked.
                 await start_prefetch()
