@@ -84,7 +84,6 @@ class _Run:
         self.transport: Any = None  # one connection pool to the Client System for all tenants
         self._http: Any = None
         self._probe: Any = None  # the run's first client: the tenants' clients share its HTTP
-        self.profile: Any = None  # the Client System's profile, negotiated once per run
         self.site_id: str | None = None
 
     def _client(self, tenant_id: int, api_key: str) -> Any:
@@ -124,10 +123,10 @@ class _Run:
             s, None, site_id=self.site_id, transport=self.transport
         )
         # Kept open: every tenant's client is made from it (with_key) and shares its HTTP
-        # client; closed with the run.
+        # client and the profile negotiated here; closed with the run.
         self._probe = probe
         try:
-            self.profile = await probe.profile()
+            await probe.profile()
         except Exception as exc:  # unreachable now: every client asks for itself later
             log.debug("Client System profile not negotiated up front: %s", exc)
 

@@ -66,15 +66,16 @@ class MarkQueue:
     """Marks confirmed batches in the background, one UPDATE at a time, merging those that
     arrive while one runs.
 
-    ``mark(ids)`` runs the UPDATE and returns how many rows it newly marked; ``done(batches,
-    marked, seconds)`` is called after each UPDATE committed, with the batches it carried.
+    ``mark(ids)`` (the batches' ids as one chunked array) runs the UPDATE and returns how
+    many rows it newly marked; ``done(batches, marked, seconds)`` is called after each UPDATE
+    committed, with the batches it carried.
     After a failure nothing more is marked: :attr:`failure` holds it (with every batch not
     marked), :meth:`check` and :meth:`drain` raise it.
     """
 
     def __init__(
         self,
-        mark: Callable[[pa.Array], Awaitable[int]],
+        mark: Callable[[pa.ChunkedArray], Awaitable[int]],
         done: Callable[[list[Confirmed], int, float], None],
     ) -> None:
         self._mark = mark
@@ -131,11 +132,8 @@ class MarkQueue:
         try:
             while self._waiting and self.failure is None:
                 group, self._waiting = self._waiting, []
-                ids = (
-                    group[0].ids
-                    if len(group) == 1
-                    else pa.concat_arrays([_plain(b.ids) for b in group])
-                )
+                # One parameter for them all: the store's id_array combines the chunks.
+                ids = pa.chunked_array([b.ids for b in group])
                 started = time.perf_counter()
                 try:
                     failpoint("upload.before_mark")
@@ -162,8 +160,3 @@ class MarkQueue:
         rest, self._waiting = self._waiting, []
         self.failure = MarkFailedError(group + rest, exc)
         self.failure.__cause__ = exc
-
-
-def _plain(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """One array of a batch's ids (a column may come chunked)."""
-    return ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids

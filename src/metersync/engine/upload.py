@@ -359,7 +359,7 @@ class MeterReadingUploadManager:
             async with held:
                 try:
                     await self._cycle(size, clock.started)
-                except _Stop as stop:
+                except (_Stop, MarkFailedError) as stop:  # the cycle ended early, said why
                     cause = stop.__cause__ or stop
                     if isinstance(cause, OutcomeUnknownError):  # the error line says what to do
                         cause = OutcomeUnknownError(str(stop), status=cause.status)
@@ -535,20 +535,6 @@ class MeterReadingUploadManager:
             if self.overlap and self._profile.idempotent
             else None
         )
-        marks_reported = False
-
-        def marks_failed(err: MarkFailedError) -> _Stop:
-            nonlocal marks_reported
-            if not marks_reported:
-                marks_reported = True
-                self._marks_failed(err)
-            stop = _Stop(str(err))
-            stop.__cause__ = err.cause
-            return stop
-
-        def check_marks() -> None:
-            if marks is not None and marks.failure is not None:
-                raise marks_failed(marks.failure)
 
         def may_start() -> bool:
             # After a failed mark no new POST starts: the cycle ends once the window is done.
@@ -634,7 +620,8 @@ class MeterReadingUploadManager:
                     if retry.piece is not None:
                         ready.appendleft(retry.piece)  # the rest of a 400'd batch: sent now
                     continue
-                check_marks()
+                if marks is not None:
+                    marks.check()  # a failed mark ends the cycle (counted in _finish_marks)
                 failpoint("upload.after_post")
                 if self.overlap:
                     width = self.max_in_flight  # the key and the body shape work: open up
@@ -648,10 +635,7 @@ class MeterReadingUploadManager:
                 if marks is not None:
                     await marks.room(_MARK_BACKLOG)
             if marks is not None:
-                try:
-                    await marks.drain()
-                except MarkFailedError as err:
-                    raise marks_failed(err) from err.cause
+                await marks.drain()
             if fetch_error is not None:
                 raise _Stop(
                     f"fetching the next batch failed: {type(fetch_error).__name__}: {fetch_error}"
@@ -668,7 +652,7 @@ class MeterReadingUploadManager:
                 self._companion_statements += reader.statements
                 await reader.close()
             if marks is not None:
-                await self._finish_marks(marks, cancelled=cancelled, reported=marks_reported)
+                await self._finish_marks(marks, cancelled=cancelled)
             await self._settle_abandoned(list(window), cancelled=cancelled)
             if ready and not self._profile.idempotent:
                 ids = pa.concat_arrays([p.batch.column(ID_COLUMN) for p in ready])
@@ -915,15 +899,7 @@ class MeterReadingUploadManager:
                 marked = await self._db.mark_synchronized(self.tenant_id, confirmed_ids)
                 done = confirmed
                 failpoint("upload.after_mark")
-                if marked != confirmed:
-                    log.warning(
-                        "tenant %s: batch %d: %d readings confirmed but %d newly marked "
-                        "(marked meanwhile by another worker or a previous cycle?)",
-                        self.tenant_id,
-                        flight.batch_no,
-                        confirmed,
-                        marked,
-                    )
+                self._check_marked([flight.batch_no], confirmed, marked)
             if rejected_ids is not None and len(rejected_ids):
                 quarantined = await self._mark_rejected(rejected_ids, texts)
             if held is not None:
@@ -979,7 +955,18 @@ class MeterReadingUploadManager:
             time.perf_counter() - flight.started,
         )
 
-    async def _mark_ids(self, ids: pa.Array) -> int:
+    def _check_marked(self, batch_numbers: list[int], confirmed: int, marked: int) -> None:
+        if marked != confirmed:
+            log.warning(
+                "tenant %s: batch %s: %d readings confirmed but %d newly marked (marked "
+                "meanwhile by another worker or a previous cycle?)",
+                self.tenant_id,
+                ", ".join(map(str, batch_numbers)),
+                confirmed,
+                marked,
+            )
+
+    async def _mark_ids(self, ids: pa.Array | pa.ChunkedArray) -> int:
         """The UPDATE of a :class:`MarkQueue`: ONE statement for one or more batches."""
         return await self._db.mark_synchronized(self.tenant_id, ids)
 
@@ -987,15 +974,7 @@ class MeterReadingUploadManager:
         """One UPDATE of the :class:`MarkQueue` committed: count the batches it carried."""
         observe.phase("mark", self.tenant_id, seconds)
         confirmed = sum(len(b.ids) for b in batches)
-        if marked != confirmed:
-            log.warning(
-                "tenant %s: batches %s: %d readings confirmed but %d newly marked (marked "
-                "meanwhile by another worker or a previous cycle?)",
-                self.tenant_id,
-                ", ".join(str(b.batch_no) for b in batches),
-                confirmed,
-                marked,
-            )
+        self._check_marked([b.batch_no for b in batches], confirmed, marked)
         debug = log.isEnabledFor(logging.DEBUG)
         for b in batches:
             self._count(b.rows, confirmed=len(b.ids), inserted=b.inserted, duplicates=b.duplicates)
@@ -1025,9 +1004,10 @@ class MeterReadingUploadManager:
             err,
         )
 
-    async def _finish_marks(self, marks: MarkQueue, *, cancelled: bool, reported: bool) -> None:
+    async def _finish_marks(self, marks: MarkQueue, *, cancelled: bool) -> None:
         """The cycle is ending: wait for the marks still queued (confirmed readings are marked
-        before the lock goes), or — when the cycle was cancelled — stop them."""
+        before the lock goes), or — when the cycle was cancelled — stop them. The batches a
+        failed mark left are counted and logged here, once, however the cycle ended."""
         if cancelled:
             left = await marks.cancel()
             for b in left:
@@ -1043,8 +1023,7 @@ class MeterReadingUploadManager:
         try:
             await marks.drain()
         except MarkFailedError as err:
-            if not reported:
-                self._marks_failed(err)
+            self._marks_failed(err)
 
     async def _mark_rejected(self, ids: pa.Array, errors: list[str]) -> int:
         """Record individual rejections (ONE statement); return how many are now quarantined."""
