@@ -1,7 +1,10 @@
-"""COPY OUT read through psycopg's private ``_read_gen`` vs its public API (issue 9 item 7).
+"""COPY OUT read through psycopg's per-row API vs the adapter's buffer reader (issue 12).
 
-Reads the same fetch (100,000 wide rows, then 1000-row pages) three ways in alternating rounds;
-the figures are in docs/store-notes.md. The adapter uses the public ``async for``.
+Reads the same fetch (100,000 wide rows, then 1000-row pages, then a 16-tenant group fetch of
+100 rows each) in alternating rounds, on the async connection (``async for data in copy``
+against :func:`metersync.store.copy_out.read_copy_out`) and on a synchronous one in a worker
+thread (``for data in copy`` against ``read_copy_out_sync``, the companion's way). Wall time
+and this process's CPU time per read; the figures are in docs/store-notes.md.
 
 Run: .venv/bin/python benchmarks/copy_read_api.py  (a script, not collected by `make bench`)
 """
@@ -11,27 +14,19 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+
+from metersync.store import sql as q
+from metersync.store.copy_out import read_copy_out, read_copy_out_sync
 from metersync.store.database import SyncDatabase
 from metersync.tools.embedded import EmbeddedPostgres, create_database, drop_database
 from metersync.tools.synthetic import reading_batch
 
 ROWS = 100_000
-
-
-def _drain(copy: Any) -> Generator[Any, Any, list[Any]]:
-    """The adapter's former private path: psycopg's per-row generator in one ``conn.wait``."""
-    chunks: list[Any] = []
-    while True:
-        data = yield from copy._read_gen()
-        if not data:
-            return chunks
-        chunks.append(data)
-
-
-ROUNDS = 11
+TENANTS = 16
 
 
 async def main(dsn: str) -> None:
@@ -40,51 +35,75 @@ async def main(dsn: str) -> None:
         await db.add_tenant(1, "bench", None)
         for i in range(0, ROWS, 20_000):
             await db.insert_readings(reading_batch(20_000, seed=i + 1, tenant_id=1), 10_000)
+        for t in range(2, 2 + TENANTS):
+            await db.add_tenant(t, f"bench-{t}", None)
+            await db.insert_readings(reading_batch(100, seed=t, tenant_id=t), 100)
+        await db._execute("ANALYZE meter_reading")  # the plans the engine gets (a bench script)
         layout = await db.layout()
-        for rows, rounds in ((ROWS, ROUNDS), (1000, 60)):
-            await measure(db, db.fetch_statement(1, rows, layout=layout), rows, rounds)
+        group = q.copy_out(
+            q.queue_select_many(
+                layout.upload_columns, [(t, 1000) for t in range(2, 2 + TENANTS)], 5
+            )
+        )
+        cases = (
+            (f"{ROWS:,} rows", db.fetch_statement(1, ROWS, layout=layout), 7),
+            ("1000 rows", db.fetch_statement(1, 1000, layout=layout), 60),
+            (f"group {TENANTS} x 100 rows", group, 60),
+        )
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+        with psycopg.Connection.connect(dsn, autocommit=True) as sconn:
+            for name, statement, rounds in cases:
+                await measure(aconn, sconn, name, statement, rounds)
 
 
-async def measure(db: SyncDatabase, statement: object, rows: int, rounds: int) -> None:
-    conn = db._conn
+async def measure(
+    aconn: psycopg.AsyncConnection[Any],
+    sconn: psycopg.Connection[Any],
+    name: str,
+    statement: Any,
+    rounds: int,
+) -> None:
+    async def async_public() -> int:
+        async with aconn.cursor() as cur, cur.copy(statement) as copy:
+            rows = [data async for data in copy]  # kept, as the adapter keeps them
+        return sum(map(len, rows))
 
-    async def private() -> int:
-        async with conn.cursor() as cur, cur.copy(statement) as copy:
-            chunks = await conn.wait(_drain(copy))
-        return sum(map(len, chunks))
+    async def async_buffer() -> int:
+        async with aconn.cursor() as cur, cur.copy(statement):
+            rows = await read_copy_out(aconn)
+        return sum(map(len, rows))
 
-    async def public_iter() -> int:
-        async with conn.cursor() as cur, cur.copy(statement) as copy:
-            chunks = [data async for data in copy]
-        return sum(map(len, chunks))
+    def sync_public() -> int:
+        with sconn.cursor() as cur, cur.copy(statement) as copy:
+            rows = list(copy)
+        return sum(map(len, rows))
 
-    async def public_read() -> int:
-        chunks = []
-        async with conn.cursor() as cur, cur.copy(statement) as copy:
-            while data := await copy.read():
-                chunks.append(data)
-        return sum(map(len, chunks))
+    def sync_buffer() -> int:
+        with sconn.cursor() as cur, cur.copy(statement):
+            rows = read_copy_out_sync(sconn)
+        return sum(map(len, rows))
 
-    ways = {
-        "private _read_gen": private,
-        "public async for": public_iter,
-        "public copy.read()": public_read,
+    ways: dict[str, Callable[[], Awaitable[int]]] = {
+        "async: async for (psycopg)": async_public,
+        "async: read_copy_out": async_buffer,
+        "thread: for (psycopg)": lambda: asyncio.to_thread(sync_public),
+        "thread: read_copy_out_sync": lambda: asyncio.to_thread(sync_buffer),
     }
-    times: dict[str, list[float]] = {k: [] for k in ways}
+    wall: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
     sizes = set()
     for _ in range(rounds):
-        for name, fn in ways.items():  # alternating rounds: load drifts hit all alike
-            t0 = time.perf_counter()
+        for way, fn in ways.items():  # alternating rounds: load drifts hit all alike
+            c0, t0 = time.process_time(), time.perf_counter()
             sizes.add(await fn())
-            times[name].append(time.perf_counter() - t0)
+            wall[way].append(time.perf_counter() - t0)
+            cpu[way].append(time.process_time() - c0)
     assert len(sizes) == 1, sizes
-    print(f"{rows} wide rows, {sizes.pop() / 1e6:.2f} MB of COPY data, {rounds} rounds")
-    base = statistics.median(times["private _read_gen"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    print(f"{name}: {sizes.pop() / 1e6:.2f} MB of COPY data, {rounds} rounds (medians)")
+    for way in ways:
         print(
-            f"  {name:20s} median {med * 1000:7.1f} ms  best {min(ts) * 1000:7.1f} ms  "
-            f"{med / base:5.2f}x"
+            f"  {way:28s} wall {statistics.median(wall[way]) * 1000:7.2f} ms  "
+            f"client CPU {statistics.median(cpu[way]) * 1000:7.2f} ms"
         )
 
 

@@ -312,17 +312,6 @@ class Connection:
         return self._layout
 
 
-async def _read_copy(conn: psycopg.AsyncConnection[Any], copy: Any) -> list[Any]:
-    """All rows of a COPY OUT, through psycopg's public API (``async for data in copy``).
-
-    A private per-row generator inside one ``conn.wait`` was measured against it (issue 9 item
-    7, docs/store-notes.md): 1.00-1.27x on 100,000 wide rows (median of three runs 1.06x) and
-    0.99-1.00x on the 1000-row pages the engine fetches, so the public API it is.
-    """
-    del conn  # kept in the signature: callers pass the connection the COPY runs on
-    return [data async for data in copy]
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

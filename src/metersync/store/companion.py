@@ -19,6 +19,7 @@ from metersync.errors import (
 )
 from metersync.store import sql as q
 from metersync.store._connection import _first_line
+from metersync.store.copy_out import read_copy_out_sync
 
 if TYPE_CHECKING:
     from metersync.store.database import SyncDatabase
@@ -86,8 +87,8 @@ class CompanionReader:
             ) from None
 
     def _read(self, statement: Any, schema: pa.Schema) -> pa.RecordBatch:
-        with self._lock, self._conn.cursor() as cur, cur.copy(statement) as copy:
-            data = b"".join(copy)
+        with self._lock, self._conn.cursor() as cur, cur.copy(statement):
+            data = b"".join(read_copy_out_sync(self._conn))
         return codec.from_copy_binary(data, schema)
 
     async def close(self) -> None:

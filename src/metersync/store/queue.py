@@ -17,8 +17,9 @@ import pyarrow as pa
 from metersync import codec
 from metersync.codec.cast import id_array
 from metersync.store import sql as q
-from metersync.store._connection import Connection, _operation, _read_copy
+from metersync.store._connection import Connection, _operation
 from metersync.store.companion import CompanionReader
+from metersync.store.copy_out import read_copy_out
 from metersync.store.schema import TableLayout
 from metersync.store.values import (
     RejectResult,
@@ -54,8 +55,8 @@ class QueueOps(Connection):
             tenant_id, limit, max_retries=max_retries, exclude=exclude, layout=layout, after=after
         )
         self.statements += 1
-        async with self._conn.cursor() as cur, cur.copy(statement) as copy:
-            chunks = await _read_copy(self._conn, copy)
+        async with self._conn.cursor() as cur, cur.copy(statement):
+            chunks = await read_copy_out(self._conn)
         return codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
 
     @_operation
@@ -86,8 +87,8 @@ class QueueOps(Connection):
         layout = await self.layout()
         select = q.queue_select_many(layout.upload_columns, list(limits), max_retries)
         self.statements += 1
-        async with self._conn.cursor() as cur, cur.copy(q.copy_out(select)) as copy:
-            chunks = await _read_copy(self._conn, copy)
+        async with self._conn.cursor() as cur, cur.copy(q.copy_out(select)):
+            chunks = await read_copy_out(self._conn)
         schema = pa.schema([pa.field("group_pos", pa.int64()), *layout.upload_schema])
         both = codec.from_copy_binary(b"".join(chunks), schema)
         rows = both.drop_columns(["group_pos"]).replace_schema_metadata(
@@ -236,8 +237,8 @@ class QueueOps(Connection):
             q.queue_claim(layout.upload_columns, tenant_id, limit, max_retries, after)
         )
         self.statements += 1
-        async with self._conn.cursor() as cur, cur.copy(statement) as copy:
-            chunks = await _read_copy(self._conn, copy)
+        async with self._conn.cursor() as cur, cur.copy(statement):
+            chunks = await read_copy_out(self._conn)
         batch = codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
         if batch.num_rows > 1:  # RETURNING has no order: restore the queue order
             batch = batch.sort_by([("created_at", "ascending"), ("meter_reading_id", "ascending")])
