@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from fix_engine import Engine, eventually
-from metersync.engine.marks import Confirmed, MarkFailedError, MarkQueue
+from metersync.engine.marks import Confirmed, GroupMarks, MarkFailedError, MarkQueue
 from metersync.store.database import SyncDatabase
 
 
@@ -156,3 +156,84 @@ async def test_a_mark_that_fails_in_a_cycle_ends_it_and_the_next_cycle_sends_aga
     assert again.confirmed == 30 - len(synced)
     assert again.duplicates == report.readings_sent - len(synced)
     assert await engine.status_counts(tenant) == {"synchronized:true": 30}
+
+
+# -- GroupMarks: one UPDATE for a group of small tenants ---------------------------------------
+
+
+async def test_a_group_commit_marks_every_share_with_one_update(engine: Engine) -> None:
+    """Each tenant is told its own count; the one statement is counted once, on the first."""
+    tenants = [await engine.tenant() for _ in range(3)]
+    ids = [(await engine.seed(t, 4 + i)).column("meter_reading_id") for i, t in enumerate(tenants)]
+    calls: list[list[tuple[int, Any]]] = []
+
+    async def mark_many(pairs: list[tuple[int, Any]]) -> dict[int, int]:
+        calls.append(pairs)
+        return await engine.db.mark_synchronized_many(pairs)
+
+    told: list[tuple[int, list[int], int, int]] = []
+    group = GroupMarks(mark_many)
+    for tenant, tenant_ids in zip(tenants, ids, strict=True):
+        share = group.share(
+            tenant,
+            lambda b, marked, _s, st, t=tenant: told.append((t, [x.rows for x in b], marked, st)),
+            lambda err: pytest.fail(f"no failure expected: {err}"),
+        )
+        assert not group.holds(tenant)
+        for batch in _batches(tenant_ids, 3):
+            share.add(batch)
+        assert await share.drain() is None and share.failure is None  # nothing waits here
+        assert group.holds(tenant)
+    await group.commit()
+    assert len(calls) == 1 and [t for t, _ in calls[0]] == tenants
+    assert told == [
+        (tenants[0], [3, 1], 4, 1),
+        (tenants[1], [3, 2], 5, 0),
+        (tenants[2], [3, 3], 6, 0),
+    ]
+    assert group.updates == 1 and not any(group.holds(t) for t in tenants)
+    for tenant, n in zip(tenants, (4, 5, 6), strict=True):
+        assert await engine.status_counts(tenant) == {"synchronized:true": n}
+    await group.commit()  # nothing left: no second statement
+    assert len(calls) == 1
+
+
+async def test_a_failed_group_commit_tells_every_share_and_marks_nothing(engine: Engine) -> None:
+    tenants = [await engine.tenant() for _ in range(2)]
+    ids = [(await engine.seed(t, 3)).column("meter_reading_id") for t in tenants]
+
+    async def mark_many(pairs: list[tuple[int, Any]]) -> dict[int, int]:
+        raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+
+    failures: dict[int, MarkFailedError] = {}
+    group = GroupMarks(mark_many)
+    for tenant, tenant_ids in zip(tenants, ids, strict=True):
+        share = group.share(
+            tenant,
+            lambda *_: pytest.fail("nothing was marked"),
+            lambda err, t=tenant: failures.__setitem__(t, err),
+        )
+        for batch in _batches(tenant_ids, 3):
+            share.add(batch)
+    await group.commit()  # never raises: the shares carry the failure
+    assert sorted(failures) == sorted(tenants)
+    for err in failures.values():
+        assert [b.rows for b in err.batches] == [3]
+        assert "marking batch 1 failed: LockNotAvailable" in str(err)
+        assert isinstance(err.__cause__, psycopg.errors.LockNotAvailable)
+    for tenant in tenants:
+        assert await engine.status_counts(tenant) == {"pending:false": 3}
+
+
+async def test_a_cancelled_cycle_takes_its_batches_back_from_the_group(engine: Engine) -> None:
+    tenant = await engine.tenant()
+    ids = (await engine.seed(tenant, 4)).column("meter_reading_id")
+    group = GroupMarks(engine.db.mark_synchronized_many)
+    share = group.share(tenant, lambda *_: None, lambda _: None)
+    for batch in _batches(ids, 2):
+        share.add(batch)
+    assert [b.rows for b in await share.cancel()] == [2, 2]
+    assert not group.holds(tenant) and group.abandon() == []
+    await group.commit()
+    assert group.updates == 0
+    assert await engine.status_counts(tenant) == {"pending:false": 4}

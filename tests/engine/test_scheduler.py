@@ -8,9 +8,11 @@ import contextlib
 import logging
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from fix_engine import Engine, eventually
@@ -342,11 +344,89 @@ async def test_small_tenants_share_one_lock_fetch_and_unlock_per_group(engine: E
     assert by_tenant[big].outcome == "ok" and by_tenant[big].readings == 50
     small = [by_tenant[t] for t in tenants if t not in (big, held)]
     assert all(r.outcome == "ok" and r.readings == 15 for r in small)
+    # Grouped: no statement of their own but the group's one UPDATE, counted on one of them
+    # (a tenant left alone at the end of the queue runs on its own statements).
     statements = [r.report.statements for r in small]  # type: ignore[union-attr]
-    assert statements.count(1) >= 6, statements  # grouped: the mark alone
+    grouped = [n for n in statements if n <= 1]
+    assert len(grouped) >= 6 and 1 <= sum(grouped) <= 3, statements
     assert engine.server.stats()["duplicates_seen"] == 0
     for tenant in tenants:
         assert engine.server.rows(tenant) == (0 if tenant == held else 50 if tenant == big else 15)
+
+
+async def test_a_group_of_small_tenants_is_marked_by_one_update(engine: Engine) -> None:
+    """Tenants whose first batch is their whole queue leave the mark to their group: ONE
+    UPDATE for all of them after the last one, before the locks go. Each result comes out
+    (on_result, sync_log) with its readings counted, after that UPDATE."""
+    tenants = [await engine.tenant(upload=20) for _ in range(6)]
+    for tenant in tenants:
+        await engine.seed(tenant, 15)
+    seen: list[tuple[int, int, bool]] = []
+    async with scheduler_for(engine, tenants, concurrency=1) as scheduler:
+
+        def on_result(result: OperationResult) -> None:
+            # Delivered once the UPDATE ran: every reading counted and marked already.
+            pending = scheduler.managers(result.tenant_id)[0].marks_pending
+            seen.append((result.tenant_id, result.readings, pending))
+
+        results = await scheduler.run_cycle(operations=["upload"], on_result=on_result)
+    assert sorted(seen) == sorted((t, 15, False) for t in tenants)
+    assert [r.outcome for r in results] == ["ok"] * 6
+    statements = [r.report.statements for r in results]  # type: ignore[union-attr]
+    assert sorted(statements) == [0, 0, 0, 0, 0, 1], statements  # one UPDATE in all
+    for tenant in tenants:
+        assert await engine.status_counts(tenant) == {"synchronized:true": 15}
+        assert engine.server.rows(tenant) == 15
+    logged = await engine.rows(
+        "SELECT tenant_id, success, records FROM sync_log WHERE tenant_id = ANY(%s)", tenants
+    )
+    assert sorted(logged) == sorted((t, True, 15) for t in tenants)
+
+
+async def test_a_failed_group_update_fails_its_tenants_and_the_next_cycle_sends_again(
+    engine: Engine,
+) -> None:
+    """The group's UPDATE cannot take a row lock in time: nothing of the group is marked, each
+    tenant's result says its mark failed (not a success in sync_log), and the next cycle sends
+    those readings again, which the Client System counts as duplicates."""
+    tenants = [await engine.tenant(upload=20) for _ in range(4)]
+    seeded = [await engine.seed(tenant, 10) for tenant in tenants]
+    blocker = await psycopg.AsyncConnection.connect(engine.dsn)
+    await blocker.execute(
+        "SELECT 1 FROM meter_reading WHERE tenant_id = %s AND meter_reading_id = %s FOR UPDATE",
+        (tenants[2], uuid.UUID(bytes=seeded[2].column("meter_reading_id")[4].as_py())),
+    )
+    scheduler = Scheduler(
+        dsn=f"{engine.dsn} options='-c lock_timeout=300'",
+        concurrency=1,
+        client_factory=_factory(engine),
+    )
+    try:
+        async with scheduler:
+            for tenant in tenants:
+                scheduler.add_tenant(tenant)
+            results = await scheduler.run_cycle(operations=["upload"])
+    finally:
+        await blocker.rollback()
+        await blocker.close()
+    assert [r.outcome for r in results] == ["error"] * 4
+    for r in results:
+        assert r.readings == 0 and r.error_text is not None
+        assert "marking batch 1 failed" in r.error_text and "lock" in r.error_text
+        assert r.report is not None and r.report.readings_sent == 10
+    for tenant in tenants:
+        assert await engine.status_counts(tenant) == {"pending:false": 10}
+        assert engine.server.rows(tenant) == 10  # sent and stored there
+    logged = await engine.rows(
+        "SELECT tenant_id, success FROM sync_log WHERE tenant_id = ANY(%s)", tenants
+    )
+    assert sorted(logged) == sorted((t, False) for t in tenants)
+    async with scheduler_for(engine, tenants, concurrency=1) as again:
+        second = await again.run_cycle(operations=["upload"])
+    assert [r.outcome for r in second] == ["ok"] * 4
+    assert [r.report.duplicates for r in second] == [10] * 4  # type: ignore[union-attr]
+    for tenant in tenants:
+        assert await engine.status_counts(tenant) == {"synchronized:true": 10}
 
 
 async def test_a_non_idempotent_client_system_gets_no_group_prefetch(engine: Engine) -> None:

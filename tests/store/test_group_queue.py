@@ -4,6 +4,7 @@ statement, and their first batches in one COPY, each exactly what the one-tenant
 from __future__ import annotations
 
 import itertools
+import uuid
 from typing import Any
 
 import psycopg
@@ -112,3 +113,63 @@ async def test_group_fetch_agrees_with_one_fetch_per_tenant(dsn: str, shape: lis
         got = await db.fetch_unsynchronized_many(limits)
         for tenant, limit in limits:
             assert got[tenant].equals(await db.fetch_unsynchronized(tenant, limit))
+
+
+# -- one UPDATE for a group's marks -----------------------------------------------------------
+
+
+async def test_one_update_marks_several_tenants_and_counts_each(db: SyncDatabase, dsn: str) -> None:
+    """Each tenant's own ids only: an id given under the wrong tenant marks nothing, a tenant
+    given no ids is counted 0, and already synchronized rows are not counted again."""
+    tenants = [await _tenant(db, 12) for _ in range(3)]
+    batches = {t: await db.fetch_unsynchronized(t, 100) for t in tenants}
+    a, b, c = tenants
+    ids = {t: batch.column("meter_reading_id") for t, batch in batches.items()}
+    before = db.statements
+    newly = await db.mark_synchronized_many(
+        [(a, ids[a].slice(0, 5)), (b, ids[b]), (c, ids[a].slice(5, 3)), (c, ids[c].slice(0, 0))]
+    )
+    assert db.statements == before + 1  # ONE statement for all of them
+    assert newly == {a: 5, b: 12, c: 0}  # c's ids were a's: keyed by tenant, nothing changed
+    assert (await db.fetch_unsynchronized(a, 100)).num_rows == 7
+    assert (await db.fetch_unsynchronized(b, 100)).num_rows == 0
+    assert (await db.fetch_unsynchronized(c, 100)).num_rows == 12
+    again = await db.mark_synchronized_many([(a, ids[a]), (b, ids[b].slice(0, 2))])
+    assert again == {a: 7, b: 0}  # only newly marked rows count
+    assert await db.mark_synchronized_many([]) == {}
+    assert await db.mark_synchronized_many([(c, [])]) == {c: 0}
+
+
+async def test_a_lost_lock_fences_the_group_update(db: SyncDatabase) -> None:
+    tenants = [await _tenant(db, 3) for _ in range(2)]
+    ids = (await db.fetch_unsynchronized(tenants[1], 10)).column("meter_reading_id")
+    db._lost_locks.add(("upload", tenants[1]))
+    with pytest.raises(TenantLockLostError):
+        await db.mark_synchronized_many([(tenants[0], []), (tenants[1], ids)])
+    db._lost_locks.clear()
+    assert (await db.fetch_unsynchronized(tenants[1], 10)).num_rows == 3
+
+
+async def test_the_group_update_probes_the_primary_key(db: SyncDatabase, dsn: str) -> None:
+    """One primary-key index scan per tenant, OR'ed in a bitmap: never a scan of the table or
+    of a tenant's backlog (joined to unnest()ed pairs, the planner hashed the whole table)."""
+    from metersync.store import sql as q
+
+    tenants = [await _tenant(db, 5000) for _ in range(4)]  # a table a seq scan would cost
+    terms: list[Any] = []
+    for t in tenants:
+        batch = await db.fetch_unsynchronized(t, 100)
+        terms += [
+            t,
+            [str(uuid.UUID(bytes=v)) for v in batch.column("meter_reading_id").to_pylist()],
+        ]
+    _sql(dsn, "ANALYZE meter_reading")
+    statement = q.mark_synchronized_many(len(tenants))
+    with psycopg.connect(dsn) as conn:
+        cur = psycopg.ClientCursor(conn)  # the ids as literals: the plan a custom plan gets
+        cur.execute("EXPLAIN (COSTS OFF) " + statement.replace("ANY(%s)", "ANY(%s::uuid[])"), terms)
+        plan = "\n".join(r[0] for r in cur.fetchall())
+        conn.rollback()
+    shape = "\n".join(line[:120] for line in plan.splitlines())  # without the id lists
+    assert plan.count("Index Scan on meter_reading_pkey") == len(tenants), shape
+    assert "Seq Scan" not in plan and "queue_idx" not in plan and "Hash Join" not in plan, shape

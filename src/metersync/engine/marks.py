@@ -15,6 +15,10 @@ waits for every mark before it ends (so before the tenant's lock is released); a
 ends the cycle, and the readings of the batches it carried go up again next cycle, where the
 Client System counts them as duplicates — the reason only the idempotent profile merges (the
 claiming profile settles each batch in line, as before).
+
+A group of small tenants (the scheduler's group: one connection holding their locks and first
+batches) goes one step further: :class:`GroupMarks` marks the confirmed first batches of all
+its tenants with ONE UPDATE when the group is done, before their locks are released.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pyarrow as pa
 
 from metersync._failpoints import failpoint
 
-__all__ = ["Confirmed", "MarkFailedError", "MarkQueue"]
+__all__ = ["Confirmed", "GroupMarks", "GroupShare", "MarkFailedError", "MarkQueue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +164,118 @@ class MarkQueue:
         rest, self._waiting = self._waiting, []
         self.failure = MarkFailedError(group + rest, exc)
         self.failure.__cause__ = exc
+
+
+# -- a group of small tenants: one UPDATE for all of them ------------------------------------
+
+
+class GroupMarks:
+    """The confirmed batches of a group of small tenants, marked by ONE UPDATE when the group
+    is done (issue 12: 300 tenants × 100 readings cost 300 UPDATEs and commits, one per tenant,
+    on the cycle's critical path).
+
+    The scheduler makes one for a group whose upload locks and first batches it holds (one
+    connection, one lock statement, one fetch). A tenant whose whole cycle is that first batch
+    hands its confirmed batch to :meth:`share` instead of marking it, and its cycle ends; the
+    group runs :meth:`commit` after its last tenant — before the locks are released, so a
+    confirmed reading is still marked under its tenant's lock — and each tenant's report is
+    completed there (``done``), or ended by the failure (``failed``), before it is recorded.
+
+    The same rules as the per-tenant queue: only what the Client System confirmed is marked;
+    a failed UPDATE marks nothing and its readings go up again next cycle, where the Client
+    System counts them as duplicates (the idempotent profile only). The window a crash can
+    re-send grows from one tenant's batch to one group's (at most 16 small batches).
+    """
+
+    def __init__(
+        self, mark_many: Callable[[list[tuple[int, pa.Array]]], Awaitable[dict[int, int]]]
+    ) -> None:
+        self._mark_many = mark_many
+        self._shares: list[GroupShare] = []
+        #: UPDATEs run (0 or 1).
+        self.updates = 0
+
+    def share(
+        self,
+        tenant_id: int,
+        done: Callable[[list[Confirmed], int, float, int], None],
+        failed: Callable[[MarkFailedError], None],
+    ) -> GroupShare:
+        """A tenant's place in the group's mark: what its cycle adds, and whom to tell.
+        ``done(batches, marked, seconds, statements)``: they were marked (``statements``:
+        the UPDATE counted once, on the group's first tenant); ``failed(error)``: they were
+        not."""
+        share = GroupShare(tenant_id, done, failed)
+        self._shares.append(share)
+        return share
+
+    def holds(self, tenant_id: int) -> bool:
+        """Whether ``tenant_id`` has confirmed batches waiting for :meth:`commit`."""
+        return any(s.tenant_id == tenant_id and s.batches for s in self._shares)
+
+    async def commit(self) -> None:
+        """Mark every share's batches with ONE UPDATE and tell each tenant how it went
+        (never raises for a failed UPDATE: the tenants' reports carry it)."""
+        shares = [s for s in self._shares if s.batches]
+        self._shares = []
+        if not shares:
+            return
+        pairs = [(s.tenant_id, pa.chunked_array([b.ids for b in s.batches])) for s in shares]
+        started = time.perf_counter()
+        try:
+            failpoint("upload.before_mark")
+            marked = await self._mark_many(pairs)  # type: ignore[arg-type]
+        except Exception as exc:
+            for share in shares:
+                failure = MarkFailedError(share.batches, exc)
+                failure.__cause__ = exc
+                share.failed(failure)
+            return
+        self.updates += 1
+        seconds = time.perf_counter() - started
+        first = True
+        for share in shares:
+            share.done(share.batches, marked.get(share.tenant_id, 0), seconds, int(first))
+            first = False
+
+    def abandon(self) -> list[GroupShare]:
+        """The group was cancelled: mark nothing; the shares still holding batches."""
+        shares = [s for s in self._shares if s.batches]
+        self._shares = []
+        return shares
+
+
+class GroupShare:
+    """One tenant's part of a :class:`GroupMarks`, shaped like :class:`MarkQueue` for its
+    upload cycle: ``add`` keeps the batch for the group's UPDATE; nothing is waited for."""
+
+    def __init__(
+        self,
+        tenant_id: int,
+        done: Callable[[list[Confirmed], int, float, int], None],
+        failed: Callable[[MarkFailedError], None],
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.done = done
+        self.failed = failed
+        self.batches: list[Confirmed] = []
+        #: Always ``None``: the group's UPDATE runs after the cycle (:meth:`GroupMarks.commit`).
+        self.failure: MarkFailedError | None = None
+
+    def add(self, batch: Confirmed) -> None:
+        """Keep a confirmed batch for the group's UPDATE."""
+        self.batches.append(batch)
+
+    def check(self) -> None:
+        """Nothing has been marked yet, so nothing has failed."""
+
+    async def room(self, backlog: int) -> None:
+        """No back-pressure: a group's tenants send one batch each."""
+
+    async def drain(self) -> None:
+        """Nothing to wait for: the group marks after the cycle."""
+
+    async def cancel(self) -> list[Confirmed]:
+        """The cycle was cancelled: the batches kept so far, taken back (never marked)."""
+        left, self.batches = self.batches, []
+        return left

@@ -21,6 +21,10 @@ How a cycle runs::
 * **Bookkeeping in bulk.** A cycle of many tenants loads their sizes and keys with ONE query
   (:meth:`TenantCache.prime`) and each worker writes its sync_log rows in one round trip, so a
   tenant costs only its own upload/download statements (issue 12: many small tenants).
+* **Groups of small tenants.** A worker takes up to 16 waiting tenants on one connection: their
+  upload locks in ONE statement, their first batches in ONE COPY, and — for those whose first
+  batch is their whole queue — their marks in ONE UPDATE after the last of them
+  (:class:`~metersync.engine.marks.GroupMarks`); their results are recorded after it.
 
 The error policy (the only one; the CLI and SyncManager do not add their own):
 
@@ -65,6 +69,7 @@ from typing import Any
 from metersync import observe
 from metersync.batch_sizes import sizes_from_row
 from metersync.engine.download import DownloadManager, DownloadReport
+from metersync.engine.marks import GroupMarks
 from metersync.engine.tenant_cache import TenantCache, TenantSettings
 from metersync.engine.upload import MeterReadingUploadManager, UploadReport
 from metersync.errors import (
@@ -395,6 +400,8 @@ class Scheduler:
         self.running: dict[tuple[int, str], Any] = {}
         #: First batches a group fetched for its tenants' uploads (``_prefetch``), by tenant.
         self._prefetched: dict[int, Any] = {}
+        #: The one UPDATE of the group a tenant runs in (``_group``), by tenant.
+        self._group_marks: dict[int, GroupMarks] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -575,20 +582,39 @@ class Scheduler:
         The sync_log row is written at once, or appended to ``log_rows`` for the caller to
         write in one round trip with others (:meth:`run_cycle` does, per worker).
         """
+        result = await self._perform(tenant_id, operation)
+        await self._record(result, log_rows)
+        return result
+
+    async def _perform(self, tenant_id: int, operation: str) -> OperationResult:
+        """Run the operation; its result, not recorded yet (:meth:`_record`)."""
         if operation not in OPERATIONS:
             raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
         tenant = self._tenants.setdefault(tenant_id, _Tenant(tenant_id))
         result = OperationResult(tenant_id, operation)
         try:
-            await self._run_with_lease(tenant, result, log_rows)
+            await self._run_with_lease(tenant, result)
         except DatabaseUnavailable as exc:  # no connection could be (re)opened for it
             result.error, result.raised = exc, True
-        self._observe(result)
         return result
 
-    async def _run_with_lease(
-        self, tenant: _Tenant, result: OperationResult, log_rows: list[dict[str, Any]] | None
-    ) -> None:
+    async def _record(self, result: OperationResult, log_rows: list[dict[str, Any]] | None) -> None:
+        """The ops hooks and the sync_log row of an operation that ended (the row written at
+        once, or appended to ``log_rows`` for the caller to write with others)."""
+        self._observe(result)
+        if result.skipped is not None or not self._write_sync_log:
+            return
+        row = _log_row(result)
+        if log_rows is not None:
+            log_rows.append(row)
+            return
+        try:
+            async with self._pool.lease() as db:
+                await self._write_logs(db, [row])
+        except DatabaseUnavailable as exc:  # reported once for the cycle by whoever handles it
+            log.debug("sync_log row not written: %s", exc)
+
+    async def _run_with_lease(self, tenant: _Tenant, result: OperationResult) -> None:
         tenant_id, operation = tenant.tenant_id, result.operation
         async with self._pool.lease() as db:
             try:
@@ -602,12 +628,6 @@ class Scheduler:
                 part = tenant.uploader if operation == "upload" else tenant.downloader
                 if part is not None and part.tenant_id == tenant_id:
                     result.report = part.report
-            if result.skipped is None and self._write_sync_log:
-                row = _log_row(result)
-                if log_rows is not None:
-                    log_rows.append(row)
-                else:
-                    await self._write_logs(db, [row])
 
     async def _run_leased(self, tenant: _Tenant, db: Any, result: OperationResult) -> None:
         settings = await self.cache.get(tenant.tenant_id)
@@ -618,14 +638,16 @@ class Scheduler:
         key = (tenant.tenant_id, result.operation)
         if result.operation == "upload":
             part: Any = tenant.uploader
-            # The group's first batch for it, fetched under its lock on this connection.
+            # The group's first batch for it, fetched under its lock on this connection, and
+            # the group's one UPDATE, which marks it when it is the tenant's whole queue.
             prefetched = self._prefetched.pop(tenant.tenant_id, None)
+            group_marks = self._group_marks.pop(tenant.tenant_id, None)
             if self._stop.is_set():  # checked with no await before upload() clears its flag
                 result.skipped = "stopped before it started"
                 return
             self.running[key] = part
             try:
-                result.report = await part.upload(prefetched=prefetched)
+                result.report = await part.upload(prefetched=prefetched, group_marks=group_marks)
             finally:
                 self.running.pop(key, None)
         else:
@@ -648,10 +670,7 @@ class Scheduler:
                 result.report = await part.download()
             finally:
                 self.running.pop(key, None)
-        # The cause behind report.error (the managers keep it), so callers map types, not text.
-        if result.report is not None and result.report.error:
-            cause = getattr(part, "error_cause", None)
-            result.error = cause if cause is not None else OperationFailed(result.report.error)
+        _take_error(result, part)
 
     @staticmethod
     async def _write_logs(db: Any, rows: list[dict[str, Any]]) -> None:
@@ -703,7 +722,19 @@ class Scheduler:
         outage = asyncio.Event()
         await self._prime(ids)
 
-        async def one_tenant(tenant_id: int, log_rows: list[dict[str, Any]]) -> None:
+        async def finish(result: OperationResult, log_rows: list[dict[str, Any]]) -> None:
+            await self._record(result, log_rows)
+            if on_result is not None:
+                on_result(result)
+            if _ends_cycle(result.error):
+                outage.set()
+
+        async def one_tenant(
+            tenant_id: int,
+            log_rows: list[dict[str, Any]],
+            marks: GroupMarks | None,
+            held: list[OperationResult],
+        ) -> None:
             tenant = self._tenants[tenant_id]
             if tenant.parked is not None:
                 try:
@@ -714,14 +745,20 @@ class Scheduler:
                 except DatabaseUnavailable:
                     return  # the next operation meets the outage and reports it
             mine = results.setdefault(tenant_id, [])
+            holding = False
             for operation in operations:
                 if self._stop.is_set() or outage.is_set():
                     break
                 observe.bind(tenant=tenant_id, operation=operation)  # this task's logs
-                result = await self.run_operation(tenant_id, operation, log_rows=log_rows)
+                result = await self._perform(tenant_id, operation)
                 mine.append(result)
-                if on_result is not None:
-                    on_result(result)
+                # An upload whose readings wait for the group's UPDATE is recorded after it
+                # (and what the tenant does next, so its results keep their order).
+                holding = holding or (marks is not None and marks.holds(tenant_id))
+                if holding:
+                    held.append(result)
+                else:
+                    await finish(result, log_rows)
                 if _ends_cycle(result.error):
                     outage.set()
                     break
@@ -731,11 +768,16 @@ class Scheduler:
             try:
                 while queue and not self._stop.is_set() and not outage.is_set():
                     group = [queue.pop() for _ in range(_group_size(len(queue), workers))]
-                    async with self._group(group, operations):
+                    held: list[OperationResult] = []
+                    async with self._group(group, operations) as marks:
                         for tenant_id in group:
                             if self._stop.is_set() or outage.is_set():
                                 break
-                            await one_tenant(tenant_id, log_rows)
+                            await one_tenant(tenant_id, log_rows, marks, held)
+                    for result in held:  # the group's UPDATE has run: their reports are whole
+                        if result.operation == "upload":
+                            self._settled(result)
+                        await finish(result, log_rows)
                     if len(log_rows) >= _LOG_FLUSH_ROWS:
                         await self._flush(log_rows)
             finally:
@@ -746,13 +788,21 @@ class Scheduler:
         return [r for tenant_id in ids for r in results.get(tenant_id, [])]
 
     @contextlib.asynccontextmanager
-    async def _group(self, group: list[int], operations: Sequence[str]) -> AsyncIterator[None]:
+    async def _group(
+        self, group: list[int], operations: Sequence[str]
+    ) -> AsyncIterator[GroupMarks | None]:
         """Run a group of tenants on ONE connection holding their upload locks and first
         batches (:meth:`_prefetch`), released when the group is done (ONE statement). One
-        tenant, or a cycle without upload, runs as it is."""
+        tenant, or a cycle without upload, runs as it is.
+
+        Yields the group's :class:`GroupMarks` (``None`` without a group): the tenants whose
+        first batch was their whole queue leave its mark to it, and it runs ONE UPDATE for
+        all of them here, after the last tenant and before the locks go — unless the group
+        was cancelled, which marks nothing (those readings go again next cycle)."""
         async with contextlib.AsyncExitStack() as stack:
             db: Any = None
             locked: list[int] = []
+            marks: GroupMarks | None = None
             if len(group) > 1 and "upload" in operations:
                 try:
                     db = await stack.enter_async_context(self._pool.lease())
@@ -760,13 +810,35 @@ class Scheduler:
                     db = None
                 else:
                     locked = await self._prefetch(db, group)
+            if locked and hasattr(db, "mark_synchronized_many"):
+                marks = GroupMarks(db.mark_synchronized_many)
+                self._group_marks.update((tenant_id, marks) for tenant_id in locked)
+            cancelled = False
             try:
-                yield
+                yield marks
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
             finally:
                 for tenant_id in locked:  # those not run (a stop): nothing to keep
                     self._prefetched.pop(tenant_id, None)
+                    self._group_marks.pop(tenant_id, None)
+                if marks is not None:
+                    if cancelled:
+                        _abandon(marks)
+                    else:
+                        await marks.commit()
                 if locked:
                     await db.unlock_tenants(locked, "upload")
+
+    def _settled(self, result: OperationResult) -> None:
+        """An upload held for its group's UPDATE: its report and error as they are now."""
+        part = self._tenants[result.tenant_id].uploader
+        if part is None or part.tenant_id != result.tenant_id or result.skipped is not None:
+            return
+        result.report = part.report
+        if not result.raised:
+            _take_error(result, part)
 
     async def _prefetch(self, db: Any, tenant_ids: list[int]) -> list[int]:
         """A group's upload locks (ONE statement) and first batches (ONE COPY), kept for the
@@ -960,6 +1032,25 @@ def _log_row(result: OperationResult) -> dict[str, Any]:
         "success": result.success,
         "error": None if result.success else result.error_text,
     }
+
+
+def _take_error(result: OperationResult, part: Any) -> None:
+    """The cause behind ``report.error`` (the managers keep it), so callers map types, not
+    text."""
+    if result.report is not None and result.report.error:
+        cause = getattr(part, "error_cause", None)
+        result.error = cause if cause is not None else OperationFailed(result.report.error)
+
+
+def _abandon(marks: GroupMarks) -> None:
+    """A cancelled group: its tenants' confirmed readings stay unmarked (said once each)."""
+    for share in marks.abandon():
+        log.warning(
+            "tenant %s: the cycle was cancelled before %d confirmed readings were marked; they "
+            "go up again next cycle and count as duplicates",
+            share.tenant_id,
+            sum(b.rows for b in share.batches),
+        )
 
 
 def _is_db_outage(exc: BaseException | None) -> bool:

@@ -86,7 +86,7 @@ from metersync.engine.in_doubt import (
     check_held_long_enough,
     resolve_in_doubt,
 )
-from metersync.engine.marks import Confirmed, MarkFailedError, MarkQueue
+from metersync.engine.marks import Confirmed, GroupMarks, GroupShare, MarkFailedError, MarkQueue
 from metersync.engine.ports import UploadClient, UploadStore
 from metersync.engine.tenant_cache import TenantCache
 from metersync.errors import (
@@ -292,6 +292,8 @@ class MeterReadingUploadManager:
         self._profile: ClientProfile = METERSYNC
         #: The cycle's first batch when the caller fetched it (``upload(prefetched=...)``).
         self._prefetched: pa.RecordBatch | None = None
+        #: This cycle's place in its group's one UPDATE (``upload(group_marks=...)``).
+        self._share: GroupShare | None = None
         #: The report of the cycle running now or of the last one (also after it raised).
         self.report = UploadReport(tenant_id=tenant_id)
         #: The exception behind ``report.error`` (``None`` when there is none).
@@ -307,7 +309,12 @@ class MeterReadingUploadManager:
         probe = getattr(self._client, "profile", None)
         return METERSYNC if probe is None else await probe()
 
-    async def upload(self, *, prefetched: pa.RecordBatch | None = None) -> UploadReport:
+    async def upload(
+        self,
+        *,
+        prefetched: pa.RecordBatch | None = None,
+        group_marks: GroupMarks | None = None,
+    ) -> UploadReport:
         """Run one upload cycle and return its report (see the module docstring for failures).
 
         Raises :class:`TenantBusyError` when another worker is uploading this tenant,
@@ -321,6 +328,12 @@ class MeterReadingUploadManager:
         fetch for the group, :meth:`SyncDatabase.fetch_unsynchronized_many`). Used only under
         the idempotent profile, where a fetch claims nothing, and only when it fits the
         tenant's batch size now; otherwise the cycle fetches as usual.
+
+        ``group_marks``: the group's one UPDATE (:class:`~metersync.engine.marks.GroupMarks`).
+        When the prefetched batch is this tenant's whole queue (fewer readings than its batch
+        size), its confirmed readings are left to that UPDATE, which the caller runs after
+        the group (before releasing the locks); the report is completed then, and
+        :meth:`marks_pending` says so until it is.
         """
         if prefetched is not None and not self._db.holds_lock(self.tenant_id, "upload"):
             raise RuntimeError(
@@ -329,6 +342,7 @@ class MeterReadingUploadManager:
             )
         self._stop_requested = False
         self.error_cause = None
+        self._share = None
         clock = CycleClock(self._db)
         self._companion_statements = 0
         self.report = UploadReport(tenant_id=self.tenant_id)
@@ -350,6 +364,14 @@ class MeterReadingUploadManager:
         self.report = replace(self.report, upload_batch_size=size, profile=self._profile.name)
         usable = prefetched is not None and self._profile.idempotent
         self._prefetched = prefetched if usable and prefetched.num_rows <= size else None
+        first = self._prefetched
+        # The whole cycle is this one batch (fewer readings than the size: the queue's end);
+        # without overlap every mark runs in line, as it always has.
+        whole = first is not None and 0 < first.num_rows < size
+        if group_marks is not None and whole and self.overlap:
+            self._share = group_marks.share(
+                self.tenant_id, self._group_marked, self._group_mark_failed
+            )
         held = (
             contextlib.nullcontext()
             if prefetched is not None
@@ -387,10 +409,41 @@ class MeterReadingUploadManager:
                         f"{self.report.error}; and {self.report.in_doubt} readings held in_doubt"
                     ),
                 )
+        if not self.marks_pending:  # else logged once the group's UPDATE has run
+            self._log_report()
+        return self.report
+
+    @property
+    def marks_pending(self) -> bool:
+        """Whether the last cycle left confirmed readings to its group's UPDATE, not run yet
+        (the report does not count them until then)."""
+        return self._share is not None and bool(self._share.batches)
+
+    def _group_marked(
+        self, batches: list[Confirmed], marked: int, seconds: float, statements: int
+    ) -> None:
+        """The group's UPDATE committed: count this tenant's batches (and the statement, on
+        the group's first tenant) in its report."""
+        self._marked(batches, marked, seconds)
+        self.report = replace(self.report, statements=self.report.statements + statements)
+        self._share = None
+        self._log_report()
+
+    def _group_mark_failed(self, err: MarkFailedError) -> None:
+        """The group's UPDATE failed: this tenant's cycle ends with it, as a failed mark of
+        its own would end it."""
+        self._marks_failed(err)
+        self.error_cause = err.__cause__ or err
+        self.report = replace(self.report, error=str(err))
+        self._share = None
+        self._log_report()
+
+    def _log_report(self) -> None:
+        """The cycle's one log line (INFO, WARNING when it ended with an error)."""
         r = self.report
         level = logging.WARNING if r.error else logging.INFO
         if not log.isEnabledFor(level):  # the fields below cost ~0.1 ms: not for nothing
-            return r
+            return
         log.log(
             level,
             "tenant %s upload (%s profile): %d batches, %d readings (%d inserted, "
@@ -410,7 +463,6 @@ class MeterReadingUploadManager:
             f"; {r.error}" if r.error else "",
             extra=observe.report_fields(r),
         )
-        return r
 
     def _in_doubt_hint(self, why: str) -> str:
         return (
@@ -530,11 +582,10 @@ class MeterReadingUploadManager:
         reader_tried = False
         # Idempotent profile: a plainly confirmed batch is marked in the background, merged
         # with those confirmed while the previous UPDATE ran (group commit, engine/marks.py).
-        marks = (
-            MarkQueue(self._mark_ids, self._marked)
-            if self.overlap and self._profile.idempotent
-            else None
-        )
+        # A group's small tenant (one batch): its mark is the group's one UPDATE, after it.
+        marks: MarkQueue | GroupShare | None = self._share
+        if marks is None and self.overlap and self._profile.idempotent:
+            marks = MarkQueue(self._mark_ids, self._marked)
 
         def may_start() -> bool:
             # After a failed mark no new POST starts: the cycle ends once the window is done.
@@ -797,7 +848,9 @@ class MeterReadingUploadManager:
         except OddAnswerError as odd:
             raise _Stop(str(odd)) from odd.cause
 
-    async def _settle(self, flight: _Flight, result: Any, marks: MarkQueue | None = None) -> None:
+    async def _settle(
+        self, flight: _Flight, result: Any, marks: MarkQueue | GroupShare | None = None
+    ) -> None:
         """Mark what an answered batch confirmed and record what it refused. With ``marks``
         a batch confirmed whole is queued there (marked in the background, merged)."""
         skipped = int(getattr(result, "skipped", 0) or 0)
@@ -1004,7 +1057,7 @@ class MeterReadingUploadManager:
             err,
         )
 
-    async def _finish_marks(self, marks: MarkQueue, *, cancelled: bool) -> None:
+    async def _finish_marks(self, marks: MarkQueue | GroupShare, *, cancelled: bool) -> None:
         """The cycle is ending: wait for the marks still queued (confirmed readings are marked
         before the lock goes), or — when the cycle was cancelled — stop them. The batches a
         failed mark left are counted and logged here, once, however the cycle ended."""
