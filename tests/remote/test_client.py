@@ -369,6 +369,28 @@ async def test_connection_refused_is_remote_unavailable(pg_admin_dsn: str) -> No
             await client.profile()
 
 
+async def test_a_proxy_in_the_environment_is_not_used(
+    reference_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the transport's docstring says: requests go straight to the Client System, also
+    with ``HTTP_PROXY`` set (here to a port that refuses every connection), as httpx's own
+    send() sends them when it is given a transport."""
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    tenant_id, key = reference_server.new_tenant()
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    async with ClientSystemApiClient(reference_server.base_url, key, **FAST) as client:
+        result = await client.post_batch(body(readings(2)), 2, idempotency_key="no-proxy")
+        assert result.inserted == 2 and reference_server.rows(tenant_id) == 2
+        # httpx's own path, which the client's shortcut stands for, goes there too.
+        answer = await client._http.get("/health")
+        assert answer.status_code == 200
+
+
 async def test_lost_response_after_commit(reference_server: ServerHandle, tenant_client) -> None:
     client, tenant_id, _ = tenant_client
     rows = readings(6)

@@ -31,8 +31,10 @@ What it keeps from httpx's transport, exactly:
   ``keepalive_expiry`` seconds (shorter than the servers' keep-alive, so a connection the
   server is about to close is not reused for a POST).
 
-Proxies from the environment keep working as with httpx: httpx routes a proxied URL to its own
-proxy transport before this one is asked.
+Proxies: none. httpx mounts no proxy from the environment (``HTTP_PROXY`` and the like) when
+it is given a transport, and the aiohttp session does not read the environment either
+(``trust_env=False``), so every request goes straight to the Client System
+(``tests/remote/test_client.py`` pins this).
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 connector=connector,
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the client's cookies
-                trust_env=False,  # httpx already routed proxied URLs elsewhere
+                trust_env=False,  # no proxy from the environment (module docstring)
             )
             self._loop = loop
         return self._session
