@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -255,7 +256,9 @@ async def test_marking_failure_resends_next_cycle(engine: Engine) -> None:
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["error"] and "marking batch 2 failed" in out["error"]
+    # Batch 3 may have been confirmed while batch 2 waited for its mark: then one UPDATE
+    # carried both (engine/marks.py), and its failure names both.
+    assert out["error"] and re.search(r"marking (batch 2|batches 2, 3) failed", out["error"])
     assert out["confirmed"] == 6  # batch 1 marked, batch 2 sent but not marked
     # Batch 3 may have been on the wire (overlap) when marking 2 failed: cancelled, unmarked.
     assert engine.server.rows(tenant) in (12, 15)
