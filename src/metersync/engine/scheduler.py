@@ -823,13 +823,14 @@ class Scheduler:
                 for tenant_id in locked:  # those not run (a stop): nothing to keep
                     self._prefetched.pop(tenant_id, None)
                     self._group_marks.pop(tenant_id, None)
-                if marks is not None:
-                    if cancelled:
+                try:
+                    if marks is not None and cancelled:
                         _abandon(marks)
-                    else:
+                    elif marks is not None:
                         await marks.commit()
-                if locked:
-                    await db.unlock_tenants(locked, "upload")
+                finally:  # the locks go even when the UPDATE is cancelled
+                    if locked:
+                        await db.unlock_tenants(locked, "upload")
 
     def _settled(self, result: OperationResult) -> None:
         """An upload held for its group's UPDATE: its report and error as they are now."""

@@ -433,8 +433,10 @@ class MeterReadingUploadManager:
         """The group's UPDATE failed: this tenant's cycle ends with it, as a failed mark of
         its own would end it."""
         self._marks_failed(err)
-        self.error_cause = err.__cause__ or err
-        self.report = replace(self.report, error=str(err))
+        said = self.report.error
+        if said is None:  # the error that ended the cycle, if any, stays its cause
+            self.error_cause = err.__cause__ or err
+        self.report = replace(self.report, error=f"{said}; {err}" if said else str(err))
         self._share = None
         self._log_report()
 
