@@ -43,7 +43,8 @@ async def scheduler_for(
     engine: Engine, tenants: list[int], **kwargs: Any
 ) -> AsyncIterator[Scheduler]:
     kwargs.setdefault("client_factory", _factory(engine))
-    scheduler = Scheduler(dsn=engine.dsn, **kwargs)
+    kwargs.setdefault("dsn", engine.dsn)
+    scheduler = Scheduler(**kwargs)
     async with scheduler:
         for tenant in tenants:
             scheduler.add_tenant(tenant)
@@ -396,15 +397,9 @@ async def test_a_failed_group_update_fails_its_tenants_and_the_next_cycle_sends_
         "SELECT 1 FROM meter_reading WHERE tenant_id = %s AND meter_reading_id = %s FOR UPDATE",
         (tenants[2], uuid.UUID(bytes=seeded[2].column("meter_reading_id")[4].as_py())),
     )
-    scheduler = Scheduler(
-        dsn=f"{engine.dsn} options='-c lock_timeout=300'",
-        concurrency=1,
-        client_factory=_factory(engine),
-    )
+    slow_locks = f"{engine.dsn} options='-c lock_timeout=300'"
     try:
-        async with scheduler:
-            for tenant in tenants:
-                scheduler.add_tenant(tenant)
+        async with scheduler_for(engine, tenants, dsn=slow_locks, concurrency=1) as scheduler:
             results = await scheduler.run_cycle(operations=["upload"])
     finally:
         await blocker.rollback()

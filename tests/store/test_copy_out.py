@@ -23,6 +23,14 @@ _ROWS = (
 )
 
 
+#: One row every 20 ms, each big enough for the server to send it at once (its output buffer is
+#: 8 kB): a read of it is waiting on the socket most of the time.
+_SLOW = (
+    "COPY (SELECT i, repeat('z', 9000), pg_sleep(0.02) FROM generate_series(1, 500) AS i) "
+    "TO STDOUT (FORMAT BINARY)"
+)
+
+
 async def _public(conn: psycopg.AsyncConnection[Any], statement: str) -> list[bytes]:
     async with conn.cursor() as cur, cur.copy(statement) as copy:
         return [bytes(data) async for data in copy]
@@ -89,14 +97,8 @@ def test_the_sync_twin_raises_the_error_too(dsn: str) -> None:
 
 
 async def test_a_cancelled_read_leaves_the_session_usable(dsn: str) -> None:
-    # One row every 20 ms, each big enough for the server to send it at once (its output
-    # buffer is 8 kB): the read is waiting on the socket when it is cancelled.
-    statement = (
-        "COPY (SELECT i, repeat('z', 9000), pg_sleep(0.02) FROM generate_series(1, 500) AS i) "
-        "TO STDOUT (FORMAT BINARY)"
-    )
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        task = asyncio.ensure_future(_ours(conn, statement))
+        task = asyncio.ensure_future(_ours(conn, _SLOW))
         await asyncio.sleep(0.15)
         assert not task.done()
         task.cancel()
@@ -110,16 +112,12 @@ async def test_a_cancelled_read_leaves_the_session_usable(dsn: str) -> None:
 
 
 async def test_a_killed_session_raises_operational_error(dsn: str) -> None:
-    statement = (
-        "COPY (SELECT i, repeat('z', 9000), pg_sleep(0.02) FROM generate_series(1, 500) AS i) "
-        "TO STDOUT (FORMAT BINARY)"
-    )
     async with (
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as killer,
     ):
         pid = conn.info.backend_pid
-        task = asyncio.ensure_future(_ours(conn, statement))
+        task = asyncio.ensure_future(_ours(conn, _SLOW))
         await asyncio.sleep(0.1)
         await killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(psycopg.OperationalError):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -216,8 +216,7 @@ class GroupMarks:
     async def commit(self) -> None:
         """Mark every share's batches with ONE UPDATE and tell each tenant how it went
         (never raises for a failed UPDATE: the tenants' reports carry it)."""
-        shares = [s for s in self._shares if s.batches]
-        self._shares = []
+        shares = self._take()
         if not shares:
             return
         pairs = [(s.tenant_id, pa.chunked_array([b.ids for b in s.batches])) for s in shares]
@@ -233,34 +232,31 @@ class GroupMarks:
             return
         self.updates += 1
         seconds = time.perf_counter() - started
-        first = True
-        for share in shares:
-            share.done(share.batches, marked.get(share.tenant_id, 0), seconds, int(first))
-            first = False
+        for i, share in enumerate(shares):
+            share.done(share.batches, marked.get(share.tenant_id, 0), seconds, int(i == 0))
 
     def abandon(self) -> list[GroupShare]:
         """The group was cancelled: mark nothing; the shares still holding batches."""
-        shares = [s for s in self._shares if s.batches]
-        self._shares = []
+        return self._take()
+
+    def _take(self) -> list[GroupShare]:
+        """The shares holding batches, taken out of the group (each is committed once)."""
+        shares, self._shares = [s for s in self._shares if s.batches], []
         return shares
 
 
+@dataclass(slots=True)
 class GroupShare:
     """One tenant's part of a :class:`GroupMarks`, shaped like :class:`MarkQueue` for its
-    upload cycle: ``add`` keeps the batch for the group's UPDATE; nothing is waited for."""
+    upload cycle: ``add`` keeps the batch for the group's UPDATE; nothing is waited for.
+    ``done`` and ``failed`` as :meth:`GroupMarks.share` says."""
 
-    def __init__(
-        self,
-        tenant_id: int,
-        done: Callable[[list[Confirmed], int, float, int], None],
-        failed: Callable[[MarkFailedError], None],
-    ) -> None:
-        self.tenant_id = tenant_id
-        self.done = done
-        self.failed = failed
-        self.batches: list[Confirmed] = []
-        #: Always ``None``: the group's UPDATE runs after the cycle (:meth:`GroupMarks.commit`).
-        self.failure: MarkFailedError | None = None
+    tenant_id: int
+    done: Callable[[list[Confirmed], int, float, int], None]
+    failed: Callable[[MarkFailedError], None]
+    batches: list[Confirmed] = field(default_factory=list)
+    #: Always ``None``: the group's UPDATE runs after the cycle (:meth:`GroupMarks.commit`).
+    failure: MarkFailedError | None = None
 
     def add(self, batch: Confirmed) -> None:
         """Keep a confirmed batch for the group's UPDATE."""

@@ -834,9 +834,7 @@ class Scheduler:
 
     def _settled(self, result: OperationResult) -> None:
         """An upload held for its group's UPDATE: its report and error as they are now."""
-        part = self._tenants[result.tenant_id].uploader
-        if part is None or part.tenant_id != result.tenant_id or result.skipped is not None:
-            return
+        part = self._tenants[result.tenant_id].uploader  # it ran: its batch is in the group
         result.report = part.report
         if not result.raised:
             _take_error(result, part)
