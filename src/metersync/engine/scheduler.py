@@ -774,10 +774,16 @@ class Scheduler:
                             if self._stop.is_set() or outage.is_set():
                                 break
                             await one_tenant(tenant_id, log_rows, marks, held)
-                    for result in held:  # the group's UPDATE has run: their reports are whole
-                        if result.operation == "upload":
-                            self._settled(result)
-                        await finish(result, log_rows)
+                        if marks is not None:  # the group's one UPDATE, before its locks go
+                            await marks.commit()
+                        # Recorded at once: finish does no I/O with a log list, so the loop
+                        # runs nothing between the readings counted and their cycles (the
+                        # unlock used to sit there, and a scrape saw readings uploaded by a
+                        # cycle not ended yet: tests/observe/test_observe_sync.py, once in CI).
+                        for result in held:
+                            if result.operation == "upload":
+                                self._settled(result)
+                            await finish(result, log_rows)
                     if len(log_rows) >= _LOG_FLUSH_ROWS:
                         await self._flush(log_rows)
             finally:
@@ -796,9 +802,10 @@ class Scheduler:
         tenant, or a cycle without upload, runs as it is.
 
         Yields the group's :class:`GroupMarks` (``None`` without a group): the tenants whose
-        first batch was their whole queue leave its mark to it, and it runs ONE UPDATE for
-        all of them here, after the last tenant and before the locks go — unless the group
-        was cancelled, which marks nothing (those readings go again next cycle)."""
+        first batch was their whole queue leave its mark to it. The caller runs its ONE
+        UPDATE (:meth:`GroupMarks.commit`) after the last tenant; here it runs only for what
+        an error left, before the locks go — and a cancelled group marks nothing (those
+        readings go again next cycle)."""
         async with contextlib.AsyncExitStack() as stack:
             db: Any = None
             locked: list[int] = []
@@ -823,7 +830,7 @@ class Scheduler:
                 for tenant_id in locked:  # those not run (a stop): nothing to keep
                     self._prefetched.pop(tenant_id, None)
                     self._group_marks.pop(tenant_id, None)
-                try:
+                try:  # the caller commits; here only what a cancel or an error left
                     if marks is not None and cancelled:
                         _abandon(marks)
                     elif marks is not None:
