@@ -67,4 +67,4 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf build dist src/*.egg-info src/metersync/codec/*.c src/metersync/codec/*.so .pytest_cache .hypothesis
+	rm -rf build dist src/*.egg-info src/metersync/codec/*.c src/metersync/codec/*.so src/metersync/store/*.c src/metersync/store/*.so .pytest_cache .hypothesis

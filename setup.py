@@ -1,5 +1,6 @@
 """Build the Cython core: `metersync.codec._batch` (COPY and JSON encoders) and
-`metersync.codec._page` (download page JSON → Arrow).
+`metersync.codec._page` (download page JSON → Arrow), and the store's `metersync.store._copy_rows`
+(a COPY OUT's rows from libpq's buffer).
 
 The extension reads Arrow memory through the Arrow C data interface (PyCapsules) and the buffer
 protocol, so it links nothing but libc: no libarrow, no pyarrow headers.
@@ -39,6 +40,14 @@ if os.environ.get("METERSYNC_NO_EXT") != "1":
             Extension(
                 "metersync.codec._page",
                 ["src/metersync/codec/_page.pyx"],
+                extra_compile_args=["-O3"] if not debug else ["-O0", "-g"],
+                define_macros=[("CYTHON_TRACE_NOGIL", "1")] if debug else [],
+            ),
+            # The store's COPY OUT row gatherer: calls psycopg's own libpq through addresses
+            # found at run time (metersync.store.copy_rows), so it links nothing either.
+            Extension(
+                "metersync.store._copy_rows",
+                ["src/metersync/store/_copy_rows.pyx"],
                 extra_compile_args=["-O3"] if not debug else ["-O0", "-g"],
                 define_macros=[("CYTHON_TRACE_NOGIL", "1")] if debug else [],
             ),

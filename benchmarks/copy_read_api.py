@@ -2,7 +2,8 @@
 
 Reads the same fetch (100,000 wide rows, then 1000-row pages, then a 16-tenant group fetch of
 100 rows each) in alternating rounds, on the async connection (``async for data in copy``
-against :func:`metersync.store.copy_out.read_copy_out`) and on a synchronous one in a worker
+against :func:`metersync.store.copy_out.read_copy_out`, its rows gathered by the chosen twin of
+:mod:`metersync.store.copy_rows` and by the pure-Python one) and on a synchronous one in a worker
 thread (``for data in copy`` against ``read_copy_out_sync``, the companion's way). Wall time
 and this process's CPU time per read; the figures are in docs/store-notes.md.
 
@@ -19,8 +20,10 @@ from typing import Any
 
 import psycopg
 
+from metersync.store import copy_out
 from metersync.store import sql as q
 from metersync.store.copy_out import read_copy_out, read_copy_out_sync
+from metersync.store.copy_rows import IMPL, PyCopyRows
 from metersync.store.database import SyncDatabase
 from metersync.tools.embedded import EmbeddedPostgres, create_database, drop_database
 from metersync.tools.synthetic import reading_batch
@@ -70,8 +73,22 @@ async def measure(
 
     async def async_buffer() -> int:
         async with aconn.cursor() as cur, cur.copy(statement):
-            rows = await read_copy_out(aconn)
-        return sum(map(len, rows))
+            data = await read_copy_out(aconn)
+        return len(data)
+
+    async def async_twin() -> int:  # the same reader, rows gathered by the pure-Python twin
+        copy_out.new_copy_rows = PyCopyRows
+        try:
+            return await async_buffer()
+        finally:
+            copy_out.new_copy_rows = chosen
+
+    def sync_twin() -> int:
+        copy_out.new_copy_rows = PyCopyRows
+        try:
+            return sync_buffer()
+        finally:
+            copy_out.new_copy_rows = chosen
 
     def sync_public() -> int:
         with sconn.cursor() as cur, cur.copy(statement) as copy:
@@ -80,15 +97,18 @@ async def measure(
 
     def sync_buffer() -> int:
         with sconn.cursor() as cur, cur.copy(statement):
-            rows = read_copy_out_sync(sconn)
-        return sum(map(len, rows))
+            data = read_copy_out_sync(sconn)
+        return len(data)
 
     ways: dict[str, Callable[[], Awaitable[int]]] = {
         "async: async for (psycopg)": async_public,
-        "async: read_copy_out": async_buffer,
+        f"async: read_copy_out ({IMPL})": async_buffer,
+        "async: read_copy_out (python)": async_twin,
         "thread: for (psycopg)": lambda: asyncio.to_thread(sync_public),
-        "thread: read_copy_out_sync": lambda: asyncio.to_thread(sync_buffer),
+        f"thread: read_copy_out_sync ({IMPL})": lambda: asyncio.to_thread(sync_buffer),
+        "thread: read_copy_out_sync (python)": lambda: asyncio.to_thread(sync_twin),
     }
+    chosen = copy_out.new_copy_rows
     wall: dict[str, list[float]] = {k: [] for k in ways}
     cpu: dict[str, list[float]] = {k: [] for k in ways}
     sizes = set()
@@ -102,7 +122,7 @@ async def measure(
     print(f"{name}: {sizes.pop() / 1e6:.2f} MB of COPY data, {rounds} rounds (medians)")
     for way in ways:
         print(
-            f"  {way:28s} wall {statistics.median(wall[way]) * 1000:7.2f} ms  "
+            f"  {way:36s} wall {statistics.median(wall[way]) * 1000:7.2f} ms  "
             f"client CPU {statistics.median(cpu[way]) * 1000:7.2f} ms"
         )
 

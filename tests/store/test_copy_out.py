@@ -2,7 +2,8 @@
 
 Each read is checked against psycopg's own per-row API on the same statement, and each way out
 (every row, an error after some rows, a cancellation mid-COPY, a killed session) is checked to
-leave the connection as the adapter needs it.
+leave the connection as the adapter needs it, with each twin gathering the rows
+(store/copy_rows.py: the compiled ``CopyRows`` and ``PyCopyRows``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,23 @@ from typing import Any
 import psycopg
 import pytest
 
+from metersync.store import copy_out, copy_rows
 from metersync.store.copy_out import read_copy_out, read_copy_out_sync
+
+_TWINS = ["c", "python"] if copy_rows.IMPL == "c" else ["python"]
+
+
+@pytest.fixture(params=_TWINS)
+def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each twin in turn gathers the rows ``read_copy_out`` reads."""
+    if request.param == "c":
+        from metersync.store import _copy_rows
+
+        monkeypatch.setattr(copy_out, "new_copy_rows", _copy_rows.CopyRows)
+    else:
+        monkeypatch.setattr(copy_out, "new_copy_rows", copy_rows.PyCopyRows)
+    return str(request.param)
+
 
 #: Wide enough that the COPY spans many network reads (libpq's buffer refills several times).
 _ROWS = (
@@ -36,40 +53,39 @@ async def _public(conn: psycopg.AsyncConnection[Any], statement: str) -> list[by
         return [bytes(data) async for data in copy]
 
 
-async def _ours(conn: psycopg.AsyncConnection[Any], statement: str) -> list[bytes]:
+async def _ours(conn: psycopg.AsyncConnection[Any], statement: str) -> bytes:
     async with conn.cursor() as cur, cur.copy(statement):
-        return [bytes(data) for data in await read_copy_out(conn)]
+        return bytes(await read_copy_out(conn))
 
 
 @pytest.mark.parametrize("fmt", ["BINARY", "TEXT"])
 @pytest.mark.parametrize("n", [0, 1, 2, 5000])
-async def test_rows_are_the_ones_psycopg_reads(dsn: str, n: int, fmt: str) -> None:
+async def test_rows_are_the_ones_psycopg_reads(dsn: str, n: int, fmt: str, twin: str) -> None:
     statement = _ROWS.format(n=n, fmt=fmt)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         want = await _public(conn, statement)
         got = await _ours(conn, statement)
-        assert got == want
-        # Binary: the header rides on the first message, the trailer is the last one.
-        assert len(got) == (n + 1 if fmt == "BINARY" else n)
-        if fmt == "BINARY":
-            assert got[0].startswith(b"PGCOPY\n\xff\r\n\x00") and got[-1].endswith(b"\xff\xff")
+        assert got == b"".join(want)
+        assert len(want) == (n + 1 if fmt == "BINARY" else n)
+        if fmt == "BINARY":  # the header rides on the first message, the trailer is the last
+            assert got.startswith(b"PGCOPY\n\xff\r\n\x00") and got.endswith(b"\xff\xff")
         # The session is idle again: the next statement runs on it.
         assert (await (await conn.execute("SELECT 41 + 1")).fetchone()) == (42,)
 
 
 @pytest.mark.parametrize("n", [0, 3, 5000])
-def test_the_sync_twin_reads_the_same_rows(dsn: str, n: int) -> None:
+def test_the_sync_form_reads_the_same_rows(dsn: str, n: int, twin: str) -> None:
     statement = _ROWS.format(n=n, fmt="BINARY")
     with psycopg.Connection.connect(dsn, autocommit=True) as conn:
         with conn.cursor() as cur, cur.copy(statement) as copy:
             want = [bytes(data) for data in copy]
         with conn.cursor() as cur, cur.copy(statement):
-            got = [bytes(data) for data in read_copy_out_sync(conn)]
-        assert got == want and len(got) == n + 1
+            got = bytes(read_copy_out_sync(conn))
+        assert got == b"".join(want) and len(want) == n + 1
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-async def test_an_error_after_some_rows_raises_with_its_sqlstate(dsn: str) -> None:
+async def test_an_error_after_some_rows_raises_with_its_sqlstate(dsn: str, twin: str) -> None:
     # Rows 1..2999 are sent before row 3000 divides by zero.
     statement = (
         "COPY (SELECT 100 / (3000 - i), repeat('y', 200) FROM generate_series(1, 5000) AS i) "
@@ -84,7 +100,7 @@ async def test_an_error_after_some_rows_raises_with_its_sqlstate(dsn: str) -> No
         assert (await (await conn.execute("SELECT 2")).fetchone()) == (2,)
 
 
-def test_the_sync_twin_raises_the_error_too(dsn: str) -> None:
+def test_the_sync_form_raises_the_error_too(dsn: str, twin: str) -> None:
     statement = "COPY (SELECT 1 / (i - 2) FROM generate_series(1, 3) AS i) TO STDOUT"
     with psycopg.Connection.connect(dsn, autocommit=True) as conn:
         with (
@@ -96,7 +112,7 @@ def test_the_sync_twin_raises_the_error_too(dsn: str) -> None:
         assert conn.execute("SELECT 3").fetchone() == (3,)
 
 
-async def test_a_cancelled_read_leaves_the_session_usable(dsn: str) -> None:
+async def test_a_cancelled_read_leaves_the_session_usable(dsn: str, twin: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         task = asyncio.ensure_future(_ours(conn, _SLOW))
         await asyncio.sleep(0.15)
@@ -106,12 +122,11 @@ async def test_a_cancelled_read_leaves_the_session_usable(dsn: str) -> None:
             await task
         # The copy block's exit cancelled the statement and drained it: the session is idle.
         assert (await (await conn.execute("SELECT 4")).fetchone()) == (4,)
-        assert await _ours(conn, _ROWS.format(n=3, fmt="BINARY")) == await _public(
-            conn, _ROWS.format(n=3, fmt="BINARY")
-        )
+        want = await _public(conn, _ROWS.format(n=3, fmt="BINARY"))
+        assert await _ours(conn, _ROWS.format(n=3, fmt="BINARY")) == b"".join(want)
 
 
-async def test_a_killed_session_raises_operational_error(dsn: str) -> None:
+async def test_a_killed_session_raises_operational_error(dsn: str, twin: str) -> None:
     async with (
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as killer,

@@ -88,7 +88,7 @@ class CompanionReader:
 
     def _read(self, statement: Any, schema: pa.Schema) -> pa.RecordBatch:
         with self._lock, self._conn.cursor() as cur, cur.copy(statement):
-            data = b"".join(read_copy_out_sync(self._conn))
+            data = read_copy_out_sync(self._conn)
         return codec.from_copy_binary(data, schema)
 
     async def close(self) -> None:

@@ -5,12 +5,14 @@ machinery: on an async connection a coroutine, a generator and a ``conn.wait`` p
 6 µs of the event loop's CPU, and more in a busy loop (every row is a chance to switch tasks).
 The engine's group fetch reads 30,000 rows for 300 small tenants on the event loop, where that
 was a third of the scheduler's own time. Here the rows libpq already holds are taken in one
-tight loop of ``PGconn.get_copy_data`` calls (one C call each); the loop waits only when the
-buffer is empty, once per network read instead of once per row. Measured with
+call (:mod:`metersync.store.copy_rows`: a C loop of libpq's ``PQgetCopyData`` into one buffer,
+or its twin, a loop of ``PGconn.get_copy_data``), and the socket is read on while it has
+input: the event loop's wait comes only when the socket is empty. Measured with
 ``benchmarks/copy_read_api.py`` (figures in docs/store-notes.md).
 
 Only public psycopg API: the connection's :attr:`~psycopg.AsyncConnection.pgconn` (``pq``'s
-documented wrapper of libpq) and :func:`psycopg.errors.error_from_result`. The COPY itself is
+documented wrapper of libpq, and its ``pgconn_ptr``) and
+:func:`psycopg.errors.error_from_result`. The COPY itself is
 started by psycopg's ``cursor.copy()`` as before; once its rows and its final result are read
 here, the connection is idle and the copy block's exit has nothing left to do. How each way
 out leaves the session:
@@ -29,33 +31,61 @@ from __future__ import annotations
 
 import asyncio
 import select
-from collections.abc import Generator
+import selectors
+from collections.abc import Callable, Generator
 from typing import Any
 
 import psycopg
 from psycopg import pq
+
+from metersync.store.copy_rows import new_copy_rows
 
 __all__ = ["read_copy_out", "read_copy_out_sync"]
 
 #: What the reading generator waits for: rows (the COPY is still in progress), or the end.
 _ROWS, _END = "rows", "end"
 
+#: Socket reads (16 KB each at most) taken without the caller's wait while input is ready.
+_READS_PER_WAIT = 64
 
-def _copy_out(pgconn: Any, encoding: str) -> Generator[str, None, list[Any]]:
-    """The rows of the COPY in progress on ``pgconn``, then its final result; yields what it
-    waits for (:data:`_ROWS` or :data:`_END`) when libpq needs more input from the socket."""
-    rows: list[Any] = []
-    append = rows.append
-    get = pgconn.get_copy_data
+
+def _input_check(fd: int) -> Callable[[], bool]:
+    """A zero-timeout check that ``fd`` has input now (``poll``, which has no fd limit;
+    ``select`` where there is no ``poll``)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return lambda: bool(poller.poll(0))
+    return lambda: bool(select.select([fd], [], [], 0)[0])
+
+
+def _copy_out(pgconn: Any, encoding: str) -> Generator[str, None, bytes | memoryview]:
+    """The rows of the COPY in progress on ``pgconn`` (as one buffer), then its final result;
+    yields what it waits for (:data:`_ROWS` or :data:`_END`) when libpq needs more input."""
+    rows = new_copy_rows()
+    has_input = _input_check(pgconn.socket)
+    reads = 0  # socket reads since the last trip through the caller's wait
     while True:
-        size, data = get(1)  # 1: never block; 0 means the buffer holds no complete row
-        if size > 0:
-            append(data)
-        elif size == 0:
-            yield _ROWS
+        status = rows.drain(pgconn)  # every complete row libpq holds, without blocking
+        if status == 0:  # no complete row buffered: read more
+            # libpq reads at most its input buffer (16 KB: ~20 wide rows) per consume_input.
+            # When the socket already holds more (the server is ahead of us, the usual case
+            # in a busy loop), read on at once: a wait per 16 KB cost the event loop a
+            # reader, a future and a task switch each, 1,400 of them for 300 small tenants.
+            # Every _READS_PER_WAIT reads the caller's wait runs anyway, so one long COPY
+            # does not hold the event loop for more than about a megabyte at a time.
+            reads += 1
+            if reads >= _READS_PER_WAIT or not has_input():
+                reads = 0
+                yield _ROWS
             pgconn.consume_input()
-        else:  # -1: the COPY is over; its result follows
+        elif status == -1:  # the COPY is over; its result follows
             break
+        else:  # -2: libpq failed (psycopg's own reads raise the same)
+            message = (pgconn.error_message or b"the connection is closed").decode(
+                encoding, "replace"
+            )
+            raise psycopg.OperationalError(f"receiving copy data failed: {message.strip()}")
     error: psycopg.Error | None = None
     while True:
         while pgconn.is_busy():
@@ -68,13 +98,13 @@ def _copy_out(pgconn: Any, encoding: str) -> Generator[str, None, list[Any]]:
             error = psycopg.errors.error_from_result(result, encoding=encoding)
     if error is not None:
         raise error
-    return rows
+    return rows.data()
 
 
-async def read_copy_out(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
-    """Every row of the COPY OUT ``conn`` is in (started by ``cursor.copy()``), as buffers in
-    order (the binary header rides on the first, the trailer is the last); see the module
-    docstring for the session each way out leaves."""
+async def read_copy_out(conn: psycopg.AsyncConnection[Any]) -> bytes | memoryview:
+    """Every row of the COPY OUT ``conn`` is in (started by ``cursor.copy()``), in order, as
+    one buffer (the binary header rides on the first row, the trailer is the last); see the
+    module docstring for the session each way out leaves."""
     pgconn = conn.pgconn
     reading = _copy_out(pgconn, conn.info.encoding)
     loop = asyncio.get_running_loop()
@@ -102,19 +132,21 @@ async def read_copy_out(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
         reading.close()
 
 
-def read_copy_out_sync(conn: psycopg.Connection[Any]) -> list[Any]:
+def read_copy_out_sync(conn: psycopg.Connection[Any]) -> bytes | memoryview:
     """:func:`read_copy_out` for a synchronous connection (blocking: a worker thread's)."""
     pgconn = conn.pgconn
     reading = _copy_out(pgconn, conn.info.encoding)
-    try:
-        next(reading)
-        while True:
-            select.select([pgconn.socket], [], [])
-            reading.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    finally:
-        reading.close()
+    with selectors.DefaultSelector() as selector:  # no fd limit, unlike select.select
+        selector.register(pgconn.socket, selectors.EVENT_READ)
+        try:
+            next(reading)
+            while True:
+                selector.select()
+                reading.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            reading.close()
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

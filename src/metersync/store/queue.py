@@ -56,8 +56,8 @@ class QueueOps(Connection):
         )
         self.statements += 1
         async with self._conn.cursor() as cur, cur.copy(statement):
-            chunks = await read_copy_out(self._conn)
-        return codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
+            data = await read_copy_out(self._conn)
+        return codec.from_copy_binary(data, layout.upload_schema)
 
     @_operation
     async def fetch_unsynchronized_many(
@@ -88,9 +88,9 @@ class QueueOps(Connection):
         select = q.queue_select_many(layout.upload_columns, list(limits), max_retries)
         self.statements += 1
         async with self._conn.cursor() as cur, cur.copy(q.copy_out(select)):
-            chunks = await read_copy_out(self._conn)
+            data = await read_copy_out(self._conn)
         schema = pa.schema([pa.field("group_pos", pa.int64()), *layout.upload_schema])
-        both = codec.from_copy_binary(b"".join(chunks), schema)
+        both = codec.from_copy_binary(data, schema)
         rows = both.drop_columns(["group_pos"]).replace_schema_metadata(
             layout.upload_schema.metadata
         )
@@ -265,8 +265,8 @@ class QueueOps(Connection):
         )
         self.statements += 1
         async with self._conn.cursor() as cur, cur.copy(statement):
-            chunks = await read_copy_out(self._conn)
-        batch = codec.from_copy_binary(b"".join(chunks), layout.upload_schema)
+            data = await read_copy_out(self._conn)
+        batch = codec.from_copy_binary(data, layout.upload_schema)
         if batch.num_rows > 1:  # RETURNING has no order: restore the queue order
             batch = batch.sort_by([("created_at", "ascending"), ("meter_reading_id", "ascending")])
         return batch
