@@ -145,6 +145,9 @@ def test_version_shows_version_and_impl() -> None:
     assert proc.returncode == 0
     assert metersync.__version__ in proc.stdout
     assert f"codec implementation: {metersync.__impl__}" in proc.stdout
+    from metersync.store.copy_rows import IMPL as reader
+
+    assert f"COPY reader: {reader};" in proc.stdout
 
 
 def test_help_documents_exit_codes_and_commands() -> None:

@@ -32,8 +32,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
+    try:  # psycopg is an install extra here; the reader needs its libpq
+        from metersync.store.copy_rows import IMPL as reader
+    except ImportError as exc:
+        reader = f"unavailable ({exc})"
     click.echo(
-        f"metersync {__version__} (codec implementation: {__impl__}; "
+        f"metersync {__version__} (codec implementation: {__impl__}; COPY reader: {reader}; "
         f"Python {sys.version.split()[0]})"
     )
     ctx.exit(0)
