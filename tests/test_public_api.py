@@ -54,6 +54,7 @@ def test_codec_api_names() -> None:
         "json_rows",
         "parse_page",
         "slices",
+        "sorted_uuid_bytes",
         "split_by_body_size",
         "uuid_array_binary",
     }

@@ -83,6 +83,44 @@ def test_twins_identical_uuid_arrays(
     assert all(body[i * 20 : i * 20 + 4] == b"\x00\x00\x00\x10" for i in range(dim))
 
 
+@given(
+    ids=st.lists(st.none() | st.binary(min_size=16, max_size=16), max_size=40),
+    offset=st.integers(0, 3),
+    ext=st.booleans(),
+    chunks=st.integers(1, 3),
+)
+@settings(max_examples=100, deadline=None)
+def test_twins_identical_sorted_uuid_bytes(
+    ids: list[bytes | None],
+    offset: int,
+    ext: bool,
+    chunks: int,
+    c_impl: ModuleType,
+    py_impl: ModuleType,
+) -> None:
+    """The Idempotency-Key's input: the ids in byte order, whatever their order, chunking or
+    slice offset; a null named by its index in both twins."""
+    arr = make_array(pa.uuid() if ext else pa.binary(16), ids).slice(offset)
+    cut = len(arr) // chunks
+    parted = pa.chunked_array(
+        [arr.slice(0, cut), arr.slice(cut)] if chunks > 1 else [arr], type=arr.type
+    )
+    expected_ids = ids[offset:]
+    if None in expected_ids:
+        for impl in (c_impl, py_impl):
+            with pytest.raises(ValueError, match=f"element {expected_ids.index(None)} is null"):
+                impl.sorted_uuid_bytes(parted)
+        return
+    data = c_impl.sorted_uuid_bytes(parted)
+    assert data == py_impl.sorted_uuid_bytes(arr)
+    assert data == b"".join(sorted(expected_ids))  # type: ignore[arg-type]
+    backwards = arr.take(pa.array(range(len(arr) - 1, -1, -1), pa.int64()))
+    assert c_impl.sorted_uuid_bytes(backwards) == data
+    for impl in (c_impl, py_impl):
+        with pytest.raises(TypeError, match="uuid"):
+            impl.sorted_uuid_bytes(pa.array(["x"]))
+
+
 def test_twins_identical_on_large_outputs(c_impl: ModuleType, py_impl: ModuleType) -> None:
     """Outputs above the core's scratch-buffer size take its other allocation path."""
     rows = 200

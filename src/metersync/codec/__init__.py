@@ -27,6 +27,7 @@ __all__ = [
     "json_rows",
     "parse_page",
     "slices",
+    "sorted_uuid_bytes",
     "split_by_body_size",
     "uuid_array_binary",
 ]
@@ -99,6 +100,15 @@ def from_copy_binary(data: bytes | bytearray | memoryview, schema: pa.Schema) ->
     input raises ``CodecValueError`` naming the byte; it never crashes the process.
     """
     return impl_module.from_copy_binary(data, schema)
+
+
+def sorted_uuid_bytes(ids: pa.Array | pa.ChunkedArray) -> bytes:
+    """The 16-byte values of a ``fixed_size_binary(16)`` (or ``uuid``) array in ascending byte
+    order, concatenated: what the upload's Idempotency-Key digests, the same whatever order
+    the ids come in. No Python object per id in the compiled core. Nulls are rejected with
+    ``CodecValueError``, other types with ``CodecTypeError``.
+    """
+    return impl_module.sorted_uuid_bytes(ids)
 
 
 def uuid_array_binary(ids: pa.Array | pa.ChunkedArray) -> bytes:

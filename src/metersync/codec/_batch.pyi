@@ -36,3 +36,6 @@ def from_copy_binary(data: bytes | bytearray | memoryview, schema: pa.Schema) ->
 
 def uuid_array_binary(ids: pa.Array | pa.ChunkedArray) -> bytes:
     """PostgreSQL binary ``uuid[]`` value of a fixed_size_binary(16) / uuid array."""
+
+def sorted_uuid_bytes(ids: pa.Array | pa.ChunkedArray) -> bytes:
+    """The 16-byte values of a uuid array in ascending byte order, concatenated."""

@@ -29,7 +29,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.ref cimport PyObject, Py_XDECREF
 from libc.math cimport isfinite
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, qsort
 from libc.string cimport memchr, memcmp, memcpy, memset, strcmp, strncmp
 
 import pyarrow as pa
@@ -39,7 +39,7 @@ from metersync.errors import CodecTypeError, CodecValueError
 
 __all__ = [
     "copy_binary", "from_copy_binary", "json_row_sizes", "json_rows", "split_by_body_size",
-    "uuid_array_binary",
+    "uuid_array_binary", "sorted_uuid_bytes",
 ]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "from_copy_binary",
     "json_row_sizes",
     "json_rows",
+    "sorted_uuid_bytes",
     "split_by_body_size",
     "uuid_array_binary",
 ]
@@ -622,6 +623,11 @@ def uuid_ids(ids: pa.Array | pa.ChunkedArray) -> list[bytes]:
         if v is None:
             raise CodecValueError(f"uuid array element {i} is null: ids must not be null")
     return values
+
+
+def sorted_uuid_bytes(ids: pa.Array | pa.ChunkedArray) -> bytes:
+    """The 16-byte values of the uuid array ``ids`` in ascending byte order, concatenated."""
+    return b"".join(sorted(uuid_ids(ids)))
 
 
 def uuid_array_binary(ids: pa.Array | pa.ChunkedArray) -> bytes:

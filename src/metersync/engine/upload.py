@@ -163,7 +163,8 @@ def idempotency_key(tenant_id: int, ids: pa.Array) -> str:
 
     Sorted so that the same set of readings gets the same key whatever order a later fetch
     returns them in (a re-send after a failed mark is then recognised by the Client System).
-    Computed from the ids' bytes in Arrow (sort, take, one buffer): no Python object per id.
+    The ids are sorted as bytes in the codec (one copy, a C sort): no Python object per id,
+    and no Arrow compute call (two kernels per batch were ~5% of a 300-tenant cycle).
     """
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
@@ -171,10 +172,7 @@ def idempotency_key(tenant_id: int, ids: pa.Array) -> str:
         ids = ids.storage
     if not pa.types.is_fixed_size_binary(ids.type) or ids.type.byte_width != 16:
         ids = pa.array([bytes(b) for b in ids.to_pylist()], type=pa.binary(16))
-    ordered = ids.take(pc.sort_indices(ids)) if len(ids) > 1 else ids
-    data = ordered.buffers()[1]
-    start = ordered.offset * 16
-    digest = hashlib.sha256(memoryview(data)[start : start + 16 * len(ordered)])
+    digest = hashlib.sha256(codec.sorted_uuid_bytes(ids))
     return f"ms1-{tenant_id}-{digest.hexdigest()[:40]}"
 
 

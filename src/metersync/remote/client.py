@@ -45,6 +45,7 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import socket
 import ssl
 import time
@@ -74,6 +75,9 @@ from metersync.remote import profiles
 from metersync.remote.page import parse_page
 from metersync.remote.profiles import ClientProfile
 from metersync.remote.transport import AiohttpTransport
+
+#: An Idempotency-Key: printable ASCII without spaces, at least one character.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +485,7 @@ class ClientSystemApiClient:
         Against a non-idempotent profile an outcome that is not known raises
         :class:`OutcomeUnknownError` (never resent); see the module docstring.
         """
-        if not idempotency_key or any(not (0x20 < ord(c) < 0x7F) for c in idempotency_key):
+        if _IDEMPOTENCY_KEY.fullmatch(idempotency_key) is None:
             raise ConfigError("idempotency_key must be non-empty printable ASCII without spaces")
         profile = await self.profile()
         body = b'{"readings":' + readings_json + b"}"
