@@ -65,6 +65,10 @@ class PyCopyRows:
         return b"".join(self._parts)
 
 
+#: The libpq handles whose addresses were given out: kept open for the life of the process.
+_KEEP: list[Any] = []
+
+
 def libpq_functions() -> tuple[int, int, str]:
     """The addresses of ``PQgetCopyData`` and ``PQfreemem`` in the libpq psycopg runs on, and
     that library's path; ``LookupError`` saying why when it cannot be told for sure.
@@ -109,9 +113,6 @@ def libpq_functions() -> tuple[int, int, str]:
         raise LookupError(f"{path} lacks PQgetCopyData or PQfreemem")
     _KEEP.append(lib)  # the handle stays open as long as the process uses the addresses
     return get_copy_data, free_mem, path
-
-
-_KEEP: list[Any] = []
 
 
 def _select() -> tuple[Any, str]:
