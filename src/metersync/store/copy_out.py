@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import select
-import selectors
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -49,21 +48,23 @@ _ROWS, _END = "rows", "end"
 _READS_PER_WAIT = 64
 
 
-def _input_check(fd: int) -> Callable[[], bool]:
-    """A zero-timeout check that ``fd`` has input now (``poll``, which has no fd limit;
-    ``select`` where there is no ``poll``)."""
+def _poller(fd: int) -> Callable[[float | None], bool]:
+    """``has_input(timeout)``: whether ``fd`` has input within ``timeout`` seconds (0: now,
+    ``None``: wait for it). ``poll``, which has no fd limit; ``select`` where there is none."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        return lambda: bool(poller.poll(0))
-    return lambda: bool(select.select([fd], [], [], 0)[0])
+        return lambda timeout: bool(poller.poll(None if timeout is None else timeout * 1000))
+    return lambda timeout: bool(select.select([fd], [], [], timeout)[0])
 
 
-def _copy_out(pgconn: Any, encoding: str) -> Generator[str, None, bytes | memoryview]:
+def _copy_out(
+    pgconn: Any, encoding: str, has_input: Callable[[float | None], bool]
+) -> Generator[str, None, bytes | memoryview]:
     """The rows of the COPY in progress on ``pgconn`` (as one buffer), then its final result;
-    yields what it waits for (:data:`_ROWS` or :data:`_END`) when libpq needs more input."""
+    yields what it waits for (:data:`_ROWS` or :data:`_END`) when libpq needs more input.
+    ``has_input``: its socket's :func:`_poller`."""
     rows = new_copy_rows()
-    has_input = _input_check(pgconn.socket)
     reads = 0  # socket reads since the last trip through the caller's wait
     while True:
         status = rows.drain(pgconn)  # every complete row libpq holds, without blocking
@@ -75,7 +76,7 @@ def _copy_out(pgconn: Any, encoding: str) -> Generator[str, None, bytes | memory
             # Every _READS_PER_WAIT reads the caller's wait runs anyway, so one long COPY
             # does not hold the event loop for more than about a megabyte at a time.
             reads += 1
-            if reads >= _READS_PER_WAIT or not has_input():
+            if reads >= _READS_PER_WAIT or not has_input(0):
                 reads = 0
                 yield _ROWS
             pgconn.consume_input()
@@ -106,7 +107,7 @@ async def read_copy_out(conn: psycopg.AsyncConnection[Any]) -> bytes | memoryvie
     one buffer (the binary header rides on the first row, the trailer is the last); see the
     module docstring for the session each way out leaves."""
     pgconn = conn.pgconn
-    reading = _copy_out(pgconn, conn.info.encoding)
+    reading = _copy_out(pgconn, conn.info.encoding, _poller(pgconn.socket))
     loop = asyncio.get_running_loop()
     cancelled: asyncio.CancelledError | None = None
     try:
@@ -135,18 +136,17 @@ async def read_copy_out(conn: psycopg.AsyncConnection[Any]) -> bytes | memoryvie
 def read_copy_out_sync(conn: psycopg.Connection[Any]) -> bytes | memoryview:
     """:func:`read_copy_out` for a synchronous connection (blocking: a worker thread's)."""
     pgconn = conn.pgconn
-    reading = _copy_out(pgconn, conn.info.encoding)
-    with selectors.DefaultSelector() as selector:  # no fd limit, unlike select.select
-        selector.register(pgconn.socket, selectors.EVENT_READ)
-        try:
-            next(reading)
-            while True:
-                selector.select()
-                reading.send(None)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        finally:
-            reading.close()
+    has_input = _poller(pgconn.socket)
+    reading = _copy_out(pgconn, conn.info.encoding, has_input)
+    try:
+        next(reading)
+        while True:
+            has_input(None)
+            reading.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    finally:
+        reading.close()
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

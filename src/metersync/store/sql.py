@@ -440,10 +440,13 @@ def copy_out(select: sql.Composable) -> sql.Composed:
 # only bound and walks the tenant's whole backlog for every mark. This way only the primary key
 # (one probe per id) can serve the id list (tests/test_db.py checks both plans).
 _NOT_SYNCED = "is_synchronized IS NOT TRUE"
+# What marking a reading synchronized sets, wherever it is marked (one tenant, a group, in doubt).
+_SET_SYNCED = (
+    "is_synchronized = true, sync_status = 'synchronized', last_error = NULL, in_doubt_since = NULL"
+)
 MARK_SYNCHRONIZED = f"""
 UPDATE meter_reading
-SET is_synchronized = true, sync_status = 'synchronized', last_error = NULL,
-    in_doubt_since = NULL
+SET {_SET_SYNCED}
 WHERE tenant_id = %s AND meter_reading_id = ANY(%s) AND {_NOT_SYNCED}
 """
 
@@ -464,8 +467,7 @@ def mark_synchronized_many(tenants: int) -> str:
     return f"""
 WITH marked AS (
     UPDATE meter_reading AS m
-    SET is_synchronized = true, sync_status = 'synchronized', last_error = NULL,
-        in_doubt_since = NULL
+    SET {_SET_SYNCED}
     WHERE ({terms}) AND m.{_NOT_SYNCED}
     RETURNING m.tenant_id
 )
@@ -512,9 +514,7 @@ WHERE m.tenant_id = %s AND m.meter_reading_id = r.id AND m.sync_status = 'in_dou
   AND m.{_NOT_SYNCED}
 """
 _IN_DOUBT_SYNCED = (
-    "UPDATE meter_reading SET is_synchronized = true, sync_status = 'synchronized', "
-    "last_error = NULL, in_doubt_since = NULL WHERE tenant_id = %s AND sync_status = 'in_doubt' "
-    "AND "
+    f"UPDATE meter_reading SET {_SET_SYNCED} WHERE tenant_id = %s AND sync_status = 'in_doubt' AND "
 )
 MARK_IN_DOUBT_SYNCHRONIZED_IDS = _IN_DOUBT_SYNCED + f"meter_reading_id = ANY(%s) AND {_NOT_SYNCED}"
 MARK_IN_DOUBT_SYNCHRONIZED_ALL = _IN_DOUBT_SYNCED + "NOT is_synchronized"
