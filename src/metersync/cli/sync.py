@@ -107,7 +107,7 @@ class _Run:
             client_from_settings,
             ssl_context_from_bundle,
         )
-        from metersync.remote.transport import AiohttpTransport
+        from metersync.remote.transport import Http1Transport
 
         s = self.state.settings
         # The verification the clients would do on their own connections (CA bundle or the
@@ -115,7 +115,7 @@ class _Run:
         verify: Any = ssl_context_from_bundle(s.ca_bundle) if s.ca_bundle else True
         # One connection per POST in flight (2 per tenant) for every tenant running at once.
         width = self.concurrency * 2 + 1
-        self._http = AiohttpTransport(
+        self._http = Http1Transport(
             verify=verify, max_connections=width, keepalive_expiry=KEEPALIVE_EXPIRY
         )
         self.transport = _SharedTransport(self._http)

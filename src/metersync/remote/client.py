@@ -74,7 +74,7 @@ from metersync.errors import (
 from metersync.remote import profiles
 from metersync.remote.page import parse_page
 from metersync.remote.profiles import ClientProfile
-from metersync.remote.transport import AiohttpTransport
+from metersync.remote.transport import Http1Transport
 
 #: An Idempotency-Key: printable ASCII without spaces, at least one character.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
@@ -341,8 +341,8 @@ class ClientSystemApiClient:
         # A CA bundle is loaded here (cached per process); the system's store only when an
         # https connection needs it (True), never for plain http to loopback.
         context = ssl_context_from_bundle(verify) if isinstance(verify, str) else verify
-        if transport is None:  # httpx's API over aiohttp's wire (metersync.remote.transport)
-            transport = AiohttpTransport(verify=context, keepalive_expiry=KEEPALIVE_EXPIRY)
+        if transport is None:  # httpx's API over our HTTP/1.1 wire (metersync.remote.transport)
+            transport = Http1Transport(verify=context, keepalive_expiry=KEEPALIVE_EXPIRY)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, verify=context, transport=transport
         )
@@ -579,7 +579,10 @@ class ClientSystemApiClient:
             exc.request = request  # as httpx's send() does: error texts name the request
             raise
         response.request = request
-        await response.aread()
+        if isinstance(response.stream, httpx.SyncByteStream):  # ours: the body is in memory
+            response.read()  # the same decoding as aread(), without its async iterators
+        else:
+            await response.aread()
         return response
 
     async def health(self) -> bool:
