@@ -1025,7 +1025,8 @@ class MeterReadingUploadManager:
 
     def _marked(self, batches: list[Confirmed], marked: int, seconds: float) -> None:
         """One UPDATE of the :class:`MarkQueue` committed: count the batches it carried."""
-        observe.phase("mark", self.tenant_id, seconds)
+        for _ in batches:  # each batch's mark step took the one UPDATE that carried it
+            observe.phase("mark", self.tenant_id, seconds)
         confirmed = sum(len(b.ids) for b in batches)
         self._check_marked([b.batch_no for b in batches], confirmed, marked)
         debug = log.isEnabledFor(logging.DEBUG)
