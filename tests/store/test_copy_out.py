@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from metersync.store import copy_out, copy_rows
-from metersync.store.copy_out import read_copy_out, read_copy_out_sync
+from metersync.store.copy_out import read_copy_out, read_copy_out_in_thread, read_copy_out_sync
 
 _TWINS = ["c", "python"] if copy_rows.IMPL == "c" else ["python"]
 
@@ -53,18 +53,28 @@ async def _public(conn: psycopg.AsyncConnection[Any], statement: str) -> list[by
         return [bytes(data) async for data in copy]
 
 
-async def _ours(conn: psycopg.AsyncConnection[Any], statement: str) -> bytes:
+@pytest.fixture(params=["loop", "thread"])
+def way(request: pytest.FixtureRequest) -> str:
+    """Each way of reading: on the event loop, or in a worker thread."""
+    return str(request.param)
+
+
+async def _ours(conn: psycopg.AsyncConnection[Any], statement: str, way: str = "loop") -> bytes:
     async with conn.cursor() as cur, cur.copy(statement):
+        if way == "thread":
+            return await read_copy_out_in_thread(conn, bytes)
         return bytes(await read_copy_out(conn))
 
 
 @pytest.mark.parametrize("fmt", ["BINARY", "TEXT"])
 @pytest.mark.parametrize("n", [0, 1, 2, 5000])
-async def test_rows_are_the_ones_psycopg_reads(dsn: str, n: int, fmt: str, twin: str) -> None:
+async def test_rows_are_the_ones_psycopg_reads(
+    dsn: str, n: int, fmt: str, twin: str, way: str
+) -> None:
     statement = _ROWS.format(n=n, fmt=fmt)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         want = await _public(conn, statement)
-        got = await _ours(conn, statement)
+        got = await _ours(conn, statement, way)
         assert got == b"".join(want)
         assert len(want) == (n + 1 if fmt == "BINARY" else n)
         if fmt == "BINARY":  # the header rides on the first message, the trailer is the last
@@ -85,7 +95,9 @@ def test_the_sync_form_reads_the_same_rows(dsn: str, n: int, twin: str) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-async def test_an_error_after_some_rows_raises_with_its_sqlstate(dsn: str, twin: str) -> None:
+async def test_an_error_after_some_rows_raises_with_its_sqlstate(
+    dsn: str, twin: str, way: str
+) -> None:
     # Rows 1..2999 are sent before row 3000 divides by zero.
     statement = (
         "COPY (SELECT 100 / (3000 - i), repeat('y', 200) FROM generate_series(1, 5000) AS i) "
@@ -93,7 +105,7 @@ async def test_an_error_after_some_rows_raises_with_its_sqlstate(dsn: str, twin:
     )
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero) as caught:
-            await _ours(conn, statement)
+            await _ours(conn, statement, way)
         assert caught.value.sqlstate == "22012"
         assert "division by zero" in str(caught.value)
         assert not conn.closed
@@ -112,9 +124,9 @@ def test_the_sync_form_raises_the_error_too(dsn: str, twin: str) -> None:
         assert conn.execute("SELECT 3").fetchone() == (3,)
 
 
-async def test_a_cancelled_read_leaves_the_session_usable(dsn: str, twin: str) -> None:
+async def test_a_cancelled_read_leaves_the_session_usable(dsn: str, twin: str, way: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        task = asyncio.ensure_future(_ours(conn, _SLOW))
+        task = asyncio.ensure_future(_ours(conn, _SLOW, way))
         await asyncio.sleep(0.15)
         assert not task.done()
         task.cancel()
@@ -123,16 +135,16 @@ async def test_a_cancelled_read_leaves_the_session_usable(dsn: str, twin: str) -
         # The copy block's exit cancelled the statement and drained it: the session is idle.
         assert (await (await conn.execute("SELECT 4")).fetchone()) == (4,)
         want = await _public(conn, _ROWS.format(n=3, fmt="BINARY"))
-        assert await _ours(conn, _ROWS.format(n=3, fmt="BINARY")) == b"".join(want)
+        assert await _ours(conn, _ROWS.format(n=3, fmt="BINARY"), way) == b"".join(want)
 
 
-async def test_a_killed_session_raises_operational_error(dsn: str, twin: str) -> None:
+async def test_a_killed_session_raises_operational_error(dsn: str, twin: str, way: str) -> None:
     async with (
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as killer,
     ):
         pid = conn.info.backend_pid
-        task = asyncio.ensure_future(_ours(conn, _SLOW))
+        task = asyncio.ensure_future(_ours(conn, _SLOW, way))
         await asyncio.sleep(0.1)
         await killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(psycopg.OperationalError):

@@ -42,6 +42,23 @@ def _gather(conn: psycopg.Connection[Any], statement: str, rows: Any) -> tuple[b
     return bytes(rows.data()), rows.rows
 
 
+class _Never:
+    """A stop that is never asked for."""
+
+    def is_set(self) -> bool:
+        return False
+
+
+def _gather_to_end(conn: psycopg.Connection[Any], statement: str, rows: Any) -> tuple[bytes, int]:
+    """As :func:`_gather`, with the twin's own blocking ``read_to_end``."""
+    pgconn = conn.pgconn
+    with conn.cursor() as cur, cur.copy(statement):
+        assert rows.read_to_end(pgconn, pgconn.socket, _Never(), 5) == -1
+        while pgconn.get_result() is not None:
+            pass
+    return bytes(rows.data()), rows.rows
+
+
 @needs_c
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -61,17 +78,58 @@ def test_the_twins_gather_the_same_bytes(dsn: str, sizes: list[int]) -> None:
     with psycopg.Connection.connect(dsn, autocommit=True) as conn:
         compiled = _gather(conn, statement, _copy_rows.CopyRows())
         twin = _gather(conn, statement, copy_rows.PyCopyRows())
+        compiled_to_end = _gather_to_end(conn, statement, _copy_rows.CopyRows())
+        twin_to_end = _gather_to_end(conn, statement, copy_rows.PyCopyRows())
         with conn.cursor() as cur, cur.copy(statement) as copy:
             psycopgs = b"".join(bytes(data) for data in copy)
-    assert compiled == twin
+    assert compiled == twin == compiled_to_end == twin_to_end
     assert compiled[0] == psycopgs
     assert compiled[1] == len(sizes) + 1  # the trailer is a message of its own
 
 
+@pytest.mark.parametrize("which", ["c", "python"])
+def test_read_to_end_stops_when_asked_and_leaves_the_copy_to_its_owner(
+    dsn: str, which: str
+) -> None:
+    """A slow server (a 9 kB row every 20 ms, 4 s in all): asked to stop, ``read_to_end``
+    returns
+    -3 within its slices and libpq is still in the COPY, which psycopg's copy block then
+    cancels; the session is usable after it."""
+    if which == "c" and copy_rows.IMPL != "c":
+        pytest.skip("the compiled reader is not in use")
+    import threading
+    import time
+
+    statement = (
+        "COPY (SELECT i, repeat('z', 9000), pg_sleep(0.02) FROM generate_series(1, 200) AS i) "
+        "TO STDOUT (FORMAT BINARY)"
+    )
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    rows: Any = copy_rows.PyCopyRows()
+    if which == "c":
+        from metersync.store import _copy_rows
+
+        rows = _copy_rows.CopyRows()
+    with psycopg.Connection.connect(dsn, autocommit=True) as conn:
+        started = time.monotonic()
+        with (
+            pytest.raises(psycopg.errors.QueryCanceled),
+            conn.cursor() as cur,
+            cur.copy(statement),
+        ):
+            assert rows.read_to_end(conn.pgconn, conn.pgconn.socket, stop, 20) == -3
+            assert conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE
+            raise psycopg.errors.QueryCanceled("the caller went away")
+        assert time.monotonic() - started < 2  # the stop, not the 4 s COPY
+        assert 0 < rows.rows < 200  # some rows came before the stop, not all
+        assert conn.execute("SELECT 5").fetchone() == (5,)
+
+
 @needs_c
 def test_libpq_is_the_one_psycopg_loaded() -> None:
-    get_copy_data, free_mem, path = copy_rows.libpq_functions()
-    assert get_copy_data and free_mem and get_copy_data != free_mem
+    get_copy_data, free_mem, consume_input, path = copy_rows.libpq_functions()
+    assert len({get_copy_data, free_mem, consume_input} - {0, None}) == 3
     assert Path(path).name.startswith("libpq")
     if pq.__impl__ == "binary":
         assert Path(path).resolve().parent.name in ("psycopg_binary.libs", ".dylibs")
@@ -112,7 +170,9 @@ def test_bind_refuses_a_null_address() -> None:
     from metersync.store import _copy_rows
 
     with pytest.raises(ValueError, match="PQgetCopyData"):
-        _copy_rows.bind(0, 1)
+        _copy_rows.bind(0, 1, 2)
+    with pytest.raises(ValueError, match="PQconsumeInput"):
+        _copy_rows.bind(1, 2, 0)
     assert _copy_rows.bound()  # the import bound the real ones; nothing was changed
 
 

@@ -3,8 +3,9 @@ metersync.store.copy_rows.PyCopyRows, plus the libpq binding)."""
 
 from typing import Any
 
-def bind(get_copy_data: int, free_mem: int) -> None:
-    """Use these addresses of libpq's ``PQgetCopyData`` and ``PQfreemem``."""
+def bind(get_copy_data: int, free_mem: int, consume_input: int) -> None:
+    """Use these addresses of libpq's ``PQgetCopyData``, ``PQfreemem`` and
+    ``PQconsumeInput``."""
 
 def bound() -> bool:
     """Whether :func:`bind` was called."""
@@ -19,6 +20,10 @@ class CopyRows:
     def __len__(self) -> int: ...
     def drain(self, pgconn: Any) -> int:
         """Take every complete row libpq holds: ``0`` read more, ``-1`` done, ``-2`` failed."""
+
+    def read_to_end(self, pgconn: Any, fd: int, stop: Any, slice_ms: int = 50) -> int:
+        """Take rows until the COPY is over, waiting without the GIL: ``-1`` done, ``-2``
+        failed, ``-3`` stopped (``stop.is_set()``, asked every ``slice_ms``)."""
 
     def data(self) -> memoryview:
         """Every row taken, in order: a read-only view of the buffer (no copy)."""

@@ -30,19 +30,25 @@ out leaves the session:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
+import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
 
 from metersync.store.copy_rows import new_copy_rows
 
-__all__ = ["read_copy_out", "read_copy_out_sync"]
+__all__ = ["read_copy_out", "read_copy_out_in_thread", "read_copy_out_sync"]
+
+T = TypeVar("T")
 
 #: What the reading generator waits for: rows (the COPY is still in progress), or the end.
 _ROWS, _END = "rows", "end"
+#: A thread's read that saw its stop before the COPY's end.
+_STOPPED = object()
 
 #: Socket reads (16 KB each at most) taken without the caller's wait while input is ready.
 _READS_PER_WAIT = 64
@@ -83,10 +89,19 @@ def _copy_out(
         elif status == -1:  # the COPY is over; its result follows
             break
         else:  # -2: libpq failed (psycopg's own reads raise the same)
-            message = (pgconn.error_message or b"the connection is closed").decode(
-                encoding, "replace"
-            )
-            raise psycopg.OperationalError(f"receiving copy data failed: {message.strip()}")
+            raise _copy_failed(pgconn, encoding)
+    yield from _copy_result(pgconn, encoding)
+    return rows.data()
+
+
+def _copy_failed(pgconn: Any, encoding: str) -> psycopg.OperationalError:
+    message = (pgconn.error_message or b"the connection is closed").decode(encoding, "replace")
+    return psycopg.OperationalError(f"receiving copy data failed: {message.strip()}")
+
+
+def _copy_result(pgconn: Any, encoding: str) -> Generator[str, None, None]:
+    """The final result of a COPY whose rows are all read (an error result raises as psycopg
+    would raise it); yields :data:`_END` when libpq needs more input."""
     error: psycopg.Error | None = None
     while True:
         while pgconn.is_busy():
@@ -99,7 +114,6 @@ def _copy_out(
             error = psycopg.errors.error_from_result(result, encoding=encoding)
     if error is not None:
         raise error
-    return rows.data()
 
 
 async def read_copy_out(conn: psycopg.AsyncConnection[Any]) -> bytes | memoryview:
@@ -147,6 +161,50 @@ def read_copy_out_sync(conn: psycopg.Connection[Any]) -> bytes | memoryview:
         return done.value  # type: ignore[no-any-return]
     finally:
         reading.close()
+
+
+async def read_copy_out_in_thread(
+    conn: psycopg.AsyncConnection[Any], then: Callable[[bytes | memoryview], T]
+) -> T:
+    """:func:`read_copy_out`, then ``then(rows)``, in a worker thread: for a large read in a
+    busy event loop. The compiled reader waits on the socket and gathers the rows without the
+    GIL (:meth:`~metersync.store._copy_rows.CopyRows.read_to_end`), and ``then`` (the codec's
+    decode, whose loops release the GIL too) runs there as well, so the event loop and the
+    read share the process's cores instead of its one thread.
+
+    The session each way out leaves is :func:`read_copy_out`'s: cancelled while rows are
+    still coming, the thread stops at its next silent slice (libpq is left in the COPY, and
+    the copy block's exit cancels and drains it); the cancellation goes on only once the
+    thread let go of the connection, so the two never use it at once.
+    """
+    pgconn = conn.pgconn
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    work = loop.run_in_executor(None, _read_in_thread, pgconn, conn.info.encoding, stop, then)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        stop.set()
+        while not work.done():  # until the thread let go of the connection (stopped, or
+            with contextlib.suppress(asyncio.CancelledError):  # read to the end: idle)
+                await asyncio.wait([work])
+        raise
+
+
+def _read_in_thread(
+    pgconn: Any, encoding: str, stop: threading.Event, then: Callable[[bytes | memoryview], T]
+) -> T | object:
+    rows = new_copy_rows()
+    status = rows.read_to_end(pgconn, pgconn.socket, stop)
+    if status == -3:
+        return _STOPPED
+    if status == -2:
+        raise _copy_failed(pgconn, encoding)
+    has_input = _poller(pgconn.socket)
+    result = _copy_result(pgconn, encoding)
+    for _ in result:  # the result is on its way: wait for it
+        has_input(None)
+    return then(rows.data())
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

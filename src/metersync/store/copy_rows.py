@@ -1,9 +1,11 @@
 """Where a COPY OUT's rows are gathered while :mod:`metersync.store.copy_out` reads them.
 
-Two twins with one interface, ``drain(pgconn) -> int`` then ``data()``:
+Two twins with one interface, ``drain(pgconn) -> int`` (what libpq holds now) or
+``read_to_end(pgconn, fd, stop) -> int`` (blocking, for a worker thread), then ``data()``:
 
 * :class:`metersync.store._copy_rows.CopyRows` (compiled): one C loop of libpq's
-  ``PQgetCopyData`` into one growing buffer, no Python object per row;
+  ``PQgetCopyData`` into one growing buffer, no Python object per row; ``read_to_end`` waits
+  on the socket and reads it (``PQconsumeInput``) without the GIL;
 * :class:`PyCopyRows`: psycopg's ``PGconn.get_copy_data``, one call and one bytes object per row.
 
 The compiled twin calls the libpq that psycopg loaded, found here (:func:`libpq_functions`):
@@ -19,11 +21,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import select
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+import psycopg
 from psycopg import pq
 
 from metersync.codec._impl import ENV_VAR
@@ -37,6 +41,8 @@ class CopyRowsLike(Protocol):
     rows: int
 
     def drain(self, pgconn: Any) -> int: ...
+
+    def read_to_end(self, pgconn: Any, fd: int, stop: Any, slice_ms: int = 50) -> int: ...
 
     def data(self) -> bytes | memoryview: ...
 
@@ -60,6 +66,24 @@ class PyCopyRows:
             append(bytes(row))
             self.rows += 1
 
+    def read_to_end(self, pgconn: Any, fd: int, stop: Any, slice_ms: int = 50) -> int:
+        """Take rows until the COPY is over, waiting for ``fd`` (blocking: a worker thread's);
+        ``stop.is_set()`` ends it early (asked at least every ``slice_ms``). ``-1`` the COPY
+        is over, ``-2`` libpq failed, ``-3`` stopped (libpq is still in the COPY)."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            status = self.drain(pgconn)
+            if status != 0:
+                return status
+            if stop.is_set():
+                return -3
+            poller.poll(slice_ms)
+            try:  # also after a silent slice: input may wait in the TLS layer
+                pgconn.consume_input()
+            except psycopg.OperationalError:
+                return -2
+
     def data(self) -> bytes:
         """Every row taken, in order, as one bytes object."""
         return b"".join(self._parts)
@@ -69,9 +93,10 @@ class PyCopyRows:
 _KEEP: list[Any] = []
 
 
-def libpq_functions() -> tuple[int, int, str]:
-    """The addresses of ``PQgetCopyData`` and ``PQfreemem`` in the libpq psycopg runs on, and
-    that library's path; ``LookupError`` saying why when it cannot be told for sure.
+def libpq_functions() -> tuple[int, int, int, str]:
+    """The addresses of ``PQgetCopyData``, ``PQfreemem`` and ``PQconsumeInput`` in the libpq
+    psycopg runs on, and that library's path; ``LookupError`` saying why when it cannot be
+    told for sure.
 
     Only a library already in the process counts (``RTLD_NOLOAD``): never a second copy.
     psycopg's ``binary`` build carries its own libpq next to it (``psycopg_binary.libs`` on
@@ -109,10 +134,11 @@ def libpq_functions() -> tuple[int, int, str]:
         )
     get_copy_data = ctypes.cast(lib.PQgetCopyData, ctypes.c_void_p).value
     free_mem = ctypes.cast(lib.PQfreemem, ctypes.c_void_p).value
-    if not get_copy_data or not free_mem:
-        raise LookupError(f"{path} lacks PQgetCopyData or PQfreemem")
+    consume_input = ctypes.cast(lib.PQconsumeInput, ctypes.c_void_p).value
+    if not get_copy_data or not free_mem or not consume_input:
+        raise LookupError(f"{path} lacks PQgetCopyData, PQfreemem or PQconsumeInput")
     _KEEP.append(lib)  # the handle stays open as long as the process uses the addresses
-    return get_copy_data, free_mem, path
+    return get_copy_data, free_mem, consume_input, path
 
 
 def _select() -> tuple[Any, str]:
@@ -123,8 +149,8 @@ def _select() -> tuple[Any, str]:
         from metersync.store import _copy_rows
 
         if not _copy_rows.bound():
-            get_copy_data, free_mem, _path = libpq_functions()
-            _copy_rows.bind(get_copy_data, free_mem)
+            get_copy_data, free_mem, consume_input, _path = libpq_functions()
+            _copy_rows.bind(get_copy_data, free_mem, consume_input)
     except (ImportError, LookupError) as exc:
         if wanted == "c":
             raise ImportError(
