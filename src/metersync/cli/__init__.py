@@ -18,6 +18,7 @@ import click
 
 from metersync import __impl__, __version__, extras
 from metersync.cli._app import INTERRUPTED_MESSAGE, AppState, configure_logging
+from metersync.cli._loop import loop_name
 from metersync.cli.output import (
     EXIT_CODES_HELP,
     ExitCode,
@@ -25,6 +26,7 @@ from metersync.cli.output import (
     exit_code_for,
     one_line,
 )
+from metersync.errors import ConfigError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -36,9 +38,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
         from metersync.store.copy_rows import IMPL as reader
     except ImportError as exc:
         reader = f"unavailable ({exc})"
+    try:
+        loop = loop_name()
+    except ConfigError as exc:
+        loop = f"unavailable ({exc})"
     click.echo(
         f"metersync {__version__} (codec implementation: {__impl__}; COPY reader: {reader}; "
-        f"Python {sys.version.split()[0]})"
+        f"event loop: {loop}; Python {sys.version.split()[0]})"
     )
     ctx.exit(0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from metersync.cli._loop import run as run_on_loop
 from metersync.cli._safe import terminal_safe
 from metersync.cli.output import Output
 from metersync.errors import ConfigError, DatabaseUnavailable
@@ -130,8 +130,8 @@ def _connect_reason(exc: BaseException) -> str:
 
 
 def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run one coroutine to completion on a fresh event loop."""
-    return asyncio.run(coro_factory())
+    """Run one coroutine to completion on a fresh event loop (:mod:`metersync.cli._loop`)."""
+    return run_on_loop(coro_factory())
 
 
 def configure_logging(verbose: int, quiet: bool, level_name: str, log_format: str = "text") -> None:

@@ -27,6 +27,7 @@ import httpx
 
 from metersync import observe
 from metersync.cli._app import AppState, check_dsn_syntax, json_option, pass_state
+from metersync.cli._loop import run as run_on_loop
 from metersync.cli.output import (
     EXIT_PRIORITY,
     ExitCode,
@@ -253,7 +254,7 @@ def _execute(run: _Run, body: Callable[[_Run], Any]) -> tuple[Any, BaseException
             _remove_signals(installed)
 
     try:
-        return asyncio.run(go()), None
+        return run_on_loop(go()), None
     except asyncio.CancelledError:
         return None, _Interrupted(
             "interrupted: the batches in flight were abandoned unmarked; they go again next run"

@@ -61,15 +61,17 @@ class PeakRss:
 
 
 # The child reads one JSON line on stdin (DSN, admin token, options: secrets never go in argv)
-# and prints the server's base URL once it listens.
+# and prints the server's base URL once it listens. It runs on the loop `metersync serve` runs
+# on (metersync.cli._loop: uvloop where installed).
 _SERVER_SCRIPT = """
-import asyncio, json, sys
+import json, sys
+from metersync.cli._loop import run
 from metersync.server.runner import serve_forever
 params = json.loads(sys.stdin.readline())
 def ready(server):
     print(server.base_url, flush=True)
-asyncio.run(serve_forever(params["dsn"], "127.0.0.1", 0, admin_token=params["admin_token"],
-                          on_ready=ready, **params["options"]))
+run(serve_forever(params["dsn"], "127.0.0.1", 0, admin_token=params["admin_token"],
+                  on_ready=ready, **params["options"]))
 """
 
 
