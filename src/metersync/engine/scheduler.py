@@ -209,7 +209,9 @@ class OperationResult:
         """Plain data for ``--json``: the same keys whatever the outcome (skipped included)."""
         report = self.report or _empty_report(self.tenant_id, self.operation)
         doc: dict[str, Any] = {"tenant_id": self.tenant_id, "operation": self.operation}
-        doc.update(dataclasses.asdict(report))
+        # The reports' fields are scalars: a shallow copy is asdict() without its deep copy
+        # of every value (~0.1 ms per tenant, 300 tenants per cycle).
+        doc.update((f.name, getattr(report, f.name)) for f in dataclasses.fields(report))
         seconds = report.seconds or 0.0
         doc["readings_per_s"] = round(self.readings / seconds, 1) if seconds > 0 else None
         doc["outcome"] = self.outcome
